@@ -1,0 +1,16 @@
+//! The mujin wire contract: everything two mujin parts must agree on to talk over MQTT.
+//!
+//! - [`ids`]: validated identifiers (`StoreId`, `DeviceId`, `TicketId`, …);
+//! - [`topic`]: the versioned topic tree, its builders and its parser;
+//! - [`message`]: the JSON payloads on those topics and their one encoder/decoder;
+//! - [`ticket`]: the signed electronic ticket and its QR-friendly text form.
+//!
+//! This crate has no runtime dependencies (no tokio, no database) so that every part —
+//! and golden vectors for other languages — can share it.
+
+pub mod ids;
+pub mod message;
+pub mod ticket;
+pub mod topic;
+
+pub use ids::{CommandId, DeviceId, IdError, KeyId, ScanId, SessionId, StoreId, TicketId};

@@ -1,0 +1,402 @@
+//! The JSON payloads carried on the topics of [`crate::topic`], and the one place they are
+//! turned into bytes and back ([`encode`], [`decode`]).
+//!
+//! Times are RFC 3339 in UTC. New fields are added with `#[serde(default)]` so older peers keep
+//! parsing newer messages.
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{CommandId, DeviceId, ScanId, SessionId, StoreId, TicketId};
+
+/// Largest payload any mujin part accepts; anything bigger is refused unread.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+
+/// Why a payload could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload of {0} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("payload is not valid: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a message as its JSON bytes.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    // Serializing these plain structs to a Vec cannot fail (no maps with non-string keys).
+    serde_json::to_vec(message).unwrap_or_default()
+}
+
+/// Decodes a message, refusing oversized and malformed payloads with a specific error.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(DecodeError::TooLarge(payload.len()));
+    }
+    serde_json::from_slice(payload).map_err(|err| DecodeError::Malformed(err.to_string()))
+}
+
+/// A ticket read by a device's scanner. `scan_id` is fresh per reading; a redelivery of the
+/// same message keeps it, which is how management answers each reading once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scan {
+    pub scan_id: ScanId,
+    /// The text exactly as the scanner produced it.
+    pub ticket: String,
+    pub read_at: DateTime<Utc>,
+}
+
+/// Management's answer to one scan, shown to the customer by the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanResult {
+    pub scan_id: ScanId,
+    #[serde(flatten)]
+    pub decision: Decision,
+}
+
+/// The outcome of a scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    Accepted {
+        session_id: SessionId,
+        ticket_id: TicketId,
+        lease_until: DateTime<Utc>,
+    },
+    Rejected {
+        reason: RejectReason,
+        /// Human-readable detail for logs and operators (never secrets).
+        #[serde(default)]
+        detail: String,
+    },
+}
+
+/// Why a scan was refused. Each reason has its own message for the customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The scan payload itself could not be read.
+    MalformedScan,
+    /// The scanned text is not a mujin ticket or is damaged.
+    MalformedTicket,
+    UnknownKey,
+    BadSignature,
+    WrongStore,
+    WrongDevice,
+    TooEarly,
+    Expired,
+    /// Correctly signed, but management has no such reservation.
+    UnknownTicket,
+    Cancelled,
+    AlreadyUsed,
+    UnknownDevice,
+    OutOfService,
+    DeviceBusy,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 14] = [
+        RejectReason::MalformedScan,
+        RejectReason::MalformedTicket,
+        RejectReason::UnknownKey,
+        RejectReason::BadSignature,
+        RejectReason::WrongStore,
+        RejectReason::WrongDevice,
+        RejectReason::TooEarly,
+        RejectReason::Expired,
+        RejectReason::UnknownTicket,
+        RejectReason::Cancelled,
+        RejectReason::AlreadyUsed,
+        RejectReason::UnknownDevice,
+        RejectReason::OutOfService,
+        RejectReason::DeviceBusy,
+    ];
+
+    /// The wire name, e.g. `too_early`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MalformedScan => "malformed_scan",
+            RejectReason::MalformedTicket => "malformed_ticket",
+            RejectReason::UnknownKey => "unknown_key",
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::WrongStore => "wrong_store",
+            RejectReason::WrongDevice => "wrong_device",
+            RejectReason::TooEarly => "too_early",
+            RejectReason::Expired => "expired",
+            RejectReason::UnknownTicket => "unknown_ticket",
+            RejectReason::Cancelled => "cancelled",
+            RejectReason::AlreadyUsed => "already_used",
+            RejectReason::UnknownDevice => "unknown_device",
+            RejectReason::OutOfService => "out_of_service",
+            RejectReason::DeviceBusy => "device_busy",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == text)
+    }
+
+    /// What the device tells the customer.
+    pub fn customer_message(self) -> &'static str {
+        match self {
+            RejectReason::MalformedScan | RejectReason::MalformedTicket => {
+                "This code could not be read as a ticket. Please scan it again."
+            }
+            RejectReason::UnknownKey | RejectReason::BadSignature => "This ticket is not genuine.",
+            RejectReason::WrongStore => "This ticket is for another store.",
+            RejectReason::WrongDevice => "This ticket is for another device.",
+            RejectReason::TooEarly => "Too early: your booking has not started yet.",
+            RejectReason::Expired => "This ticket has expired.",
+            RejectReason::UnknownTicket => "This ticket has no booking.",
+            RejectReason::Cancelled => "This booking was cancelled.",
+            RejectReason::AlreadyUsed => "This ticket has already been used.",
+            RejectReason::UnknownDevice => "This device is not registered.",
+            RejectReason::OutOfService => "This device is out of service.",
+            RejectReason::DeviceBusy => "This device is in use.",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the device's operating program is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ProgramStatus {
+    #[default]
+    Idle,
+    Running {
+        session_id: SessionId,
+        started_at: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    },
+}
+
+/// How the last program run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramExit {
+    pub session_id: SessionId,
+    pub stopped_by: StopCause,
+    /// e.g. `exit code 0`, `signal 15 (SIGTERM)`.
+    pub exit: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Who ended a program run, from the device's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopCause {
+    /// A stop command from management.
+    Command,
+    /// The device's own lease ran out before any stop command arrived.
+    LeaseExpired,
+    /// The program ended by itself.
+    ProgramExited,
+    /// The agent was shut down.
+    AgentShutdown,
+}
+
+/// Whether the agent is connected. The retained state's last will says `offline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Availability {
+    Online,
+    Offline,
+}
+
+/// The device's reported state, retained on its `state` topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedState {
+    pub availability: Availability,
+    #[serde(default)]
+    pub program: ProgramStatus,
+    #[serde(default)]
+    pub last_exit: Option<ProgramExit>,
+    /// When the agent wrote this state; absent in the last will (written at connect time).
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
+}
+
+impl ReportedState {
+    /// The last-will payload: offline, nothing else known.
+    pub fn offline() -> Self {
+        Self {
+            availability: Availability::Offline,
+            program: ProgramStatus::Idle,
+            last_exit: None,
+            at: None,
+        }
+    }
+}
+
+/// Periodic health report (QoS 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Telemetry {
+    /// The device's wall clock when it sent this.
+    pub at: DateTime<Utc>,
+    pub uptime_ms: u64,
+    /// One-minute load average, where the platform has one.
+    #[serde(default)]
+    pub load: Option<f64>,
+    #[serde(default)]
+    pub program: ProgramStatus,
+}
+
+/// A command from management to one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub command_id: CommandId,
+    pub issued_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub action: CommandAction,
+}
+
+/// What a command asks the device to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum CommandAction {
+    /// Start the operating program for a session and stop it by itself at `lease_until`.
+    Start {
+        session_id: SessionId,
+        lease_until: DateTime<Utc>,
+        /// Time left when issued, for devices whose wall clock cannot be trusted.
+        remaining_ms: u64,
+    },
+    /// Stop the program of this session now.
+    Stop {
+        session_id: SessionId,
+        reason: EndReason,
+    },
+}
+
+/// The device's answer to one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub command_id: CommandId,
+    pub ok: bool,
+    #[serde(default)]
+    pub detail: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Why a session ended, as recorded in its usage record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The booked window ended.
+    BookingEnded,
+    /// An operator stopped it.
+    Forced,
+    /// The program ended by itself before the end of the booking.
+    ProgramExited,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::BookingEnded => "booking_ended",
+            EndReason::Forced => "forced",
+            EndReason::ProgramExited => "program_exited",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            EndReason::BookingEnded,
+            EndReason::Forced,
+            EndReason::ProgramExited,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == text)
+    }
+}
+
+/// Something that happened in a store, for consoles, integrators and the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    pub store: StoreId,
+    #[serde(default)]
+    pub device: Option<DeviceId>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// The kinds of [`Event`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    ReservationCreated {
+        ticket_id: TicketId,
+        not_before: DateTime<Utc>,
+        not_after: DateTime<Utc>,
+    },
+    ScanAccepted {
+        scan_id: ScanId,
+        ticket_id: TicketId,
+        session_id: SessionId,
+    },
+    ScanRejected {
+        #[serde(default)]
+        scan_id: Option<ScanId>,
+        reason: RejectReason,
+        #[serde(default)]
+        detail: String,
+    },
+    SessionStarted {
+        session_id: SessionId,
+        ticket_id: TicketId,
+        lease_until: DateTime<Utc>,
+    },
+    SessionEnded {
+        session_id: SessionId,
+        started_at: DateTime<Utc>,
+        ended_at: DateTime<Utc>,
+        reason: EndReason,
+        used_ms: u64,
+    },
+    /// A device's agent reported (or its last will announced) a change of availability.
+    DeviceAvailability { availability: Availability },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_payloads_are_refused_unread() {
+        let big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
+        assert_eq!(
+            decode::<Scan>(&big),
+            Err(DecodeError::TooLarge(MAX_PAYLOAD_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn malformed_payloads_get_the_parser_message() {
+        let err = decode::<Scan>(b"{\"scan_id\": 3}").unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Malformed(ref msg) if msg.contains("expected a string")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_last_will_parses_as_reported_state() {
+        let state: ReportedState = decode(br#"{"availability":"offline"}"#).unwrap();
+        assert_eq!(state, ReportedState::offline());
+    }
+
+    #[test]
+    fn reasons_round_trip_by_name() {
+        for reason in RejectReason::ALL {
+            assert_eq!(RejectReason::parse(reason.as_str()), Some(reason));
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+        }
+    }
+}

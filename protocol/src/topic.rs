@@ -1,0 +1,270 @@
+//! The versioned MQTT topic tree. Every topic string in mujin is built or parsed here.
+//!
+//! ```text
+//! mujin/v1/stores/{store}/devices/{device}/scan         agent → management   QoS 1
+//! mujin/v1/stores/{store}/devices/{device}/scan-result  management → agent   QoS 1
+//! mujin/v1/stores/{store}/devices/{device}/telemetry    agent → all          QoS 0
+//! mujin/v1/stores/{store}/devices/{device}/state        agent → all          QoS 1 retained, LWT offline
+//! mujin/v1/stores/{store}/devices/{device}/command      management → agent   QoS 1
+//! mujin/v1/stores/{store}/devices/{device}/ack          agent → management   QoS 1
+//! mujin/v1/stores/{store}/events                        management → all     QoS 1
+//! ```
+
+use std::fmt;
+
+use crate::ids::{DeviceId, IdError, StoreId};
+
+/// The root every mujin topic lives under; the version changes only with incompatible payloads.
+pub const ROOT: &str = "mujin/v1";
+
+/// The per-device topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceChannel {
+    /// A ticket reading, agent → management.
+    Scan,
+    /// Management's answer to one scan, shown to the customer on the device.
+    ScanResult,
+    /// Periodic health and program state, agent → anyone.
+    Telemetry,
+    /// The agent's reported state (retained; the last will marks it offline).
+    State,
+    /// Start / stop commands, management → agent.
+    Command,
+    /// Command results, agent → management.
+    Ack,
+}
+
+impl DeviceChannel {
+    pub const ALL: [DeviceChannel; 6] = [
+        DeviceChannel::Scan,
+        DeviceChannel::ScanResult,
+        DeviceChannel::Telemetry,
+        DeviceChannel::State,
+        DeviceChannel::Command,
+        DeviceChannel::Ack,
+    ];
+
+    /// The last topic level.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeviceChannel::Scan => "scan",
+            DeviceChannel::ScanResult => "scan-result",
+            DeviceChannel::Telemetry => "telemetry",
+            DeviceChannel::State => "state",
+            DeviceChannel::Command => "command",
+            DeviceChannel::Ack => "ack",
+        }
+    }
+
+    /// Whether messages on this channel are published with the retain flag.
+    pub const fn retained(self) -> bool {
+        matches!(self, DeviceChannel::State)
+    }
+
+    /// The MQTT QoS level (0 or 1) messages on this channel use.
+    pub const fn qos(self) -> u8 {
+        match self {
+            DeviceChannel::Telemetry => 0,
+            _ => 1,
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|channel| channel.as_str() == text)
+    }
+}
+
+impl fmt::Display for DeviceChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A parsed mujin topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Device {
+        store: StoreId,
+        device: DeviceId,
+        channel: DeviceChannel,
+    },
+    Events {
+        store: StoreId,
+    },
+}
+
+/// Why a topic string is not a mujin topic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic is not under {ROOT}/")]
+    ForeignRoot,
+    #[error("topic has an unknown shape: {0:?}")]
+    UnknownShape(String),
+    #[error("topic has an invalid id: {0}")]
+    BadId(#[from] IdError),
+}
+
+impl Topic {
+    pub fn device(store: &StoreId, device: &DeviceId, channel: DeviceChannel) -> Self {
+        Topic::Device {
+            store: store.clone(),
+            device: device.clone(),
+            channel,
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, TopicError> {
+        let rest = text
+            .strip_prefix(ROOT)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .ok_or(TopicError::ForeignRoot)?;
+        let levels: Vec<&str> = rest.split('/').collect();
+        let shape = || TopicError::UnknownShape(text.chars().take(200).collect());
+        match levels.as_slice() {
+            ["stores", store, "events"] => Ok(Topic::Events {
+                store: StoreId::parse(store)?,
+            }),
+            ["stores", store, "devices", device, channel] => Ok(Topic::Device {
+                store: StoreId::parse(store)?,
+                device: DeviceId::parse(device)?,
+                channel: DeviceChannel::parse(channel).ok_or_else(shape)?,
+            }),
+            _ => Err(shape()),
+        }
+    }
+
+    /// Whether messages on this topic are published with the retain flag.
+    pub fn retained(&self) -> bool {
+        match self {
+            Topic::Device { channel, .. } => channel.retained(),
+            Topic::Events { .. } => false,
+        }
+    }
+
+    /// The MQTT QoS level (0 or 1) messages on this topic use.
+    pub fn qos(&self) -> u8 {
+        match self {
+            Topic::Device { channel, .. } => channel.qos(),
+            Topic::Events { .. } => 1,
+        }
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topic::Device {
+                store,
+                device,
+                channel,
+            } => write!(f, "{ROOT}/stores/{store}/devices/{device}/{channel}"),
+            Topic::Events { store } => write!(f, "{ROOT}/stores/{store}/events"),
+        }
+    }
+}
+
+/// The topic of one device's channel.
+pub fn device(store: &StoreId, device: &DeviceId, channel: DeviceChannel) -> String {
+    Topic::device(store, device, channel).to_string()
+}
+
+/// The event topic of one store.
+pub fn events(store: &StoreId) -> String {
+    Topic::Events {
+        store: store.clone(),
+    }
+    .to_string()
+}
+
+/// Subscription filter: one channel of every device of every store.
+pub fn every_device(channel: DeviceChannel) -> String {
+    format!("{ROOT}/stores/+/devices/+/{channel}")
+}
+
+/// Subscription filter: one channel of every device of one store.
+pub fn every_device_of(store: &StoreId, channel: DeviceChannel) -> String {
+    format!("{ROOT}/stores/{store}/devices/+/{channel}")
+}
+
+/// Subscription filter: the events of every store.
+pub fn every_store_events() -> String {
+    format!("{ROOT}/stores/+/events")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> (StoreId, DeviceId) {
+        (
+            StoreId::parse("shibuya").unwrap(),
+            DeviceId::parse("pc-01").unwrap(),
+        )
+    }
+
+    #[test]
+    fn builds_the_documented_topics() {
+        let (store, dev) = ids();
+        assert_eq!(
+            device(&store, &dev, DeviceChannel::Scan),
+            "mujin/v1/stores/shibuya/devices/pc-01/scan"
+        );
+        assert_eq!(
+            device(&store, &dev, DeviceChannel::ScanResult),
+            "mujin/v1/stores/shibuya/devices/pc-01/scan-result"
+        );
+        assert_eq!(events(&store), "mujin/v1/stores/shibuya/events");
+        assert_eq!(
+            every_device(DeviceChannel::Ack),
+            "mujin/v1/stores/+/devices/+/ack"
+        );
+        assert_eq!(every_store_events(), "mujin/v1/stores/+/events");
+    }
+
+    #[test]
+    fn parses_what_it_builds() {
+        let (store, dev) = ids();
+        for channel in DeviceChannel::ALL {
+            let topic = Topic::device(&store, &dev, channel);
+            assert_eq!(Topic::parse(&topic.to_string()).unwrap(), topic);
+        }
+        let events = Topic::Events {
+            store: store.clone(),
+        };
+        assert_eq!(Topic::parse(&events.to_string()).unwrap(), events);
+    }
+
+    #[test]
+    fn refuses_foreign_and_malformed_topics() {
+        assert_eq!(
+            Topic::parse("other/v1/stores/a/events"),
+            Err(TopicError::ForeignRoot)
+        );
+        assert_eq!(
+            Topic::parse("mujin/v2/stores/a/events"),
+            Err(TopicError::ForeignRoot)
+        );
+        assert!(matches!(
+            Topic::parse("mujin/v1/stores/a/devices/b/reboot"),
+            Err(TopicError::UnknownShape(_))
+        ));
+        assert!(matches!(
+            Topic::parse("mujin/v1/stores/A/events"),
+            Err(TopicError::BadId(_))
+        ));
+        assert!(matches!(
+            Topic::parse("mujin/v1/stores/a/devices/b/scan/extra"),
+            Err(TopicError::UnknownShape(_))
+        ));
+    }
+
+    #[test]
+    fn only_state_is_retained_and_only_telemetry_is_qos0() {
+        for channel in DeviceChannel::ALL {
+            assert_eq!(channel.retained(), channel == DeviceChannel::State);
+            assert_eq!(channel.qos() == 0, channel == DeviceChannel::Telemetry);
+        }
+    }
+}
