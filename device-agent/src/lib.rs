@@ -1,1 +1,133 @@
-//! placeholder
+//! The mujin device agent: one process per device that turns scanner readings into scans,
+//! starts and stops the device's operating program on management's commands, stops it by
+//! itself when its lease runs out (even with the network gone), and reports state and telemetry.
+//!
+//! - [`cli`]: the `mujin-agent` command line, also callable from another binary;
+//! - [`mqtt`]: the connection task (poll, resubscribe, back off, forward);
+//! - [`program`]: the program supervisor and its pure start/stop/lease decisions;
+//! - [`scanner`]: stdin and named-pipe readers;
+//! - [`screen`]: the customer-facing lines on stdout;
+//! - `agent`: the state and reactions driven by [`run`]'s single `select!` loop.
+
+mod agent;
+pub mod cli;
+pub mod mqtt;
+pub mod program;
+pub mod scanner;
+pub mod screen;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use mujin_protocol::{DeviceId, StoreId};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+pub use cli::{cli_main, Args};
+
+/// Everything one agent needs to run.
+#[derive(Clone)]
+pub struct Settings {
+    pub store: StoreId,
+    pub device: DeviceId,
+    pub broker_host: String,
+    pub broker_port: u16,
+    pub username: String,
+    pub password: String,
+    /// The operating program and its arguments.
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    /// A named pipe to read scans from (created if missing).
+    pub scan_pipe: Option<PathBuf>,
+    /// Whether scans are also read from stdin.
+    pub read_stdin: bool,
+    pub telemetry_interval: Duration,
+    /// How long a program gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl fmt::Debug for Settings {
+    // By hand so that the password never reaches a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("store", &self.store)
+            .field("device", &self.device)
+            .field("broker_host", &self.broker_host)
+            .field("broker_port", &self.broker_port)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("scan_pipe", &self.scan_pipe)
+            .field("read_stdin", &self.read_stdin)
+            .field("telemetry_interval", &self.telemetry_interval)
+            .field("stop_grace", &self.stop_grace)
+            .finish()
+    }
+}
+
+/// Runs the agent until `shutdown` completes, then stops the program, reports the device
+/// offline and disconnects.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let (scans_tx, mut scans) = mpsc::channel::<String>(64);
+    if settings.read_stdin {
+        scanner::spawn_stdin_reader(scans_tx.clone()).context("cannot read scans from stdin")?;
+    }
+    if let Some(path) = &settings.scan_pipe {
+        scanner::ensure_fifo(path)?;
+        scanner::spawn_pipe_reader(path.clone(), scans_tx.clone())
+            .context("cannot read scans from the pipe")?;
+    }
+    drop(scans_tx);
+
+    let (link, mut link_events) = mqtt::Link::start(&mqtt::LinkSettings {
+        store: settings.store.clone(),
+        device: settings.device.clone(),
+        host: settings.broker_host.clone(),
+        port: settings.broker_port,
+        username: settings.username.clone(),
+        password: settings.password.clone(),
+    });
+    let supervisor = program::Supervisor::new(
+        program::ProgramSpec {
+            program: settings.program.clone(),
+            args: settings.args.clone(),
+            store: settings.store.clone(),
+            device: settings.device.clone(),
+        },
+        settings.stop_grace,
+    );
+    let mut agent = agent::Agent::new(settings.store, settings.device, link, supervisor);
+    let mut telemetry =
+        tokio::time::interval(settings.telemetry_interval.max(Duration::from_millis(10)));
+    telemetry.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    tracing::info!("agent running");
+
+    loop {
+        let lease_deadline = agent.supervisor.lease_deadline();
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(event) = link_events.recv() => agent.on_link_event(event).await,
+            Some(ticket) = scans.recv() => agent.on_scanned(ticket),
+            status = agent.supervisor.exited() => agent.on_program_exit(status),
+            () = sleep_until(lease_deadline) => agent.on_lease_end().await,
+            _ = telemetry.tick() => agent.on_telemetry_tick(),
+        }
+    }
+    tracing::info!("agent shutting down");
+    agent.shut_down().await;
+    Ok(())
+}
+
+/// Sleeps until the deadline, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

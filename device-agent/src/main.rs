@@ -1,1 +1,5 @@
-fn main() {}
+//! `mujin-agent`: the device agent binary (see the library for what it does).
+
+fn main() -> anyhow::Result<()> {
+    mujin_device_agent::cli_main(std::env::args_os())
+}

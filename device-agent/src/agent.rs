@@ -1,0 +1,306 @@
+//! The agent's state and its reactions: commands, scan results, scanned lines, program exits,
+//! the lease deadline, telemetry and shutdown. IO is limited to the link (non-blocking
+//! publishes), the supervisor and the screen.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use chrono::Utc;
+use mujin_protocol::message::{
+    decode, encode, Ack, Availability, Command, CommandAction, ProgramExit, ReportedState, Scan,
+    ScanResult, StopCause, Telemetry, MAX_PAYLOAD_BYTES,
+};
+use mujin_protocol::topic::{self, DeviceChannel, Topic};
+use mujin_protocol::{CommandId, DeviceId, ScanId, SessionId, StoreId};
+use tokio::time::Instant;
+
+use crate::mqtt::{Link, LinkEvent};
+use crate::program::{decide_start, decide_stop, StartDecision, StopDecision, Supervisor};
+use crate::screen;
+
+/// How many recent command answers are kept to answer a redelivered command without acting
+/// on it twice.
+const REMEMBERED_ACKS: usize = 64;
+/// How long shutdown waits for the broker to take the last state and the disconnect.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Everything the main loop acts on.
+pub(crate) struct Agent {
+    store: StoreId,
+    device: DeviceId,
+    link: Link,
+    connected: bool,
+    pub(crate) supervisor: Supervisor,
+    last_exit: Option<ProgramExit>,
+    started: Instant,
+    recent_acks: VecDeque<Ack>,
+}
+
+impl Agent {
+    pub(crate) fn new(
+        store: StoreId,
+        device: DeviceId,
+        link: Link,
+        supervisor: Supervisor,
+    ) -> Self {
+        Self {
+            store,
+            device,
+            link,
+            connected: false,
+            supervisor,
+            last_exit: None,
+            started: Instant::now(),
+            recent_acks: VecDeque::new(),
+        }
+    }
+
+    fn publish<T: serde::Serialize>(&self, channel: DeviceChannel, message: &T) {
+        let topic = topic::device(&self.store, &self.device, channel);
+        if let Err(err) = self.link.publish(topic, channel, encode(message)) {
+            tracing::warn!(%err, %channel, "publish dropped");
+        }
+    }
+
+    fn state(&self, availability: Availability) -> ReportedState {
+        ReportedState {
+            availability,
+            program: self.supervisor.status(),
+            last_exit: self.last_exit.clone(),
+            at: Some(Utc::now()),
+        }
+    }
+
+    /// Publishes the state when connected; a reconnection publishes it anyway.
+    fn report_state(&self) {
+        if self.connected {
+            self.publish(DeviceChannel::State, &self.state(Availability::Online));
+        }
+    }
+
+    pub(crate) async fn on_link_event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Connected => {
+                self.connected = true;
+                self.report_state();
+            }
+            LinkEvent::Disconnected => self.connected = false,
+            LinkEvent::Message { topic, payload } => self.on_message(&topic, &payload).await,
+        }
+    }
+
+    async fn on_message(&mut self, topic: &str, payload: &[u8]) {
+        let channel = match Topic::parse(topic) {
+            Ok(Topic::Device {
+                store,
+                device,
+                channel,
+            }) if store == self.store && device == self.device => channel,
+            _ => {
+                tracing::debug!(topic, "ignoring a message on a foreign topic");
+                return;
+            }
+        };
+        match channel {
+            DeviceChannel::Command => match decode::<Command>(payload) {
+                Ok(command) => self.on_command(command).await,
+                Err(err) => tracing::warn!(%err, "ignoring a malformed command"),
+            },
+            DeviceChannel::ScanResult => match decode::<ScanResult>(payload) {
+                Ok(result) => screen::show(&screen::scan_result(&result)),
+                Err(err) => tracing::warn!(%err, "ignoring a malformed scan result"),
+            },
+            other => {
+                tracing::debug!(channel = %other, "ignoring a message on a channel we send on")
+            }
+        }
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        if let Some(ack) = self
+            .recent_acks
+            .iter()
+            .find(|ack| ack.command_id == command.command_id)
+        {
+            // A redelivery: answer the same, do not act twice.
+            tracing::info!(command_id = %command.command_id, "command seen before; acking again");
+            self.publish(DeviceChannel::Ack, &ack.clone());
+            return;
+        }
+        tracing::info!(command_id = %command.command_id, action = ?command.action, "command");
+        let (ok, detail) = match command.action {
+            CommandAction::Start {
+                session_id,
+                lease_until,
+                remaining_ms,
+            } => {
+                let decision = decide_start(
+                    self.supervisor.running_session(),
+                    session_id,
+                    lease_until,
+                    remaining_ms,
+                    Utc::now(),
+                );
+                self.start(session_id, decision)
+            }
+            CommandAction::Stop { session_id, reason } => {
+                tracing::info!(%session_id, reason = reason.as_str(), "stop requested");
+                self.stop_by_command(session_id).await
+            }
+        };
+        self.ack(command.command_id, ok, detail);
+    }
+
+    fn ack(&mut self, command_id: CommandId, ok: bool, detail: String) {
+        let ack = Ack {
+            command_id,
+            ok,
+            detail,
+            at: Utc::now(),
+        };
+        self.publish(DeviceChannel::Ack, &ack);
+        if self.recent_acks.len() >= REMEMBERED_ACKS {
+            self.recent_acks.pop_front();
+        }
+        self.recent_acks.push_back(ack);
+    }
+
+    fn start(&mut self, session_id: SessionId, decision: StartDecision) -> (bool, String) {
+        match decision {
+            StartDecision::AlreadyRunning => (true, "already running".into()),
+            StartDecision::Busy(other) => (false, format!("busy with session {other}")),
+            StartDecision::LeaseEnded => (false, "lease already ended".into()),
+            StartDecision::Launch { lease } => match self.supervisor.start(session_id, lease) {
+                Ok(()) => {
+                    tracing::info!(%session_id, ?lease, "program started");
+                    self.report_state();
+                    (true, "started".into())
+                }
+                Err(err) => {
+                    tracing::error!(%err, %session_id, "program did not start");
+                    (false, err.to_string())
+                }
+            },
+        }
+    }
+
+    async fn stop_by_command(&mut self, session_id: SessionId) -> (bool, String) {
+        match decide_stop(self.supervisor.running_session(), session_id) {
+            StopDecision::NotRunning => (true, "not running".into()),
+            StopDecision::Stop => match self.stop(StopCause::Command).await {
+                Some(exit) => (true, format!("stopped ({})", exit.exit)),
+                None => (true, "not running".into()),
+            },
+        }
+    }
+
+    /// Stops the running program for `cause` and reports it.
+    async fn stop(&mut self, cause: StopCause) -> Option<ProgramExit> {
+        let exit = self.supervisor.stop(cause).await?;
+        tracing::info!(session_id = %exit.session_id, ?cause, exit = %exit.exit, "program stopped");
+        self.last_exit = Some(exit.clone());
+        self.report_state();
+        Some(exit)
+    }
+
+    pub(crate) async fn on_lease_end(&mut self) {
+        if self.stop(StopCause::LeaseExpired).await.is_some() {
+            screen::show(screen::LEASE_ENDED);
+        }
+    }
+
+    pub(crate) fn on_program_exit(&mut self, status: std::io::Result<std::process::ExitStatus>) {
+        if let Some(exit) = self.supervisor.record_exit(status) {
+            tracing::info!(session_id = %exit.session_id, exit = %exit.exit, "program ended by itself");
+            self.last_exit = Some(exit);
+            self.report_state();
+        }
+    }
+
+    pub(crate) fn on_scanned(&mut self, ticket: String) {
+        let scan = scan_message(ScanId::random(), ticket);
+        let topic = topic::device(&self.store, &self.device, DeviceChannel::Scan);
+        match self.link.publish(topic, DeviceChannel::Scan, encode(&scan)) {
+            Ok(()) => screen::show(&screen::scanned(scan.scan_id)),
+            Err(err) => {
+                tracing::warn!(%err, "scan dropped");
+                screen::show("SCAN FAILED: please scan again.");
+            }
+        }
+    }
+
+    pub(crate) fn on_telemetry_tick(&self) {
+        if !self.connected {
+            return;
+        }
+        let telemetry = Telemetry {
+            at: Utc::now(),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            load: read_load(),
+            program: self.supervisor.status(),
+        };
+        self.publish(DeviceChannel::Telemetry, &telemetry);
+    }
+
+    /// Stops the program, says goodbye (offline state, retained) and disconnects, within a
+    /// deadline so that shutdown never hangs on an unreachable broker.
+    pub(crate) async fn shut_down(mut self) {
+        self.stop(StopCause::AgentShutdown).await;
+        self.publish(DeviceChannel::State, &self.state(Availability::Offline));
+        self.link.close(CLOSE_DEADLINE).await;
+    }
+}
+
+/// Builds the scan message, cutting the ticket text until the payload fits the size every
+/// mujin part accepts (escaped control characters can make the JSON much longer than the text).
+pub(crate) fn scan_message(scan_id: ScanId, mut ticket: String) -> Scan {
+    loop {
+        let scan = Scan {
+            scan_id,
+            ticket,
+            read_at: Utc::now(),
+        };
+        if encode(&scan).len() <= MAX_PAYLOAD_BYTES || scan.ticket.is_empty() {
+            return scan;
+        }
+        ticket = scan.ticket;
+        let mut cut = ticket.len() / 2;
+        while !ticket.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        ticket.truncate(cut);
+    }
+}
+
+/// The one-minute load average, where /proc/loadavg exists.
+fn read_load() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    parse_load(&text)
+}
+
+fn parse_load(text: &str) -> Option<f64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_is_the_first_field_of_loadavg() {
+        assert_eq!(parse_load("0.52 0.58 0.59 1/467 12345\n"), Some(0.52));
+        assert_eq!(parse_load(""), None);
+        assert_eq!(parse_load("abc"), None);
+    }
+
+    #[test]
+    fn scans_always_fit_in_a_payload() {
+        let ticket = "\u{1}".repeat(crate::scanner::MAX_LINE_BYTES);
+        let scan = scan_message(ScanId::random(), ticket);
+        assert!(encode(&scan).len() <= MAX_PAYLOAD_BYTES);
+        assert!(!scan.ticket.is_empty());
+
+        let plain = "MJ1:ABC".to_owned();
+        assert_eq!(scan_message(ScanId::random(), plain.clone()).ticket, plain);
+    }
+}

@@ -1,0 +1,211 @@
+//! The `mujin-agent` command line: flags (also read from `MUJIN_AGENT_*` variables), tracing to
+//! stderr, a runtime, and the OS signals that shut the agent down.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use mujin_protocol::{DeviceId, StoreId};
+
+use crate::Settings;
+
+/// How long the runtime may take to wind down after `run` returned (stdin readers may be stuck
+/// in a blocking read).
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(500);
+
+/// The mujin device agent: reads tickets from the scanner, runs the device's program for
+/// each accepted session and stops it when the session's lease ends.
+#[derive(Debug, Parser)]
+#[command(name = "mujin-agent", version)]
+pub struct Args {
+    /// Store id, e.g. `shibuya`.
+    #[arg(long, env = "MUJIN_AGENT_STORE", value_parser = StoreId::parse)]
+    pub store: StoreId,
+    /// Device id within the store, e.g. `pc-01`.
+    #[arg(long, env = "MUJIN_AGENT_DEVICE", value_parser = DeviceId::parse)]
+    pub device: DeviceId,
+    /// MQTT broker as HOST:PORT.
+    #[arg(long, env = "MUJIN_AGENT_BROKER", value_parser = parse_broker, default_value = "127.0.0.1:1883")]
+    pub broker: (String, u16),
+    /// MQTT user name.
+    #[arg(long, env = "MUJIN_AGENT_USERNAME")]
+    pub username: String,
+    /// MQTT password.
+    #[arg(long, env = "MUJIN_AGENT_PASSWORD", hide_env_values = true)]
+    pub password: String,
+    /// Named pipe to read scans from, one per line (created if missing).
+    #[arg(long, env = "MUJIN_AGENT_SCAN_PIPE")]
+    pub scan_pipe: Option<PathBuf>,
+    /// Do not read scans from stdin.
+    #[arg(long, env = "MUJIN_AGENT_NO_STDIN")]
+    pub no_stdin: bool,
+    /// Milliseconds between telemetry reports.
+    #[arg(
+        long,
+        env = "MUJIN_AGENT_TELEMETRY_INTERVAL_MS",
+        default_value_t = 2000
+    )]
+    pub telemetry_interval_ms: u64,
+    /// Milliseconds a program gets to exit after SIGTERM before SIGKILL.
+    #[arg(long, env = "MUJIN_AGENT_STOP_GRACE_MS", default_value_t = 3000)]
+    pub stop_grace_ms: u64,
+    /// The operating program and its arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub program: Vec<OsString>,
+}
+
+/// Parses `HOST:PORT` (the host may be a name, an IPv4 address or a bracketed IPv6 address).
+pub fn parse_broker(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected HOST:PORT, got {text:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("missing host in {text:?}"));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("invalid port in {text:?}"))?;
+    Ok((host.to_owned(), port))
+}
+
+impl Args {
+    /// The settings these flags describe.
+    pub fn into_settings(self) -> Settings {
+        let mut program = self.program.into_iter();
+        // clap guarantees at least one value (`required = true`).
+        let command = program.next().unwrap_or_default();
+        Settings {
+            store: self.store,
+            device: self.device,
+            broker_host: self.broker.0,
+            broker_port: self.broker.1,
+            username: self.username,
+            password: self.password,
+            program: command,
+            args: program.collect(),
+            scan_pipe: self.scan_pipe,
+            read_stdin: !self.no_stdin,
+            telemetry_interval: Duration::from_millis(self.telemetry_interval_ms),
+            stop_grace: Duration::from_millis(self.stop_grace_ms),
+        }
+    }
+}
+
+/// The whole `mujin-agent` command: parses `args` (the first one is the program name), logs to
+/// stderr, runs the agent on its own runtime until SIGINT or SIGTERM.
+pub fn cli_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
+    let args = Args::parse_from(args);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init()
+        .ok();
+    let settings = args.into_settings();
+    tracing::info!(?settings, "starting");
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_signal().context("cannot listen for SIGTERM")?;
+        crate::run(settings, shutdown).await
+    });
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec![
+            "mujin-agent",
+            "--store",
+            "shibuya",
+            "--device",
+            "pc-01",
+            "--username",
+            "u",
+            "--password",
+            "p",
+        ];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+    }
+
+    #[test]
+    fn program_and_arguments_follow_the_double_dash() {
+        let settings = parse(&["--broker", "10.0.0.1:1884", "--", "sh", "-c", "sleep 1"])
+            .unwrap()
+            .into_settings();
+        assert_eq!(settings.program, OsString::from("sh"));
+        assert_eq!(settings.args, vec![OsString::from("-c"), "sleep 1".into()]);
+        assert_eq!(
+            (settings.broker_host.as_str(), settings.broker_port),
+            ("10.0.0.1", 1884)
+        );
+        assert_eq!(settings.stop_grace, Duration::from_secs(3));
+        assert!(settings.read_stdin);
+    }
+
+    #[test]
+    fn a_program_is_required() {
+        assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn bad_ids_are_refused_with_the_reason() {
+        let err = Args::try_parse_from([
+            "mujin-agent",
+            "--store",
+            "Shibuya",
+            "--device",
+            "pc-01",
+            "--username",
+            "u",
+            "--password",
+            "p",
+            "--",
+            "true",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("store id may only hold"), "{err}");
+    }
+
+    #[test]
+    fn broker_addresses() {
+        assert_eq!(
+            parse_broker("localhost:1883"),
+            Ok(("localhost".into(), 1883))
+        );
+        assert_eq!(parse_broker("[::1]:1883"), Ok(("::1".into(), 1883)));
+        assert!(parse_broker("localhost").is_err());
+        assert!(parse_broker(":1883").is_err());
+        assert!(parse_broker("host:99999").is_err());
+    }
+
+    #[test]
+    fn the_password_is_not_in_debug_output() {
+        let settings = parse(&["--", "true"]).unwrap().into_settings();
+        let text = format!("{settings:?}");
+        assert!(!text.contains("\"p\""), "{text}");
+        assert!(text.contains("redacted"));
+    }
+}
