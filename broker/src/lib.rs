@@ -1,1 +1,88 @@
-//! placeholder
+//! The mujin MQTT broker: rumqttd embedded on our own runtime, authenticated clients only.
+//!
+//! - [`Credentials`] — who may connect (a TOML file today).
+//! - [`Broker`] — a running broker: MQTT 3.1.1 listener, optional MQTT 5 listener; bind errors
+//!   are returned by [`Broker::start`], and [`Broker::shutdown`] closes every connection.
+//! - [`run`] — start, wait for the shutdown future, stop: what the `mujin-broker` binary does.
+//!
+//! Nothing survives a restart (sessions, queued QoS 1 messages, retained messages live in
+//! rumqttd's memory): authoritative state belongs in PostgreSQL and is republished.
+
+mod credentials;
+mod server;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use credentials::{Credentials, CredentialsFileError};
+pub use server::{Broker, MAX_CONNECTIONS, MAX_PAYLOAD_BYTES};
+
+/// What a broker listens on and whom it lets in.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// MQTT 3.1.1 listener. Port 0 picks a free port.
+    pub listen_v4: SocketAddr,
+    /// MQTT 5 listener, if wanted. Port 0 picks a free port.
+    pub listen_v5: Option<SocketAddr>,
+    /// Username/password pairs; every other client is refused.
+    pub credentials: Credentials,
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("credentials file {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: CredentialsFileError,
+    },
+    #[error("cannot start the broker's network runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("listener on {addr} failed: {reason}")]
+    Listener { addr: SocketAddr, reason: String },
+}
+
+/// Runs a broker until `shutdown` completes, then stops it.
+///
+/// Once the listeners are bound it prints one line per listener on stdout, e.g.
+/// `mujin-broker listening on 127.0.0.1:1883 (MQTT 3.1.1)`, so a supervising process (or a
+/// test) can wait for readiness.
+pub async fn run(
+    settings: BrokerSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BrokerError> {
+    let clients = settings.credentials.len();
+    let broker = Broker::start(settings).await?;
+    tracing::info!(
+        v4 = %broker.v4_addr(),
+        v5 = ?broker.v5_addr(),
+        clients,
+        "broker ready"
+    );
+    println!(
+        "mujin-broker listening on {} (MQTT 3.1.1)",
+        broker.v4_addr()
+    );
+    if let Some(addr) = broker.v5_addr() {
+        println!("mujin-broker listening on {addr} (MQTT 5)");
+    }
+    shutdown.await;
+    tracing::info!("shutting down");
+    broker.shutdown().await;
+    Ok(())
+}
+
+/// Binds 127.0.0.1:0 and returns the port the OS chose (free right now; racy by nature, good
+/// enough for tests and demos).
+pub fn free_local_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
+}
