@@ -1,0 +1,389 @@
+//! Transitions of `update`, as plain unit tests; the helpers are shared with the view tests.
+
+use super::*;
+use mujin_protocol::message::{EndReason, RejectReason};
+use mujin_protocol::TicketId;
+
+pub(crate) fn t(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+}
+
+pub(crate) fn store(name: &str) -> StoreId {
+    StoreId::parse(name).unwrap()
+}
+
+pub(crate) fn device(name: &str) -> DeviceId {
+    DeviceId::parse(name).unwrap()
+}
+
+pub(crate) fn new_app() -> App {
+    App::new(
+        "127.0.0.1:1883",
+        t("2025-06-01T10:00:00Z"),
+        FixedOffset::east_opt(0).unwrap(),
+    )
+}
+
+pub(crate) fn state_msg(s: &str, d: &str, state: ReportedState, at: &str) -> Event {
+    Event::Mqtt(MqttMessage {
+        received_at: t(at),
+        incoming: Incoming::State {
+            store: store(s),
+            device: device(d),
+            state,
+            retained: false,
+        },
+    })
+}
+
+pub(crate) fn online(program: ProgramStatus) -> ReportedState {
+    ReportedState {
+        availability: Availability::Online,
+        program,
+        last_exit: None,
+        at: None,
+    }
+}
+
+pub(crate) fn event_msg(s: &str, d: Option<&str>, kind: EventKind, at: &str) -> Event {
+    Event::Mqtt(MqttMessage {
+        received_at: t(at),
+        incoming: Incoming::StoreEvent(message::Event {
+            at: t(at),
+            store: store(s),
+            device: d.map(device),
+            kind,
+        }),
+    })
+}
+
+fn key(code: KeyCode) -> Event {
+    Event::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn row<'a>(app: &'a App, s: &str, d: &str) -> &'a DeviceRow {
+    &app.devices[&(store(s), device(d))]
+}
+
+#[test]
+fn a_state_message_makes_a_device_appear() {
+    let mut app = new_app();
+    let action = update(
+        &mut app,
+        state_msg(
+            "shibuya",
+            "pc-01",
+            online(ProgramStatus::Idle),
+            "2025-06-01T09:59:58Z",
+        ),
+    );
+    assert_eq!(action, Action::Continue);
+    let row = row(&app, "shibuya", "pc-01");
+    assert_eq!(row.status(), DeviceStatus::Idle);
+    assert_eq!(row.last_seen, Some(t("2025-06-01T09:59:58Z")));
+}
+
+#[test]
+fn a_retained_state_does_not_pretend_the_device_was_just_seen() {
+    let mut app = new_app();
+    let mut state = online(ProgramStatus::Idle);
+    state.at = Some(t("2025-06-01T08:00:00Z"));
+    update(
+        &mut app,
+        Event::Mqtt(MqttMessage {
+            received_at: t("2025-06-01T10:00:00Z"),
+            incoming: Incoming::State {
+                store: store("shibuya"),
+                device: device("pc-01"),
+                state,
+                retained: true,
+            },
+        }),
+    );
+    assert_eq!(
+        row(&app, "shibuya", "pc-01").last_seen,
+        Some(t("2025-06-01T08:00:00Z"))
+    );
+}
+
+#[test]
+fn session_started_makes_the_device_run_with_time_left() {
+    let mut app = new_app();
+    let session_id = SessionId::random();
+    update(
+        &mut app,
+        event_msg(
+            "shibuya",
+            Some("pc-01"),
+            EventKind::SessionStarted {
+                session_id,
+                ticket_id: TicketId::random(),
+                lease_until: t("2025-06-01T11:00:00Z"),
+            },
+            "2025-06-01T10:00:00Z",
+        ),
+    );
+    let (running, lease_until) = row(&app, "shibuya", "pc-01").session().unwrap();
+    assert_eq!(running, session_id);
+    assert_eq!(
+        row(&app, "shibuya", "pc-01").status(),
+        DeviceStatus::Running
+    );
+    update(&mut app, Event::Tick(t("2025-06-01T10:00:01Z")));
+    assert_eq!(app.time_left(lease_until), TimeDelta::seconds(3599));
+    assert_eq!(app.events.len(), 1);
+}
+
+#[test]
+fn session_ended_frees_the_device_only_for_its_own_session() {
+    let mut app = new_app();
+    let session_id = SessionId::random();
+    let started = EventKind::SessionStarted {
+        session_id,
+        ticket_id: TicketId::random(),
+        lease_until: t("2025-06-01T11:00:00Z"),
+    };
+    update(
+        &mut app,
+        event_msg("s", Some("d"), started, "2025-06-01T10:00:00Z"),
+    );
+    let ended = |session_id| EventKind::SessionEnded {
+        session_id,
+        started_at: t("2025-06-01T10:00:00Z"),
+        ended_at: t("2025-06-01T11:00:00Z"),
+        reason: EndReason::BookingEnded,
+        used_ms: 3_600_000,
+    };
+    update(
+        &mut app,
+        event_msg(
+            "s",
+            Some("d"),
+            ended(SessionId::random()),
+            "2025-06-01T11:00:00Z",
+        ),
+    );
+    assert_eq!(row(&app, "s", "d").status(), DeviceStatus::Running);
+    update(
+        &mut app,
+        event_msg("s", Some("d"), ended(session_id), "2025-06-01T11:00:00Z"),
+    );
+    assert_eq!(row(&app, "s", "d").session(), None);
+}
+
+#[test]
+fn the_last_will_marks_the_device_offline_and_keeps_what_was_known() {
+    let mut app = new_app();
+    let running = ProgramStatus::Running {
+        session_id: SessionId::random(),
+        started_at: t("2025-06-01T09:00:00Z"),
+        lease_until: t("2025-06-01T11:00:00Z"),
+    };
+    update(
+        &mut app,
+        state_msg("s", "d", online(running.clone()), "2025-06-01T09:59:00Z"),
+    );
+    update(
+        &mut app,
+        state_msg("s", "d", ReportedState::offline(), "2025-06-01T10:00:00Z"),
+    );
+    let row = row(&app, "s", "d");
+    assert_eq!(row.status(), DeviceStatus::Offline);
+    assert_eq!(row.program, running);
+    assert_eq!(row.last_seen, Some(t("2025-06-01T09:59:00Z")));
+}
+
+#[test]
+fn telemetry_brings_a_device_back_online() {
+    let mut app = new_app();
+    update(
+        &mut app,
+        state_msg("s", "d", ReportedState::offline(), "2025-06-01T10:00:00Z"),
+    );
+    update(
+        &mut app,
+        Event::Mqtt(MqttMessage {
+            received_at: t("2025-06-01T10:00:05Z"),
+            incoming: Incoming::Telemetry {
+                store: store("s"),
+                device: device("d"),
+                telemetry: Telemetry {
+                    at: t("1970-01-01T00:00:00Z"),
+                    uptime_ms: 5,
+                    load: None,
+                    program: ProgramStatus::Idle,
+                },
+            },
+        }),
+    );
+    let row = row(&app, "s", "d");
+    assert_eq!(row.status(), DeviceStatus::Idle);
+    // The device's wrong clock does not matter: seen is the operator's clock.
+    assert_eq!(row.last_seen, Some(t("2025-06-01T10:00:05Z")));
+}
+
+#[test]
+fn availability_events_and_rejections_create_rows_and_lines() {
+    let mut app = new_app();
+    let rejected = EventKind::ScanRejected {
+        scan_id: None,
+        reason: RejectReason::TooEarly,
+        detail: String::new(),
+    };
+    update(
+        &mut app,
+        event_msg("s", Some("a"), rejected, "2025-06-01T10:00:00Z"),
+    );
+    let offline = EventKind::DeviceAvailability {
+        availability: Availability::Offline,
+    };
+    update(
+        &mut app,
+        event_msg("s", Some("b"), offline, "2025-06-01T10:00:00Z"),
+    );
+    assert_eq!(row(&app, "s", "a").status(), DeviceStatus::Unknown);
+    assert_eq!(row(&app, "s", "b").status(), DeviceStatus::Offline);
+    assert_eq!(app.events.len(), 2);
+}
+
+#[test]
+fn malformed_messages_are_counted_and_change_nothing_else() {
+    let mut app = new_app();
+    update(
+        &mut app,
+        Event::Mqtt(MqttMessage {
+            received_at: t("2025-06-01T10:00:00Z"),
+            incoming: Incoming::Malformed {
+                topic: "mujin/v1/stores/s/events".into(),
+                error: "bad".into(),
+            },
+        }),
+    );
+    assert_eq!(app.malformed, 1);
+    assert!(app.devices.is_empty() && app.events.is_empty());
+}
+
+#[test]
+fn the_event_tail_is_bounded() {
+    let mut app = new_app();
+    let offline = EventKind::DeviceAvailability {
+        availability: Availability::Offline,
+    };
+    for _ in 0..EVENT_HISTORY + 10 {
+        update(
+            &mut app,
+            event_msg("s", None, offline.clone(), "2025-06-01T10:00:00Z"),
+        );
+    }
+    assert_eq!(app.events.len(), EVENT_HISTORY);
+}
+
+#[test]
+fn keys_move_the_selection_within_the_visible_rows() {
+    let mut app = new_app();
+    for d in ["a", "b", "c"] {
+        update(
+            &mut app,
+            state_msg("s", d, online(ProgramStatus::Idle), "2025-06-01T10:00:00Z"),
+        );
+    }
+    assert_eq!(app.selected_index(), None);
+    update(&mut app, key(KeyCode::Down));
+    assert_eq!(app.selected_index(), Some(0));
+    update(&mut app, key(KeyCode::Char('j')));
+    update(&mut app, key(KeyCode::Down));
+    update(&mut app, key(KeyCode::Down));
+    assert_eq!(app.selected, Some((store("s"), device("c"))));
+    update(&mut app, key(KeyCode::Char('k')));
+    assert_eq!(app.selected, Some((store("s"), device("b"))));
+    // A new device sorting before the selection does not move it to another device.
+    update(
+        &mut app,
+        state_msg(
+            "s",
+            "0",
+            online(ProgramStatus::Idle),
+            "2025-06-01T10:00:00Z",
+        ),
+    );
+    assert_eq!(app.selected, Some((store("s"), device("b"))));
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Up));
+    assert_eq!(app.selected_index(), Some(0));
+}
+
+#[test]
+fn tab_cycles_through_the_stores_and_back_to_all() {
+    let mut app = new_app();
+    update(
+        &mut app,
+        state_msg(
+            "b",
+            "x",
+            online(ProgramStatus::Idle),
+            "2025-06-01T10:00:00Z",
+        ),
+    );
+    update(
+        &mut app,
+        state_msg(
+            "a",
+            "y",
+            online(ProgramStatus::Idle),
+            "2025-06-01T10:00:00Z",
+        ),
+    );
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        update(&mut app, key(KeyCode::Tab));
+        seen.push(app.store_filter.clone());
+    }
+    assert_eq!(seen, vec![Some(store("a")), Some(store("b")), None]);
+    assert_eq!(app.visible_devices().len(), 2);
+    update(&mut app, key(KeyCode::BackTab));
+    assert_eq!(app.store_filter, Some(store("b")));
+    assert_eq!(app.selected, Some((store("b"), device("x"))));
+}
+
+#[test]
+fn q_escape_and_ctrl_c_quit_and_question_mark_toggles_help() {
+    let mut app = new_app();
+    assert_eq!(update(&mut app, key(KeyCode::Char('q'))), Action::Quit);
+    assert_eq!(update(&mut app, key(KeyCode::Esc)), Action::Quit);
+    let ctrl_c = Event::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert_eq!(update(&mut app, ctrl_c), Action::Quit);
+    assert_eq!(update(&mut app, key(KeyCode::Char('c'))), Action::Continue);
+    update(&mut app, key(KeyCode::Char('?')));
+    assert!(app.show_help);
+}
+
+#[test]
+fn a_disconnect_is_remembered_from_its_first_failure() {
+    let mut app = new_app();
+    update(&mut app, Event::Connection(ConnectionChange::Up));
+    assert!(matches!(app.connection, Connection::Up { .. }));
+    update(&mut app, Event::Tick(t("2025-06-01T10:00:10Z")));
+    let down = |error: &str| {
+        Event::Connection(ConnectionChange::Down {
+            error: error.into(),
+        })
+    };
+    update(&mut app, down("connection refused"));
+    update(&mut app, Event::Tick(t("2025-06-01T10:00:20Z")));
+    update(&mut app, down("still refused"));
+    assert_eq!(
+        app.connection,
+        Connection::Down {
+            since: t("2025-06-01T10:00:10Z"),
+            error: "still refused".into()
+        }
+    );
+    update(&mut app, Event::Connection(ConnectionChange::Up));
+    assert_eq!(
+        app.connection,
+        Connection::Up {
+            since: t("2025-06-01T10:00:20Z")
+        }
+    );
+}

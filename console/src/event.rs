@@ -1,0 +1,62 @@
+//! The one `Event` type everything the console reacts to is turned into: keys, the clock,
+//! terminal resizes, decoded MQTT messages and broker connection changes.
+
+use chrono::{DateTime, Utc};
+use crossterm::event::KeyEvent;
+use mujin_protocol::message::{self, ReportedState, Telemetry};
+use mujin_protocol::{DeviceId, StoreId};
+
+/// Something that happened; `app::update` turns it into a new state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A key press from the terminal.
+    Key(KeyEvent),
+    /// The one-second clock; carries the current time so `update` never reads the clock itself.
+    Tick(DateTime<Utc>),
+    /// The terminal was resized to (columns, rows).
+    Resize(u16, u16),
+    /// A message arrived from the broker.
+    Mqtt(MqttMessage),
+    /// The broker connection came up or went down.
+    Connection(ConnectionChange),
+}
+
+/// One MQTT message, already decoded, with the local time it arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttMessage {
+    /// The operator's clock when the message arrived (device clocks may be wrong).
+    pub received_at: DateTime<Utc>,
+    pub incoming: Incoming,
+}
+
+/// The decoded content of one MQTT message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A device's reported state; `retained` when the broker replayed a stored copy on subscribe,
+    /// which says nothing about when the device was last heard from.
+    State {
+        store: StoreId,
+        device: DeviceId,
+        state: ReportedState,
+        retained: bool,
+    },
+    /// A device's periodic health report.
+    Telemetry {
+        store: StoreId,
+        device: DeviceId,
+        telemetry: Telemetry,
+    },
+    /// An event of a store.
+    StoreEvent(message::Event),
+    /// A message that could not be understood; counted, never shown as data.
+    Malformed { topic: String, error: String },
+}
+
+/// A change of the broker connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionChange {
+    /// The broker accepted the connection (subscriptions are being renewed).
+    Up,
+    /// The connection failed or dropped; the console keeps retrying.
+    Down { error: String },
+}
