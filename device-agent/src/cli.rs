@@ -100,6 +100,7 @@ pub fn cli_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> 
     let args = Args::parse_from(args);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
