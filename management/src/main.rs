@@ -1,1 +1,16 @@
-fn main() {}
+//! `mujin-management`: see `mujin_management::cli`.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,rumqttc=warn")),
+        )
+        .init();
+    mujin_management::cli::execute(mujin_management::cli::Cli::parse()).await
+}

@@ -1,0 +1,163 @@
+//! Ticket-signing keys on disk: one PKCS#8 file per key id in a directory only the owner can
+//! read. The key is created on first use; its bytes are never logged.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use mujin_protocol::ticket::{KeyError, Keyring, SigningKey};
+use mujin_protocol::KeyId;
+
+/// Why the key directory could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("cannot use key directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key file {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("key file {path} is not a valid key: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: KeyError,
+    },
+}
+
+/// The key that signs new tickets and every public key that verifies them.
+#[derive(Debug)]
+pub struct TicketKeys {
+    pub signing: SigningKey,
+    pub keyring: Keyring,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
+    move |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Loads the signing key `key_id` from `dir` (creating both with owner-only permissions when
+/// missing) and every other key there for verification.
+pub fn load_or_create(dir: &Path, key_id: &KeyId) -> Result<TicketKeys, KeyFileError> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_error(dir))?;
+    }
+    let path = key_path(dir, key_id);
+    if !path.exists() {
+        create_key(&path, key_id)?;
+    }
+    let signing = read_key(&path, key_id)?;
+    let mut keyring = Keyring::default();
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let file = entry.path();
+        let Some(id) = file
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".pk8"))
+            .and_then(|stem| KeyId::parse(stem).ok())
+        else {
+            continue;
+        };
+        keyring.add(read_key(&file, &id)?.public_key());
+    }
+    Ok(TicketKeys { signing, keyring })
+}
+
+fn key_path(dir: &Path, key_id: &KeyId) -> PathBuf {
+    dir.join(format!("{key_id}.pk8"))
+}
+
+fn create_key(path: &Path, key_id: &KeyId) -> Result<(), KeyFileError> {
+    let (_, pkcs8) =
+        SigningKey::generate(key_id.clone()).map_err(|source| KeyFileError::Invalid {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error(path))?;
+    file.write_all(&pkcs8).map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))?;
+    tracing::info!(key_id = %key_id, path = %path.display(), "created ticket-signing key");
+    Ok(())
+}
+
+fn read_key(path: &Path, key_id: &KeyId) -> Result<SigningKey, KeyFileError> {
+    let mode = fs::metadata(path)
+        .map_err(io_error(path))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::TooOpen {
+            path: path.to_owned(),
+            mode: mode & 0o777,
+        });
+    }
+    let pkcs8 = fs::read(path).map_err(io_error(path))?;
+    SigningKey::from_pkcs8(key_id.clone(), &pkcs8).map_err(|source| KeyFileError::Invalid {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_an_owner_only_key_and_reloads_the_same_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("keys");
+        let id = KeyId::parse("k1").unwrap();
+        let first = load_or_create(&keys_dir, &id).unwrap();
+        let mode = fs::metadata(keys_dir.join("k1.pk8"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = load_or_create(&keys_dir, &id).unwrap();
+        assert_eq!(first.signing.public_key(), again.signing.public_key());
+    }
+
+    #[test]
+    fn refuses_a_key_others_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = KeyId::parse("k1").unwrap();
+        load_or_create(dir.path(), &id).unwrap();
+        let path = dir.path().join("k1.pk8");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_or_create(dir.path(), &id).unwrap_err();
+        assert!(
+            matches!(err, KeyFileError::TooOpen { mode: 0o644, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn verifies_tickets_of_every_key_in_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = load_or_create(dir.path(), &KeyId::parse("k1").unwrap()).unwrap();
+        let new = load_or_create(dir.path(), &KeyId::parse("k2").unwrap()).unwrap();
+        assert_eq!(new.signing.key_id().as_str(), "k2");
+        let claims = mujin_protocol::ticket::TicketClaims {
+            ticket_id: mujin_protocol::TicketId::random(),
+            store: "s".parse().unwrap(),
+            device: "d".parse().unwrap(),
+            not_before: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            not_after: chrono::DateTime::from_timestamp(60, 0).unwrap(),
+            key_id: KeyId::parse("k1").unwrap(),
+        };
+        assert!(new.keyring.verify(&old.signing.issue(&claims)).is_ok());
+    }
+}

@@ -1,0 +1,502 @@
+//! Scan handling: decide each scan once, record the decision (and the new session) in one
+//! transaction keyed by the scan id, and say what to publish after the commit.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool};
+use mujin_protocol::message::{
+    self, Command, CommandAction, Decision, Event, EventKind, RejectReason, Scan, ScanResult,
+};
+use mujin_protocol::ticket::{Keyring, TicketClaims, TicketError};
+use mujin_protocol::topic::{DeviceChannel, Topic};
+use mujin_protocol::{CommandId, DeviceId, ScanId, SessionId, StoreId, TicketId};
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::audit;
+use crate::authorize::{authorize_scan, DeviceFacts, ReservationFacts, ScanFacts};
+use crate::db::sql_state;
+use crate::mqtt::Outbound;
+
+/// The longest ticket text stored with a scan; longer readings are cut (they are refused anyway).
+const STORED_TEXT_LIMIT: usize = 1024;
+
+/// What the scan rules need besides the scan.
+#[derive(Debug, Clone)]
+pub struct ScanRules {
+    pub keyring: Keyring,
+    pub early_grace: Duration,
+}
+
+/// A scan could not be decided right now (the database is unreachable or failed); the caller
+/// retries later without acknowledging the message.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// What a handled scan leads to.
+#[derive(Debug, Default)]
+pub struct ScanOutcome {
+    /// Messages to publish, in order, after the commit.
+    pub publish: Vec<Outbound>,
+    /// A session was started (the stop timer should look again).
+    pub session_started: bool,
+}
+
+/// Handles one scan published by `device` of `store`.
+pub async fn handle_scan(
+    pool: &Pool,
+    rules: &ScanRules,
+    store: &StoreId,
+    device: &DeviceId,
+    payload: &[u8],
+    now: DateTime<Utc>,
+) -> Result<ScanOutcome, ScanError> {
+    let scan: Scan = match message::decode(payload) {
+        Ok(scan) => scan,
+        Err(error) => {
+            return refuse_malformed(pool, store, device, payload, &error.to_string(), now).await
+        }
+    };
+    let ticket = rules.keyring.verify(&scan.ticket);
+    // Two deciders racing on the same scan or ticket: the loser's insert hits a unique
+    // constraint, and deciding again finds the winner's result.
+    for _ in 0..3 {
+        match decide_and_record(pool, rules, store, device, &scan, &ticket, now).await {
+            Err(ScanError::Postgres(error)) if is_conflict(&error) => continue,
+            other => return other,
+        }
+    }
+    decide_and_record(pool, rules, store, device, &scan, &ticket, now).await
+}
+
+fn is_conflict(error: &tokio_postgres::Error) -> bool {
+    matches!(sql_state(error), Some(state) if *state == SqlState::UNIQUE_VIOLATION
+        || *state == SqlState::T_R_SERIALIZATION_FAILURE
+        || *state == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+async fn decide_and_record(
+    pool: &Pool,
+    rules: &ScanRules,
+    store: &StoreId,
+    device: &DeviceId,
+    scan: &Scan,
+    ticket: &Result<TicketClaims, TicketError>,
+    now: DateTime<Utc>,
+) -> Result<ScanOutcome, ScanError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    if let Some(outcome) = earlier_decision(&tx, store, device, scan.scan_id, now).await? {
+        tx.commit().await?;
+        return Ok(outcome);
+    }
+    let device_facts = device_facts(&tx, store, device).await?;
+    let reservation = match ticket {
+        Ok(claims) => reservation_facts(&tx, claims.ticket_id).await?,
+        Err(_) => None,
+    };
+    let facts = ScanFacts {
+        store,
+        device,
+        device_facts,
+        ticket,
+        reservation,
+        now,
+        early_grace: rules.early_grace,
+    };
+    let ticket_id = ticket.as_ref().ok().map(|claims| claims.ticket_id);
+    let (decision, events, start) = match authorize_scan(&facts) {
+        Ok(approval) => {
+            let Some(ticket_id) = ticket_id else {
+                unreachable!("an approved scan has a verified ticket")
+            };
+            let started = start_session(
+                &tx,
+                store,
+                device,
+                scan.scan_id,
+                ticket_id,
+                approval.lease_until,
+                now,
+            )
+            .await?;
+            (
+                started.decision.clone(),
+                started.events.clone(),
+                Some(started.command),
+            )
+        }
+        Err(refusal) => {
+            tracing::info!(%store, %device, scan_id = %scan.scan_id, reason = %refusal.reason, detail = refusal.detail, "scan refused");
+            let event = EventKind::ScanRejected {
+                scan_id: Some(scan.scan_id),
+                reason: refusal.reason,
+                detail: refusal.detail.clone(),
+            };
+            let decision = Decision::Rejected {
+                reason: refusal.reason,
+                detail: refusal.detail,
+            };
+            (decision, vec![event], None)
+        }
+    };
+    insert_scan(&tx, store, device, scan, ticket_id, &decision).await?;
+    let events: Vec<Event> = events
+        .into_iter()
+        .map(|kind| Event {
+            at: now,
+            store: store.clone(),
+            device: Some(device.clone()),
+            kind,
+        })
+        .collect();
+    for event in &events {
+        audit::record(&tx, event).await?;
+    }
+    tx.commit().await?;
+
+    let mut publish = vec![scan_result(store, device, scan.scan_id, decision)];
+    let session_started = start.is_some();
+    if let Some(command) = start {
+        publish.push(command_message(store, device, &command));
+    }
+    publish.extend(events.iter().map(event_message));
+    Ok(ScanOutcome {
+        publish,
+        session_started,
+    })
+}
+
+struct StartedSession {
+    decision: Decision,
+    events: Vec<EventKind>,
+    command: Command,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_session(
+    tx: &impl GenericClient,
+    store: &StoreId,
+    device: &DeviceId,
+    scan_id: ScanId,
+    ticket_id: TicketId,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<StartedSession, ScanError> {
+    let session_id = SessionId::random();
+    let command_id = CommandId::random();
+    tx.execute(
+        "INSERT INTO sessions (session_id, ticket_id, scan_id, store_id, device_id, started_at, lease_until, start_command_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &session_id.as_uuid(),
+            &ticket_id.as_uuid(),
+            &scan_id.as_uuid(),
+            &store.as_str(),
+            &device.as_str(),
+            &now,
+            &lease_until,
+            &command_id.as_uuid(),
+        ],
+    )
+    .await?;
+    tracing::info!(%store, %device, %scan_id, %session_id, %lease_until, "scan accepted, session started");
+    Ok(StartedSession {
+        decision: Decision::Accepted {
+            session_id,
+            ticket_id,
+            lease_until,
+        },
+        events: vec![
+            EventKind::ScanAccepted {
+                scan_id,
+                ticket_id,
+                session_id,
+            },
+            EventKind::SessionStarted {
+                session_id,
+                ticket_id,
+                lease_until,
+            },
+        ],
+        command: start_command(command_id, session_id, lease_until, now),
+    })
+}
+
+/// The start command for a session, with the time left counted from `now`.
+pub fn start_command(
+    command_id: CommandId,
+    session_id: SessionId,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Command {
+    let remaining_ms = (lease_until - now).num_milliseconds().max(0) as u64;
+    Command {
+        command_id,
+        issued_at: now,
+        action: CommandAction::Start {
+            session_id,
+            lease_until,
+            remaining_ms,
+        },
+    }
+}
+
+/// A scan id seen before gets its first answer again; a start it led to is resent (agents
+/// treat a start of the session they already run as done), so a crash between the commit and
+/// the publish loses nothing.
+async fn earlier_decision(
+    tx: &impl GenericClient,
+    store: &StoreId,
+    device: &DeviceId,
+    scan_id: ScanId,
+    now: DateTime<Utc>,
+) -> Result<Option<ScanOutcome>, ScanError> {
+    let row = tx
+        .query_opt(
+            "SELECT sc.accepted, sc.reason, sc.detail, sc.ticket_id, se.session_id, se.lease_until,
+                    se.start_command_id, se.ended_at IS NULL
+             FROM scans sc LEFT JOIN sessions se ON se.session_id = sc.session_id
+             WHERE sc.scan_id = $1",
+            &[&scan_id.as_uuid()],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    tracing::info!(%store, %device, %scan_id, "scan delivered again; answering with its first decision");
+    let accepted: bool = row.get(0);
+    let mut publish = Vec::new();
+    let decision = match (accepted, row.get::<_, Option<Uuid>>(4)) {
+        (true, Some(session_id)) => {
+            let session_id = SessionId::from_uuid(session_id);
+            let lease_until: DateTime<Utc> = row.get(5);
+            let ticket_id = TicketId::from_uuid(row.get::<_, Option<Uuid>>(3).unwrap_or_default());
+            if row.get::<_, bool>(7) {
+                let command = start_command(
+                    CommandId::from_uuid(row.get(6)),
+                    session_id,
+                    lease_until,
+                    now,
+                );
+                publish.push(command_message(store, device, &command));
+            }
+            Decision::Accepted {
+                session_id,
+                ticket_id,
+                lease_until,
+            }
+        }
+        _ => Decision::Rejected {
+            reason: row
+                .get::<_, Option<&str>>(1)
+                .and_then(RejectReason::parse)
+                .unwrap_or(RejectReason::MalformedScan),
+            detail: row.get(2),
+        },
+    };
+    publish.insert(0, scan_result(store, device, scan_id, decision));
+    Ok(Some(ScanOutcome {
+        publish,
+        session_started: false,
+    }))
+}
+
+async fn device_facts(
+    tx: &impl GenericClient,
+    store: &StoreId,
+    device: &DeviceId,
+) -> Result<Option<DeviceFacts>, ScanError> {
+    // The row lock serializes decisions for one device across workers.
+    let row = tx
+        .query_opt(
+            "SELECT d.in_service,
+                    EXISTS (SELECT 1 FROM sessions s
+                            WHERE s.store_id = d.store_id AND s.device_id = d.device_id AND s.ended_at IS NULL)
+             FROM devices d WHERE d.store_id = $1 AND d.device_id = $2
+             FOR UPDATE OF d",
+            &[&store.as_str(), &device.as_str()],
+        )
+        .await?;
+    Ok(row.map(|row| DeviceFacts {
+        in_service: row.get(0),
+        busy: row.get(1),
+    }))
+}
+
+async fn reservation_facts(
+    tx: &impl GenericClient,
+    ticket_id: TicketId,
+) -> Result<Option<ReservationFacts>, ScanError> {
+    let row = tx
+        .query_opt(
+            "SELECT lower(r.period), upper(r.period), r.cancelled_at IS NOT NULL,
+                    EXISTS (SELECT 1 FROM sessions s WHERE s.ticket_id = r.ticket_id)
+             FROM reservations r WHERE r.ticket_id = $1
+             FOR UPDATE OF r",
+            &[&ticket_id.as_uuid()],
+        )
+        .await?;
+    Ok(row.map(|row| ReservationFacts {
+        starts_at: row.get(0),
+        ends_at: row.get(1),
+        cancelled: row.get(2),
+        used: row.get(3),
+    }))
+}
+
+async fn insert_scan(
+    tx: &impl GenericClient,
+    store: &StoreId,
+    device: &DeviceId,
+    scan: &Scan,
+    ticket_id: Option<TicketId>,
+    decision: &Decision,
+) -> Result<(), ScanError> {
+    let (accepted, reason, detail, session_id) = match decision {
+        Decision::Accepted { session_id, .. } => (true, None, "", Some(session_id.as_uuid())),
+        Decision::Rejected { reason, detail } => {
+            (false, Some(reason.as_str()), detail.as_str(), None)
+        }
+    };
+    let text: String = scan.ticket.chars().take(STORED_TEXT_LIMIT).collect();
+    tx.execute(
+        "INSERT INTO scans (scan_id, store_id, device_id, ticket_text, ticket_id, read_at, accepted, reason, detail, session_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &scan.scan_id.as_uuid(),
+            &store.as_str(),
+            &device.as_str(),
+            &text,
+            &ticket_id.map(|id| id.as_uuid()),
+            &scan.read_at,
+            &accepted,
+            &reason,
+            &detail,
+            &session_id,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A payload that is not a scan: refused with an event and, when its scan id can still be read,
+/// an answer to the device.
+async fn refuse_malformed(
+    pool: &Pool,
+    store: &StoreId,
+    device: &DeviceId,
+    payload: &[u8],
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<ScanOutcome, ScanError> {
+    tracing::warn!(%store, %device, bytes = payload.len(), error, "malformed scan refused");
+    let scan_id = salvage_scan_id(payload);
+    let detail: String = error.chars().take(200).collect();
+    let event = Event {
+        at: now,
+        store: store.clone(),
+        device: Some(device.clone()),
+        kind: EventKind::ScanRejected {
+            scan_id,
+            reason: RejectReason::MalformedScan,
+            detail: detail.clone(),
+        },
+    };
+    let client = pool.get().await?;
+    audit::record(&client, &event).await?;
+    let mut publish = Vec::new();
+    if let Some(scan_id) = scan_id {
+        let decision = Decision::Rejected {
+            reason: RejectReason::MalformedScan,
+            detail,
+        };
+        publish.push(scan_result(store, device, scan_id, decision));
+    }
+    publish.push(event_message(&event));
+    Ok(ScanOutcome {
+        publish,
+        session_started: false,
+    })
+}
+
+fn salvage_scan_id(payload: &[u8]) -> Option<ScanId> {
+    if payload.len() > message::MAX_PAYLOAD_BYTES {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    ScanId::parse(value.get("scan_id")?.as_str()?).ok()
+}
+
+fn scan_result(
+    store: &StoreId,
+    device: &DeviceId,
+    scan_id: ScanId,
+    decision: Decision,
+) -> Outbound {
+    let topic = Topic::device(store, device, DeviceChannel::ScanResult);
+    Outbound::new(&topic, message::encode(&ScanResult { scan_id, decision }))
+}
+
+/// The command message for a device.
+pub fn command_message(store: &StoreId, device: &DeviceId, command: &Command) -> Outbound {
+    let topic = Topic::device(store, device, DeviceChannel::Command);
+    Outbound::new(&topic, message::encode(command))
+}
+
+/// The event message for the event's store.
+pub fn event_message(event: &Event) -> Outbound {
+    let topic = Topic::Events {
+        store: event.store.clone(),
+    };
+    Outbound::new(&topic, message::encode(event))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_ids_are_salvaged_from_otherwise_broken_scans() {
+        let id = ScanId::random();
+        let payload = format!(r#"{{"scan_id":"{id}","ticket":42}}"#);
+        assert_eq!(salvage_scan_id(payload.as_bytes()), Some(id));
+        assert_eq!(salvage_scan_id(b"not json"), None);
+        assert_eq!(salvage_scan_id(br#"{"scan_id":"nope"}"#), None);
+    }
+
+    #[test]
+    fn start_commands_count_the_time_left() {
+        let now = DateTime::from_timestamp(1_000, 0).unwrap();
+        let command = start_command(
+            CommandId::random(),
+            SessionId::random(),
+            now + chrono::Duration::seconds(90),
+            now,
+        );
+        assert!(matches!(
+            command.action,
+            CommandAction::Start {
+                remaining_ms: 90_000,
+                ..
+            }
+        ));
+        let late = start_command(
+            CommandId::random(),
+            SessionId::random(),
+            now - chrono::Duration::seconds(1),
+            now,
+        );
+        assert!(matches!(
+            late.action,
+            CommandAction::Start {
+                remaining_ms: 0,
+                ..
+            }
+        ));
+    }
+}
