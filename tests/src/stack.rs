@@ -1,0 +1,274 @@
+//! A whole mujin stack for one test: the `mujin-broker` process, a fresh database, management
+//! running in-process, and an observer. Agents are added with [`Stack::agent`].
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use mujin_management::booking::{self, Booking, BookingError};
+use mujin_management::keys::{self, TicketKeys};
+use mujin_management::{db, MqttSettings, Settings};
+use mujin_protocol::topic::DeviceChannel;
+use mujin_protocol::{DeviceId, KeyId, StoreId};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::Agent;
+use crate::observer::Observer;
+
+/// Usernames and passwords the test broker accepts.
+pub const MANAGEMENT: (&str, &str) = ("management", "management-secret");
+pub const AGENT: (&str, &str) = ("agent", "agent-secret");
+pub const OBSERVER: (&str, &str) = ("observer", "observer-secret");
+
+/// The running parts of one test.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub database_url: String,
+    pub pool: Pool,
+    pub keys: TicketKeys,
+    pub observer: Observer,
+    broker: Option<Child>,
+    management: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Stack {
+    /// Starts the broker, a fresh database and management.
+    pub async fn start() -> Stack {
+        crate::init_tracing();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = mujin_broker::free_local_port().expect("a free port");
+        let broker = start_broker(&dir.path().join("credentials.toml"), port).await;
+        let database_url = crate::postgres::fresh_database().await;
+        let pool = db::pool(&database_url, 4).expect("pool");
+        db::migrate(&pool).await.expect("migrations");
+        let keys = keys::load_or_create(&key_dir(&dir), &KeyId::parse("k1").expect("key id"))
+            .expect("signing key");
+        let observer = Observer::connect(port, OBSERVER.0, OBSERVER.1).await;
+        let mut stack = Stack {
+            dir,
+            port,
+            database_url,
+            pool,
+            keys,
+            observer,
+            broker: Some(broker),
+            management: None,
+        };
+        stack.start_management();
+        stack.wait_for_management().await;
+        stack
+    }
+
+    /// Waits until management decides scans: a malformed probe scan from an unregistered
+    /// device is published until its rejection event comes back.
+    pub async fn wait_for_management(&self) {
+        let probe_store = StoreId::parse("probe").expect("store id");
+        let probe_device = DeviceId::parse("probe").expect("device id");
+        let topic = mujin_protocol::topic::device(&probe_store, &probe_device, DeviceChannel::Scan);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            self.observer.publish_raw(&topic, b"probe".to_vec()).await;
+            let answered = tokio::time::timeout(Duration::from_millis(500), async {
+                loop {
+                    if self
+                        .observer
+                        .events()
+                        .iter()
+                        .any(|event| event.store == probe_store)
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            if answered.is_ok() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "management did not start deciding scans"
+            );
+        }
+    }
+
+    /// Starts management in-process (again, after [`Stack::stop_management`]).
+    pub fn start_management(&mut self) {
+        let settings = Settings {
+            database_url: self.database_url.clone(),
+            mqtt: MqttSettings {
+                host: "127.0.0.1".into(),
+                port: self.port,
+                username: MANAGEMENT.0.into(),
+                password: MANAGEMENT.1.into(),
+                client_id: "mujin-management".into(),
+            },
+            key_dir: key_dir(&self.dir),
+            key_id: KeyId::parse("k1").expect("key id"),
+            early_grace: Duration::from_secs(5),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(mujin_management::run(
+            settings,
+            stop.clone().cancelled_owned(),
+        ));
+        self.management = Some((stop, task));
+    }
+
+    /// Stops management cleanly and waits for it.
+    pub async fn stop_management(&mut self) {
+        if let Some((stop, task)) = self.management.take() {
+            stop.cancel();
+            task.await
+                .expect("management task")
+                .expect("management ran cleanly");
+        }
+    }
+
+    /// Registers a device.
+    pub async fn add_device(&self, store: &str, device: &str) -> (StoreId, DeviceId) {
+        let store = StoreId::parse(store).expect("store id");
+        let device = DeviceId::parse(device).expect("device id");
+        booking::add_device(&self.pool, &store, &device, "")
+            .await
+            .expect("register device");
+        (store, device)
+    }
+
+    /// Books `device` from `now + start` for `length`.
+    pub async fn book(
+        &self,
+        (store, device): &(StoreId, DeviceId),
+        start: chrono::Duration,
+        length: chrono::Duration,
+    ) -> Result<Booking, BookingError> {
+        let now = Utc::now();
+        booking::reserve(
+            &self.pool,
+            &self.keys.signing,
+            store,
+            device,
+            now + start,
+            now + start + length,
+            now,
+        )
+        .await
+    }
+
+    /// Books `device` from now (rounded up to the next whole second) for `seconds`.
+    pub async fn book_now(&self, device: &(StoreId, DeviceId), seconds: i64) -> Booking {
+        let now = Utc::now();
+        let to_next_second =
+            chrono::Duration::milliseconds(1000 - i64::from(now.timestamp_subsec_millis()));
+        self.book(
+            device,
+            chrono::Duration::zero() - to_next_second + chrono::Duration::seconds(1),
+            chrono::Duration::seconds(seconds),
+        )
+        .await
+        .expect("booking")
+    }
+
+    /// Starts a real agent process for the device.
+    pub fn agent(&self, (store, device): &(StoreId, DeviceId)) -> Agent {
+        Agent::spawn(self.dir.path(), self.port, AGENT, store, device)
+    }
+
+    /// Kills the broker process (as a crash would).
+    pub async fn kill_broker(&mut self) {
+        if let Some(mut broker) = self.broker.take() {
+            let _ = broker.kill().await;
+        }
+    }
+
+    /// One row of the sessions table.
+    pub async fn session_row(&self, ticket: &Booking) -> Option<SessionRow> {
+        let client = self.pool.get().await.expect("db connection");
+        let row = client
+            .query_opt(
+                "SELECT started_at, lease_until, ended_at, end_reason FROM sessions WHERE ticket_id = $1",
+                &[&ticket.claims.ticket_id.as_uuid()],
+            )
+            .await
+            .expect("query sessions")?;
+        Some(SessionRow {
+            started_at: row.get(0),
+            lease_until: row.get(1),
+            ended_at: row.get(2),
+            end_reason: row.get(3),
+        })
+    }
+
+    /// How many sessions a ticket produced.
+    pub async fn session_count(&self, ticket: &Booking) -> i64 {
+        let client = self.pool.get().await.expect("db connection");
+        client
+            .query_one(
+                "SELECT count(*) FROM sessions WHERE ticket_id = $1",
+                &[&ticket.claims.ticket_id.as_uuid()],
+            )
+            .await
+            .expect("count sessions")
+            .get(0)
+    }
+
+    /// Stops management and the broker.
+    pub async fn shutdown(mut self) {
+        self.stop_management().await;
+        self.kill_broker().await;
+    }
+}
+
+/// A session's usage record.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub started_at: DateTime<Utc>,
+    pub lease_until: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<String>,
+}
+
+fn key_dir(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("keys")
+}
+
+/// Starts `mujin-broker` on `port` and waits until it says it listens.
+async fn start_broker(credentials: &std::path::Path, port: u16) -> Child {
+    let mut file = String::new();
+    for (username, password) in [MANAGEMENT, AGENT, OBSERVER] {
+        file.push_str(&format!(
+            "[[client]]\nusername = \"{username}\"\npassword = \"{password}\"\n\n"
+        ));
+    }
+    std::fs::write(credentials, file).expect("write credentials");
+    let mut child = Command::new(crate::binary("mujin-broker"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--credentials")
+        .arg(credentials)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start mujin-broker");
+    let stdout = child.stdout.take().expect("broker stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("listening") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ready, Ok(true), "mujin-broker did not report listening");
+    // Keep draining its stdout so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}

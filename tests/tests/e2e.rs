@@ -1,0 +1,348 @@
+//! End-to-end: reserve → ticket → scan → auto-start → auto-stop, over the real `mujin-broker`
+//! process, a real PostgreSQL, management, and real `mujin-agent` processes running real programs.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use mujin_protocol::message::{
+    self, Availability, Decision, EndReason, EventKind, ProgramStatus, RejectReason, ReportedState,
+    Scan, ScanResult, StopCause,
+};
+use mujin_protocol::ticket::SigningKey;
+use mujin_protocol::topic::{self, DeviceChannel, Topic};
+use mujin_protocol::{DeviceId, KeyId, ScanId, StoreId};
+use mujin_tests::agent::Agent;
+use mujin_tests::stack::Stack;
+use mujin_tests::{process_alive, wait_for};
+
+const SHORT: Duration = Duration::from_secs(10);
+
+/// Waits until the agent of `device` reported itself online.
+async fn online(stack: &Stack, (store, device): &(StoreId, DeviceId)) {
+    let wanted = Topic::device(store, device, DeviceChannel::State);
+    stack
+        .observer
+        .wait_for("the agent to come online", SHORT, |topic, payload| {
+            let state: ReportedState = message::decode(payload).ok()?;
+            (topic == &wanted && state.availability == Availability::Online).then_some(())
+        })
+        .await;
+}
+
+/// Waits for the store event refusing a scan for `reason`, and for the device to show it.
+async fn refused(stack: &Stack, agent: &Agent, reason: RejectReason) {
+    agent
+        .wait_screen(&format!("REFUSED ({reason})"), SHORT)
+        .await;
+    stack
+        .observer
+        .wait_event(
+            &format!("a {reason} rejection event"),
+            SHORT,
+            |event| match &event.kind {
+                EventKind::ScanRejected { reason: got, .. } if *got == reason => Some(()),
+                _ => None,
+            },
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booked_ticket_starts_the_program_which_stops_at_the_end_of_the_booking() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let mut agent = stack.agent(&device);
+    online(&stack, &device).await;
+
+    let booking = stack.book_now(&device, 4).await;
+    agent.scan(&booking.ticket).await;
+    agent.wait_screen("ACCEPTED", SHORT).await;
+    let pid = agent.program_pid(SHORT).await;
+    assert!(process_alive(pid), "the operating program runs");
+    let session_id = stack
+        .observer
+        .wait_event("session started", SHORT, |event| match event.kind {
+            EventKind::SessionStarted {
+                session_id,
+                ticket_id,
+                ..
+            } if ticket_id == booking.claims.ticket_id => Some(session_id),
+            _ => None,
+        })
+        .await;
+
+    let (ended_at, reason) = stack
+        .observer
+        .wait_event(
+            "session ended",
+            Duration::from_secs(15),
+            |event| match event.kind {
+                EventKind::SessionEnded {
+                    session_id: id,
+                    ended_at,
+                    reason,
+                    ..
+                } if id == session_id => Some((ended_at, reason)),
+                _ => None,
+            },
+        )
+        .await;
+    assert_eq!(reason, EndReason::BookingEnded);
+    let lateness = ended_at - booking.claims.not_after;
+    assert!(
+        lateness >= chrono::Duration::zero() && lateness < chrono::Duration::seconds(2),
+        "stopped {lateness} after the end of the booking"
+    );
+    wait_for("the program to be stopped", SHORT, || async {
+        (!process_alive(pid)).then_some(())
+    })
+    .await;
+
+    // The usage record, and the device's own account of how the program ended.
+    let row = stack.session_row(&booking).await.expect("a session row");
+    assert_eq!(row.end_reason.as_deref(), Some("booking_ended"));
+    assert_eq!(row.lease_until, booking.claims.not_after);
+    assert!(row.ended_at.expect("ended") >= row.started_at);
+    let (store, dev) = &device;
+    let state_topic = Topic::device(store, dev, DeviceChannel::State);
+    stack
+        .observer
+        .wait_for(
+            "the device to report idle after the session",
+            SHORT,
+            |topic, payload| {
+                let state: ReportedState = message::decode(payload).ok()?;
+                let exit = state
+                    .last_exit
+                    .filter(|exit| exit.session_id == session_id)?;
+                // The stop command and the device's own lease aim at the same instant; either may win.
+                let on_time = matches!(
+                    exit.stopped_by,
+                    StopCause::Command | StopCause::LeaseExpired
+                );
+                (topic == &state_topic && state.program == ProgramStatus::Idle && on_time)
+                    .then_some(())
+            },
+        )
+        .await;
+    agent.stop().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_ticket_is_refused_with_its_own_reason() {
+    let stack = Stack::start().await;
+    let pc1 = stack.add_device("shibuya", "pc-01").await;
+    let pc2 = stack.add_device("shibuya", "pc-02").await;
+    let mut agent1 = stack.agent(&pc1);
+    let mut agent2 = stack.agent(&pc2);
+    online(&stack, &pc1).await;
+    online(&stack, &pc2).await;
+    let secs = chrono::Duration::seconds;
+
+    // Used once, then refused as already used.
+    let first = stack.book_now(&pc1, 60).await;
+    agent1.scan(&first.ticket).await;
+    agent1.wait_screen("ACCEPTED", SHORT).await;
+    agent1.scan(&first.ticket).await;
+    refused(&stack, &agent1, RejectReason::AlreadyUsed).await;
+
+    // pc-02: a booking that will have ended, one for later, one for now.
+    let ended = stack.book(&pc2, secs(0), secs(1)).await.expect("booking");
+    let later = stack
+        .book(&pc2, chrono::Duration::minutes(10), secs(60))
+        .await
+        .expect("booking");
+    let current = stack.book(&pc2, secs(2), secs(60)).await.expect("booking");
+
+    agent1.scan(&current.ticket).await;
+    refused(&stack, &agent1, RejectReason::WrongDevice).await;
+
+    let forger = SigningKey::from_seed(KeyId::parse("k1").unwrap(), &[42; 32]).unwrap();
+    agent2.scan(&forger.issue(&current.claims)).await;
+    refused(&stack, &agent2, RejectReason::BadSignature).await;
+
+    let stranger = SigningKey::from_seed(KeyId::parse("k9").unwrap(), &[42; 32]).unwrap();
+    agent2.scan(&stranger.issue(&current.claims)).await;
+    refused(&stack, &agent2, RejectReason::UnknownKey).await;
+
+    agent2.scan("HELLO-I-AM-NOT-A-TICKET").await;
+    refused(&stack, &agent2, RejectReason::MalformedTicket).await;
+
+    agent2.scan(&later.ticket).await;
+    refused(&stack, &agent2, RejectReason::TooEarly).await;
+
+    wait_for("the short booking to end", SHORT, || async {
+        (Utc::now() > ended.claims.not_after).then_some(())
+    })
+    .await;
+    agent2.scan(&ended.ticket).await;
+    refused(&stack, &agent2, RejectReason::Expired).await;
+
+    // A payload that is not a scan at all: refused, and the worker carries on.
+    let (store, device) = &pc2;
+    let scan_topic = topic::device(store, device, DeviceChannel::Scan);
+    stack
+        .observer
+        .publish_raw(&scan_topic, b"{not json".to_vec())
+        .await;
+    stack
+        .observer
+        .wait_event("a malformed scan event", SHORT, |event| match &event.kind {
+            EventKind::ScanRejected {
+                reason: RejectReason::MalformedScan,
+                scan_id: None,
+                ..
+            } => Some(()),
+            _ => None,
+        })
+        .await;
+    let salvaged = ScanId::random();
+    stack
+        .observer
+        .publish_raw(
+            &scan_topic,
+            format!(r#"{{"scan_id":"{salvaged}","ticket":7}}"#).into_bytes(),
+        )
+        .await;
+    refused(&stack, &agent2, RejectReason::MalformedScan).await;
+
+    wait_for("the current booking to start", SHORT, || async {
+        (Utc::now() >= current.claims.not_before).then_some(())
+    })
+    .await;
+    agent2.scan(&current.ticket).await;
+    agent2.wait_screen("ACCEPTED", SHORT).await;
+    assert_eq!(stack.session_count(&first).await, 1);
+    assert_eq!(stack.session_count(&current).await, 1);
+
+    agent1.stop().await;
+    agent2.stop().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_scan_delivered_twice_gives_one_session_and_the_same_answer() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-09").await;
+    let booking = stack.book_now(&device, 30).await;
+    let scan = Scan {
+        scan_id: ScanId::random(),
+        ticket: booking.ticket.clone(),
+        read_at: Utc::now(),
+    };
+    let (store, dev) = &device;
+    let scan_topic = topic::device(store, dev, DeviceChannel::Scan);
+    let payload = message::encode(&scan);
+    stack
+        .observer
+        .publish_raw(&scan_topic, payload.clone())
+        .await;
+    stack.observer.publish_raw(&scan_topic, payload).await;
+
+    let result_topic = Topic::device(store, dev, DeviceChannel::ScanResult);
+    let answers = wait_for("two answers", SHORT, || {
+        let answers: Vec<ScanResult> = stack
+            .observer
+            .recorded()
+            .into_iter()
+            .filter(|recorded| recorded.topic == result_topic)
+            .filter_map(|recorded| message::decode(&recorded.payload).ok())
+            .collect();
+        async move { (answers.len() == 2).then_some(answers) }
+    })
+    .await;
+    assert_eq!(
+        answers[0], answers[1],
+        "a redelivered scan gets its first answer"
+    );
+    assert!(matches!(answers[0].decision, Decision::Accepted { .. }));
+    assert_eq!(stack.session_count(&booking).await, 1);
+    let started = stack
+        .observer
+        .events()
+        .into_iter()
+        .filter(|event| matches!(event.kind, EventKind::SessionStarted { .. }))
+        .count();
+    assert_eq!(started, 1, "one session started event");
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_bookings_are_refused_by_the_database() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let other = stack.add_device("shibuya", "pc-02").await;
+    let hours = chrono::Duration::hours;
+    stack
+        .book(&device, hours(1), hours(1))
+        .await
+        .expect("first booking");
+    let overlap = stack
+        .book(&device, chrono::Duration::minutes(90), hours(1))
+        .await;
+    assert!(
+        matches!(
+            overlap,
+            Err(mujin_management::booking::BookingError::Overlap { .. })
+        ),
+        "{overlap:?}"
+    );
+    stack
+        .book(&device, hours(2), hours(1))
+        .await
+        .expect("a back-to-back booking is fine");
+    stack
+        .book(&other, hours(1), hours(1))
+        .await
+        .expect("another device is free");
+
+    // Not just the application: the table itself refuses an overlapping row.
+    let client = stack.pool.get().await.unwrap();
+    let error = client
+        .execute(
+            "INSERT INTO reservations (ticket_id, store_id, device_id, period, key_id)
+             VALUES (gen_random_uuid(), 'shibuya', 'pc-01', tstzrange(now() + interval '70 minutes', now() + interval '80 minutes', '[)'), 'k1')",
+            &[],
+        )
+        .await
+        .expect_err("the exclusion constraint refuses the row");
+    assert_eq!(
+        error.as_db_error().map(|db| db.constraint()),
+        Some(Some("reservations_no_overlap"))
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_stops_the_program_at_the_lease_end_when_the_broker_is_gone() {
+    let mut stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let mut agent = stack.agent(&device);
+    online(&stack, &device).await;
+    let booking = stack.book_now(&device, 4).await;
+    agent.scan(&booking.ticket).await;
+    agent.wait_screen("ACCEPTED", SHORT).await;
+    let pid = agent.program_pid(SHORT).await;
+
+    stack.kill_broker().await;
+    assert!(
+        process_alive(pid),
+        "the program keeps running without the broker"
+    );
+    wait_for(
+        "the agent to stop the program by itself",
+        Duration::from_secs(15),
+        || async { (!process_alive(pid)).then_some(()) },
+    )
+    .await;
+    let stopped_at = Utc::now();
+    assert!(
+        stopped_at - booking.claims.not_after < chrono::Duration::seconds(3),
+        "stopped {} after the lease end",
+        stopped_at - booking.claims.not_after
+    );
+    agent.wait_screen("LEASE ENDED", SHORT).await;
+    agent.stop().await;
+    stack.shutdown().await;
+}
