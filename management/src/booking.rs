@@ -15,7 +15,7 @@ use crate::db::{sql_state, DbError};
 #[derive(Debug, thiserror::Error)]
 pub enum BookingError {
     #[error(
-        "unknown device {store}/{device}; register it first with `mujin-management device add`"
+        "unknown device {store}/{device}; register it first with `mujin-management device-add`"
     )]
     UnknownDevice { store: StoreId, device: DeviceId },
     #[error("device {store}/{device} is already booked during part of that window")]

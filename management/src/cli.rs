@@ -8,7 +8,10 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use mujin_protocol::{DeviceId, KeyId, StoreId};
 
-use crate::postgres::PrivateCluster;
+use crate::postgres::{ClusterError, PrivateCluster};
+
+/// The database mujin uses in its private cluster.
+const DATABASE_NAME: &str = "mujin";
 use crate::{booking, db, keys, qr, MqttSettings, Settings};
 
 /// mujin management: reservations, tickets, scan decisions and stop timers.
@@ -138,11 +141,23 @@ pub async fn open_database(global: &GlobalArgs) -> anyhow::Result<Database> {
         });
     }
     let dir = global.data_dir.join("postgres");
-    let cluster = PrivateCluster::start(&dir)
-        .with_context(|| format!("cannot start the private PostgreSQL in {}", dir.display()))?;
-    cluster.create_database("mujin").await?;
+    let cluster = match PrivateCluster::start(&dir) {
+        Ok(cluster) => cluster,
+        Err(ClusterError::AlreadyRunning { pid, .. }) => {
+            // Another mujin-management (e.g. the worker) runs it: share it.
+            tracing::info!(pid, data_dir = %dir.display(), "using the private PostgreSQL already running");
+            return Ok(Database {
+                url: PrivateCluster::connection_string_of_running(&dir, DATABASE_NAME),
+                cluster: None,
+            });
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot start the private PostgreSQL in {}", dir.display()))
+        }
+    };
+    cluster.create_database(DATABASE_NAME).await?;
     Ok(Database {
-        url: cluster.connection_string("mujin"),
+        url: cluster.connection_string(DATABASE_NAME),
         cluster: Some(cluster),
     })
 }

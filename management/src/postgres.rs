@@ -18,6 +18,7 @@ use nix::unistd::{Gid, Pid, Uid, User};
 
 /// Every path is under this; the port only names the socket file.
 const PORT: u16 = 5432;
+
 /// The cluster's superuser (initdb `-U`), whoever runs the server.
 const SUPERUSER: &str = "postgres";
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -167,11 +168,13 @@ impl PrivateCluster {
 
     /// libpq-style connection string for tokio-postgres / deadpool-postgres.
     pub fn connection_string(&self, dbname: &str) -> String {
-        format!(
-            "host={} port={PORT} user={SUPERUSER} dbname={}",
-            conninfo_value(&self.socket_dir.to_string_lossy()),
-            conninfo_value(dbname)
-        )
+        socket_connection_string(&self.socket_dir, dbname)
+    }
+
+    /// The connection string of a private cluster in `data_dir` that another process runs
+    /// (see [`ClusterError::AlreadyRunning`]).
+    pub fn connection_string_of_running(data_dir: &Path, dbname: &str) -> String {
+        socket_connection_string(&data_dir.join("socket"), dbname)
     }
 
     /// The data directory (PGDATA) of this cluster.
@@ -613,6 +616,14 @@ fn conninfo_value(value: &str) -> String {
 /// Quotes an SQL identifier: "name" with " doubled.
 fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn socket_connection_string(socket_dir: &Path, dbname: &str) -> String {
+    format!(
+        "host={} port={PORT} user={SUPERUSER} dbname={}",
+        conninfo_value(&socket_dir.to_string_lossy()),
+        conninfo_value(dbname)
+    )
 }
 
 #[cfg(test)]
