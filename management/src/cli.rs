@@ -152,7 +152,9 @@ pub async fn open_database(global: &GlobalArgs) -> anyhow::Result<Database> {
             });
         }
         Err(error) => {
-            return Err(error).with_context(|| format!("cannot start the private PostgreSQL in {}", dir.display()))
+            return Err(error).with_context(|| {
+                format!("cannot start the private PostgreSQL in {}", dir.display())
+            })
         }
     };
     cluster.create_database(DATABASE_NAME).await?;

@@ -174,6 +174,8 @@ impl PrivateCluster {
     /// The connection string of a private cluster in `data_dir` that another process runs
     /// (see [`ClusterError::AlreadyRunning`]).
     pub fn connection_string_of_running(data_dir: &Path, dbname: &str) -> String {
+        // libpq takes only an absolute path as a socket directory (anything else is a host name).
+        let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         socket_connection_string(&data_dir.join("socket"), dbname)
     }
 
