@@ -1,0 +1,412 @@
+//! The message vectors: one booking's life on the wire (a scan refused as too early, the scan
+//! that starts the session, its command, ack, state and telemetry, the stop at the end), built
+//! from fixed values, with the topic, QoS and retain flag each message travels with.
+
+use chrono::{DateTime, Utc};
+use mujin_protocol::message::{
+    decode, encode, Ack, Availability, Command, CommandAction, Decision, EndReason, Event,
+    EventKind, ProgramExit, ProgramStatus, RejectReason, ReportedState, Scan, ScanResult,
+    StopCause, Telemetry,
+};
+use mujin_protocol::topic::{DeviceChannel, Topic};
+use mujin_protocol::{CommandId, DeviceId, ScanId, SessionId, StoreId, TicketId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::tickets;
+
+/// One `messages/*.json` file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageVector {
+    pub description: String,
+    /// The Rust type in `mujin_protocol::message`.
+    pub message: String,
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+    /// The payload as JSON (on the wire it is the compact UTF-8 encoding of this value).
+    pub payload: Value,
+}
+
+fn time(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+}
+
+fn store() -> StoreId {
+    StoreId::parse("shibuya").unwrap()
+}
+
+fn device() -> DeviceId {
+    DeviceId::parse("pc-01").unwrap()
+}
+
+fn device_topic(channel: DeviceChannel) -> Topic {
+    Topic::device(&store(), &device(), channel)
+}
+
+fn ticket_id() -> TicketId {
+    tickets::booking_claims().ticket_id
+}
+
+fn session_id() -> SessionId {
+    SessionId::parse("6a2f41a3-c54c-4c8b-9f2d-8e1a7b3c5d4e").unwrap()
+}
+
+fn scan_id() -> ScanId {
+    ScanId::parse("1b4e28ba-2fa1-4d2e-883f-0016d3cca427").unwrap()
+}
+
+fn early_scan_id() -> ScanId {
+    ScanId::parse("7d444840-9dc0-41f2-9d5e-3c2b1a0f9e8d").unwrap()
+}
+
+fn start_command_id() -> CommandId {
+    CommandId::parse("9e107d9d-3721-4c1b-8a5c-2c7f3e4b5a61").unwrap()
+}
+
+fn stop_command_id() -> CommandId {
+    CommandId::parse("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d").unwrap()
+}
+
+/// When the booking ends; the session's lease.
+fn lease_until() -> DateTime<Utc> {
+    tickets::booking_claims().not_after
+}
+
+/// When management accepted the scan and started the session.
+fn session_start() -> DateTime<Utc> {
+    time("2027-01-15T08:00:05.400Z")
+}
+
+/// When the stop timer ended the session.
+fn session_end() -> DateTime<Utc> {
+    time("2027-01-15T09:00:00.120Z")
+}
+
+fn running() -> ProgramStatus {
+    ProgramStatus::Running {
+        session_id: session_id(),
+        started_at: time("2027-01-15T08:00:05.505Z"),
+        lease_until: lease_until(),
+    }
+}
+
+fn vector<T: Serialize>(
+    file: &str,
+    description: &str,
+    message: &str,
+    topic: Topic,
+    value: &T,
+) -> (String, MessageVector) {
+    let vector = MessageVector {
+        description: description.to_owned(),
+        message: message.to_owned(),
+        topic: topic.to_string(),
+        qos: topic.qos(),
+        retain: topic.retained(),
+        payload: serde_json::from_slice(&encode(value)).unwrap(),
+    };
+    (format!("{file}.json"), vector)
+}
+
+fn event(
+    file: &str,
+    description: &str,
+    at: DateTime<Utc>,
+    kind: EventKind,
+) -> (String, MessageVector) {
+    let event = Event {
+        at,
+        store: store(),
+        device: Some(device()),
+        kind,
+    };
+    let topic = Topic::Events { store: store() };
+    vector(file, description, "Event", topic, &event)
+}
+
+fn scans() -> Vec<(String, MessageVector)> {
+    let scan = Scan {
+        scan_id: scan_id(),
+        ticket: tickets::booking_ticket(),
+        read_at: time("2027-01-15T08:00:05.250Z"),
+    };
+    let accepted = ScanResult {
+        scan_id: scan_id(),
+        decision: Decision::Accepted {
+            session_id: session_id(),
+            ticket_id: ticket_id(),
+            lease_until: lease_until(),
+        },
+    };
+    let rejected = ScanResult {
+        scan_id: early_scan_id(),
+        decision: Decision::Rejected {
+            reason: RejectReason::TooEarly,
+            detail: "the booking starts at 2027-01-15T08:00:00+00:00".into(),
+        },
+    };
+    vec![
+        vector("scan", "A reading of the ticket of tickets.json's one_hour_booking; the agent draws a fresh scan_id per reading.",
+            "Scan", device_topic(DeviceChannel::Scan), &scan),
+        vector("scan-result-accepted", "Management's answer to that scan: a session until the end of the booking.",
+            "ScanResult", device_topic(DeviceChannel::ScanResult), &accepted),
+        vector("scan-result-rejected", "The answer to an earlier reading of the same ticket, five minutes before the booking (the early grace is one minute).",
+            "ScanResult", device_topic(DeviceChannel::ScanResult), &rejected),
+    ]
+}
+
+fn device_reports() -> Vec<(String, MessageVector)> {
+    let telemetry_running = Telemetry {
+        at: time("2027-01-15T08:30:00Z"),
+        uptime_ms: 5_400_000,
+        load: Some(0.52),
+        program: running(),
+    };
+    let telemetry_idle = Telemetry {
+        at: time("2027-01-15T07:50:00Z"),
+        uptime_ms: 3_000_000,
+        load: None,
+        program: ProgramStatus::Idle,
+    };
+    let online_running = ReportedState {
+        availability: Availability::Online,
+        program: running(),
+        last_exit: None,
+        at: Some(time("2027-01-15T08:00:05.510Z")),
+    };
+    let online_idle = ReportedState {
+        availability: Availability::Online,
+        program: ProgramStatus::Idle,
+        last_exit: Some(ProgramExit {
+            session_id: session_id(),
+            stopped_by: StopCause::Command,
+            exit: "signal 15 (SIGTERM)".into(),
+            at: time("2027-01-15T09:00:00.350Z"),
+        }),
+        at: Some(time("2027-01-15T09:00:00.351Z")),
+    };
+    let state = || device_topic(DeviceChannel::State);
+    let telemetry = || device_topic(DeviceChannel::Telemetry);
+    vec![
+        vector("telemetry-running", "Periodic telemetry while the session's program runs.",
+            "Telemetry", telemetry(), &telemetry_running),
+        vector("telemetry-idle", "Periodic telemetry of an idle device on a platform without a load average.",
+            "Telemetry", telemetry(), &telemetry_idle),
+        vector("state-online-running", "The reported state right after the program started.",
+            "ReportedState", state(), &online_running),
+        vector("state-online-idle", "The reported state after the stop command ended the program.",
+            "ReportedState", state(), &online_idle),
+        vector("state-offline-last-will", "The last will the agent registers when it connects; also what it publishes when it shuts down cleanly (then with `at`).",
+            "ReportedState", state(), &ReportedState::offline()),
+    ]
+}
+
+fn commands() -> Vec<(String, MessageVector)> {
+    let start = Command {
+        command_id: start_command_id(),
+        issued_at: session_start(),
+        action: CommandAction::Start {
+            session_id: session_id(),
+            lease_until: lease_until(),
+            remaining_ms: u64::try_from((lease_until() - session_start()).num_milliseconds())
+                .unwrap(),
+        },
+    };
+    let stop = Command {
+        command_id: stop_command_id(),
+        issued_at: session_end(),
+        action: CommandAction::Stop {
+            session_id: session_id(),
+            reason: EndReason::BookingEnded,
+        },
+    };
+    let started = Ack {
+        command_id: start_command_id(),
+        ok: true,
+        detail: "started".into(),
+        at: time("2027-01-15T08:00:05.512Z"),
+    };
+    let refused = Ack {
+        command_id: start_command_id(),
+        ok: false,
+        detail: "busy with session 2c5ea4c0-4067-41b4-b2c0-8e7d6f5e4d3c".into(),
+        at: time("2027-01-15T08:00:05.512Z"),
+    };
+    let command = || device_topic(DeviceChannel::Command);
+    let ack = || device_topic(DeviceChannel::Ack);
+    vec![
+        vector(
+            "command-start",
+            "Start the program for the session; remaining_ms is counted from issued_at.",
+            "Command",
+            command(),
+            &start,
+        ),
+        vector(
+            "command-stop",
+            "Stop sent by the stop timer when the booking ended.",
+            "Command",
+            command(),
+            &stop,
+        ),
+        vector(
+            "ack-ok",
+            "The agent's answer to the start command.",
+            "Ack",
+            ack(),
+            &started,
+        ),
+        vector(
+            "ack-refused",
+            "The answer had another session still been running on the device.",
+            "Ack",
+            ack(),
+            &refused,
+        ),
+    ]
+}
+
+fn events() -> Vec<(String, MessageVector)> {
+    let booking = tickets::booking_claims();
+    vec![
+        event(
+            "event-reservation-created",
+            "The booking was made. Written to the audit log; not published on MQTT today (bookings are made with the management CLI).",
+            time("2027-01-14T12:00:00Z"),
+            EventKind::ReservationCreated {
+                ticket_id: ticket_id(),
+                not_before: booking.not_before,
+                not_after: booking.not_after,
+            },
+        ),
+        event(
+            "event-scan-rejected",
+            "The early reading was refused.",
+            time("2027-01-15T07:55:00.300Z"),
+            EventKind::ScanRejected {
+                scan_id: Some(early_scan_id()),
+                reason: RejectReason::TooEarly,
+                detail: "the booking starts at 2027-01-15T08:00:00+00:00".into(),
+            },
+        ),
+        event(
+            "event-scan-accepted",
+            "The reading was accepted.",
+            session_start(),
+            EventKind::ScanAccepted {
+                scan_id: scan_id(),
+                ticket_id: ticket_id(),
+                session_id: session_id(),
+            },
+        ),
+        event(
+            "event-session-started",
+            "The session it started.",
+            session_start(),
+            EventKind::SessionStarted {
+                session_id: session_id(),
+                ticket_id: ticket_id(),
+                lease_until: lease_until(),
+            },
+        ),
+        event(
+            "event-session-ended",
+            "The usage record when the booking ended.",
+            session_end(),
+            EventKind::SessionEnded {
+                session_id: session_id(),
+                started_at: session_start(),
+                ended_at: session_end(),
+                reason: EndReason::BookingEnded,
+                used_ms: u64::try_from((session_end() - session_start()).num_milliseconds())
+                    .unwrap(),
+            },
+        ),
+        event(
+            "event-device-availability",
+            "A device went offline. Defined for consoles; no mujin part publishes it today.",
+            time("2027-01-15T09:30:00Z"),
+            EventKind::DeviceAvailability {
+                availability: Availability::Offline,
+            },
+        ),
+    ]
+}
+
+/// Every message vector by file name, generated from the Rust types.
+pub fn generate() -> Vec<(String, MessageVector)> {
+    [scans(), device_reports(), commands(), events()].concat()
+}
+
+/// Decodes `payload` as `T` with the one decoder and encodes it again.
+fn re_encode<T: Serialize + DeserializeOwned>(payload: &Value) -> Result<Value, String> {
+    let bytes = serde_json::to_vec(payload).map_err(|err| err.to_string())?;
+    let message: T = decode(&bytes).map_err(|err| err.to_string())?;
+    serde_json::from_slice(&encode(&message)).map_err(|err| err.to_string())
+}
+
+/// The topic a message type travels on, and its payload decoded and encoded again.
+fn decode_as(message: &str, payload: &Value) -> Result<(Option<DeviceChannel>, Value), String> {
+    Ok(match message {
+        "Scan" => (Some(DeviceChannel::Scan), re_encode::<Scan>(payload)?),
+        "ScanResult" => (
+            Some(DeviceChannel::ScanResult),
+            re_encode::<ScanResult>(payload)?,
+        ),
+        "Telemetry" => (
+            Some(DeviceChannel::Telemetry),
+            re_encode::<Telemetry>(payload)?,
+        ),
+        "ReportedState" => (
+            Some(DeviceChannel::State),
+            re_encode::<ReportedState>(payload)?,
+        ),
+        "Command" => (Some(DeviceChannel::Command), re_encode::<Command>(payload)?),
+        "Ack" => (Some(DeviceChannel::Ack), re_encode::<Ack>(payload)?),
+        "Event" => (None, re_encode::<Event>(payload)?),
+        other => return Err(format!("unknown message type {other:?}")),
+    })
+}
+
+/// Checks one checked-in vector as a consumer would: its topic parses to the channel of its
+/// type with the stated QoS and retain flag, and its payload decodes and re-encodes unchanged,
+/// also when it carries a field this version does not know.
+pub fn check(file: &str, vector: &MessageVector) {
+    let (channel, again) = match decode_as(&vector.message, &vector.payload) {
+        Ok(decoded) => decoded,
+        Err(error) => panic!(
+            "{file}: cannot decode the payload as {}: {error}",
+            vector.message
+        ),
+    };
+    assert_eq!(
+        again, vector.payload,
+        "{file}: re-encoding changed the payload"
+    );
+    // Newer peers may add fields: they are ignored, not refused.
+    let mut extended = vector.payload.clone();
+    extended
+        .as_object_mut()
+        .unwrap_or_else(|| panic!("{file}: the payload is not a JSON object"))
+        .insert("field_from_the_future".into(), Value::from(1));
+    match decode_as(&vector.message, &extended) {
+        Ok((_, again)) => assert_eq!(again, vector.payload, "{file}: with an unknown field"),
+        Err(error) => panic!("{file}: an unknown field is refused: {error}"),
+    }
+    let topic = Topic::parse(&vector.topic).unwrap_or_else(|err| panic!("{file}: {err}"));
+    match (&topic, channel) {
+        (Topic::Device { channel: found, .. }, Some(expected)) => {
+            assert_eq!(
+                *found, expected,
+                "{file}: {} on the wrong channel",
+                vector.message
+            )
+        }
+        (Topic::Events { .. }, None) => {}
+        _ => panic!("{file}: {} on topic {}", vector.message, vector.topic),
+    }
+    assert_eq!(vector.qos, topic.qos(), "{file}: QoS");
+    assert_eq!(vector.retain, topic.retained(), "{file}: retain flag");
+}
