@@ -65,10 +65,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         early_grace: settings.early_grace,
     };
     let stop = CancellationToken::new();
+    // The connection outlives the workers so their last publishes and acks still go out.
+    let stop_mqtt = CancellationToken::new();
     let connection = mqtt::connect(
         &settings.mqtt,
         vec![topic::every_device(DeviceChannel::Scan)],
-        stop.clone(),
+        stop_mqtt.clone(),
     );
     let wake_timer = Arc::new(Notify::new());
     let scans_task = tokio::spawn(scan_worker(
@@ -90,9 +92,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     tracing::info!("management shutting down");
     stop.cancel();
     let _ = tokio::join!(scans_task, timer_task);
-    // Let queued publishes and acks go out before the connection closes.
-    let _ = connection.client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), connection.task).await;
+    // Let queued publishes and acks go out before the connection closes; a full queue (broker
+    // gone) must not hold shutdown.
+    let _ = tokio::time::timeout(Duration::from_secs(2), connection.client.disconnect()).await;
+    let mut mqtt_task = connection.task;
+    if tokio::time::timeout(Duration::from_secs(2), &mut mqtt_task)
+        .await
+        .is_err()
+    {
+        stop_mqtt.cancel();
+        let _ = mqtt_task.await;
+    }
     pool.close();
     Ok(())
 }

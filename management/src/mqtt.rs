@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -128,10 +128,12 @@ async fn poll(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if forward.send(publish).is_err() {
-                    break;
-                }
+                // Once the worker has stopped, a message stays unacknowledged: the broker
+                // delivers it again to the next session.
+                let _ = forward.send(publish);
             }
+            // Everything queued before the disconnect request has been written.
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(error) => {
                 if connected.send_replace(false) {

@@ -346,3 +346,13 @@ async fn the_agent_stops_the_program_at_the_lease_end_when_the_broker_is_gone() 
     agent.stop().await;
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_shuts_down_promptly_with_the_broker_gone() {
+    let mut stack = Stack::start().await;
+    stack.kill_broker().await;
+    tokio::time::timeout(Duration::from_secs(10), stack.stop_management())
+        .await
+        .expect("management stopped within 10 s");
+    stack.shutdown().await;
+}
