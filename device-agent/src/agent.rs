@@ -147,6 +147,10 @@ impl Agent {
                 tracing::info!(%session_id, reason = reason.as_str(), "stop requested");
                 self.stop_by_command(session_id).await
             }
+            other => (
+                false,
+                format!("{} is not supported by this agent", other.name()),
+            ),
         };
         self.ack(command.command_id, ok, detail);
     }

@@ -133,6 +133,7 @@ impl Harness {
         let command = Command {
             command_id: CommandId::random(),
             issued_at: Utc::now(),
+            epoch: 0,
             action,
         };
         let deadline = Instant::now() + DEADLINE;

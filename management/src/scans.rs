@@ -240,6 +240,7 @@ pub fn start_command(
     Command {
         command_id,
         issued_at: now,
+        epoch: 0,
         action: CommandAction::Start {
             session_id,
             lease_until,

@@ -110,6 +110,7 @@ pub async fn stop_due_sessions(
         let command = Command {
             command_id,
             issued_at: now,
+            epoch: 0,
             action: CommandAction::Stop {
                 session_id,
                 reason: EndReason::BookingEnded,

@@ -251,6 +251,11 @@ pub struct Telemetry {
 pub struct Command {
     pub command_id: CommandId,
     pub issued_at: DateTime<Utc>,
+    /// The device's command epoch when issued. Management raises it with every command for the
+    /// device; an agent ignores a command older than the newest epoch it has seen, so a late
+    /// start can never revive a stopped session.
+    #[serde(default)]
+    pub epoch: u64,
     #[serde(flatten)]
     pub action: CommandAction,
 }
@@ -270,6 +275,64 @@ pub enum CommandAction {
     Stop {
         session_id: SessionId,
         reason: EndReason,
+    },
+    /// Tell the customer the session ends soon (shown on the device).
+    Warn {
+        session_id: SessionId,
+        lease_until: DateTime<Utc>,
+        remaining_ms: u64,
+    },
+    /// The session was extended: keep running until the new `lease_until`.
+    Extend {
+        session_id: SessionId,
+        lease_until: DateTime<Utc>,
+        remaining_ms: u64,
+    },
+}
+
+impl CommandAction {
+    /// The wire name, e.g. `start`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandAction::Start { .. } => "start",
+            CommandAction::Stop { .. } => "stop",
+            CommandAction::Warn { .. } => "warn",
+            CommandAction::Extend { .. } => "extend",
+        }
+    }
+
+    /// The session the command is about.
+    pub fn session_id(&self) -> SessionId {
+        match self {
+            CommandAction::Start { session_id, .. }
+            | CommandAction::Stop { session_id, .. }
+            | CommandAction::Warn { session_id, .. }
+            | CommandAction::Extend { session_id, .. } => *session_id,
+        }
+    }
+}
+
+/// What management wants a device to be doing, retained on its `desired` topic so an agent that
+/// (re)connects converges to it. PostgreSQL is the source of truth; management republishes every
+/// device's desired state when it starts and whenever it reconnects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// The device's command epoch this state belongs to (see [`Command::epoch`]).
+    pub epoch: u64,
+    pub issued_at: DateTime<Utc>,
+    pub program: DesiredProgram,
+}
+
+/// The program state management wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DesiredProgram {
+    Idle,
+    Running {
+        session_id: SessionId,
+        lease_until: DateTime<Utc>,
+        /// Time left when issued.
+        remaining_ms: u64,
     },
 }
 

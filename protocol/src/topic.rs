@@ -6,6 +6,7 @@
 //! mujin/v1/stores/{store}/devices/{device}/telemetry    agent → all          QoS 0
 //! mujin/v1/stores/{store}/devices/{device}/state        agent → all          QoS 1 retained, LWT offline
 //! mujin/v1/stores/{store}/devices/{device}/command      management → agent   QoS 1
+//! mujin/v1/stores/{store}/devices/{device}/desired      management → agent   QoS 1 retained
 //! mujin/v1/stores/{store}/devices/{device}/ack          agent → management   QoS 1
 //! mujin/v1/stores/{store}/events                        management → all     QoS 1
 //! ```
@@ -32,16 +33,19 @@ pub enum DeviceChannel {
     Command,
     /// Command results, agent → management.
     Ack,
+    /// What management wants the device to run (retained).
+    Desired,
 }
 
 impl DeviceChannel {
-    pub const ALL: [DeviceChannel; 6] = [
+    pub const ALL: [DeviceChannel; 7] = [
         DeviceChannel::Scan,
         DeviceChannel::ScanResult,
         DeviceChannel::Telemetry,
         DeviceChannel::State,
         DeviceChannel::Command,
         DeviceChannel::Ack,
+        DeviceChannel::Desired,
     ];
 
     /// The last topic level.
@@ -53,12 +57,13 @@ impl DeviceChannel {
             DeviceChannel::State => "state",
             DeviceChannel::Command => "command",
             DeviceChannel::Ack => "ack",
+            DeviceChannel::Desired => "desired",
         }
     }
 
     /// Whether messages on this channel are published with the retain flag.
     pub const fn retained(self) -> bool {
-        matches!(self, DeviceChannel::State)
+        matches!(self, DeviceChannel::State | DeviceChannel::Desired)
     }
 
     /// The MQTT QoS level (0 or 1) messages on this channel use.
@@ -261,9 +266,10 @@ mod tests {
     }
 
     #[test]
-    fn only_state_is_retained_and_only_telemetry_is_qos0() {
+    fn only_state_and_desired_are_retained_and_only_telemetry_is_qos0() {
         for channel in DeviceChannel::ALL {
-            assert_eq!(channel.retained(), channel == DeviceChannel::State);
+            let retained = matches!(channel, DeviceChannel::State | DeviceChannel::Desired);
+            assert_eq!(channel.retained(), retained);
             assert_eq!(channel.qos() == 0, channel == DeviceChannel::Telemetry);
         }
     }

@@ -4,9 +4,9 @@
 
 use chrono::{DateTime, Utc};
 use mujin_protocol::message::{
-    decode, encode, Ack, Availability, Command, CommandAction, Decision, EndReason, Event,
-    EventKind, ProgramExit, ProgramStatus, RejectReason, ReportedState, Scan, ScanResult,
-    StopCause, Telemetry,
+    decode, encode, Ack, Availability, Command, CommandAction, Decision, DesiredProgram,
+    DesiredState, EndReason, Event, EventKind, ProgramExit, ProgramStatus, RejectReason,
+    ReportedState, Scan, ScanResult, StopCause, Telemetry,
 };
 use mujin_protocol::topic::{DeviceChannel, Topic};
 use mujin_protocol::{CommandId, DeviceId, ScanId, SessionId, StoreId, TicketId};
@@ -207,6 +207,7 @@ fn commands() -> Vec<(String, MessageVector)> {
     let start = Command {
         command_id: start_command_id(),
         issued_at: session_start(),
+        epoch: 7,
         action: CommandAction::Start {
             session_id: session_id(),
             lease_until: lease_until(),
@@ -217,11 +218,50 @@ fn commands() -> Vec<(String, MessageVector)> {
     let stop = Command {
         command_id: stop_command_id(),
         issued_at: session_end(),
+        epoch: 10,
         action: CommandAction::Stop {
             session_id: session_id(),
             reason: EndReason::BookingEnded,
         },
     };
+    let warn_at = lease_until() - chrono::Duration::minutes(5);
+    let warn = Command {
+        command_id: CommandId::parse("5b0f8d0e-6a3c-4d7e-9b1a-2f4c6e8a0b1d").unwrap(),
+        issued_at: warn_at,
+        epoch: 8,
+        action: CommandAction::Warn {
+            session_id: session_id(),
+            lease_until: lease_until(),
+            remaining_ms: 300_000,
+        },
+    };
+    let extended_until = lease_until() + chrono::Duration::minutes(30);
+    let extend = Command {
+        command_id: CommandId::parse("6c1a9e1f-7b4d-4e8f-8c2b-3a5d7f9b1c2e").unwrap(),
+        issued_at: warn_at,
+        epoch: 9,
+        action: CommandAction::Extend {
+            session_id: session_id(),
+            lease_until: extended_until,
+            remaining_ms: u64::try_from((extended_until - warn_at).num_milliseconds()).unwrap(),
+        },
+    };
+    let desired_running = DesiredState {
+        epoch: 7,
+        issued_at: session_start(),
+        program: DesiredProgram::Running {
+            session_id: session_id(),
+            lease_until: lease_until(),
+            remaining_ms: u64::try_from((lease_until() - session_start()).num_milliseconds())
+                .unwrap(),
+        },
+    };
+    let desired_idle = DesiredState {
+        epoch: 10,
+        issued_at: session_end(),
+        program: DesiredProgram::Idle,
+    };
+    let desired = || device_topic(DeviceChannel::Desired);
     let started = Ack {
         command_id: start_command_id(),
         ok: true,
@@ -250,6 +290,34 @@ fn commands() -> Vec<(String, MessageVector)> {
             "Command",
             command(),
             &stop,
+        ),
+        vector(
+            "command-warn",
+            "Warning shown on the device five minutes before the end of the session.",
+            "Command",
+            command(),
+            &warn,
+        ),
+        vector(
+            "command-extend",
+            "The session was extended by 30 minutes: a new lease for the device.",
+            "Command",
+            command(),
+            &extend,
+        ),
+        vector(
+            "desired-running",
+            "Retained desired state while the session runs.",
+            "DesiredState",
+            desired(),
+            &desired_running,
+        ),
+        vector(
+            "desired-idle",
+            "Retained desired state after the session ended.",
+            "DesiredState",
+            desired(),
+            &desired_idle,
         ),
         vector(
             "ack-ok",
@@ -365,6 +433,10 @@ fn decode_as(message: &str, payload: &Value) -> Result<(Option<DeviceChannel>, V
         ),
         "Command" => (Some(DeviceChannel::Command), re_encode::<Command>(payload)?),
         "Ack" => (Some(DeviceChannel::Ack), re_encode::<Ack>(payload)?),
+        "DesiredState" => (
+            Some(DeviceChannel::Desired),
+            re_encode::<DesiredState>(payload)?,
+        ),
         "Event" => (None, re_encode::<Event>(payload)?),
         other => return Err(format!("unknown message type {other:?}")),
     })
