@@ -198,6 +198,8 @@ pub enum StopCause {
     ProgramExited,
     /// The agent was shut down.
     AgentShutdown,
+    /// Management's desired state says the device should not run this session.
+    DesiredState,
 }
 
 /// Whether the agent is connected. The retained state's last will says `offline`.
