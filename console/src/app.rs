@@ -350,7 +350,9 @@ fn on_store_event(app: &mut App, event: message::Event) {
             }
             EventKind::ReservationCreated { .. }
             | EventKind::ScanAccepted { .. }
-            | EventKind::ScanRejected { .. } => {}
+            | EventKind::ScanRejected { .. }
+            | EventKind::CommandFailed { .. }
+            | EventKind::CommandExpired { .. } => {}
         }
     }
     if app.events.len() >= EVENT_HISTORY {

@@ -424,6 +424,21 @@ pub enum EventKind {
         reason: EndReason,
         used_ms: u64,
     },
+    /// A device answered a command with a failure.
+    CommandFailed {
+        command_id: CommandId,
+        session_id: SessionId,
+        action: String,
+        #[serde(default)]
+        detail: String,
+    },
+    /// A command was never acknowledged before it expired (the device was unreachable).
+    CommandExpired {
+        command_id: CommandId,
+        session_id: SessionId,
+        action: String,
+        attempts: u32,
+    },
     /// A device's agent reported (or its last will announced) a change of availability.
     DeviceAvailability { availability: Availability },
 }

@@ -106,5 +106,15 @@ pub fn describe(app: &App, kind: &EventKind) -> (String, Style) {
         EventKind::DeviceAvailability {
             availability: Availability::Offline,
         } => ("device offline".to_owned(), Style::new().fg(Color::Red)),
+        EventKind::CommandFailed { action, detail, .. } => (
+            format!("{action} failed: {detail}"),
+            Style::new().fg(Color::Red),
+        ),
+        EventKind::CommandExpired {
+            action, attempts, ..
+        } => (
+            format!("{action} never acknowledged ({attempts} attempts)"),
+            Style::new().fg(Color::Red),
+        ),
     }
 }

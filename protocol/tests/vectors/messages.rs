@@ -393,6 +393,28 @@ fn events() -> Vec<(String, MessageVector)> {
             },
         ),
         event(
+            "event-command-failed",
+            "The device answered a start with a failure.",
+            time("2027-01-15T08:00:05.600Z"),
+            EventKind::CommandFailed {
+                command_id: start_command_id(),
+                session_id: session_id(),
+                action: "start".into(),
+                detail: "busy with session 2c5ea4c0-4067-41b4-b2c0-8e7d6f5e4d3c".into(),
+            },
+        ),
+        event(
+            "event-command-expired",
+            "A stop was never acknowledged: the device was unreachable until the command expired.",
+            time("2027-01-15T09:10:00Z"),
+            EventKind::CommandExpired {
+                command_id: stop_command_id(),
+                session_id: session_id(),
+                action: "stop".into(),
+                attempts: 63,
+            },
+        ),
+        event(
             "event-device-availability",
             "A device went offline. Defined for consoles; no mujin part publishes it today.",
             time("2027-01-15T09:30:00Z"),
