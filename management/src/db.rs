@@ -62,3 +62,13 @@ pub async fn migrate(pool: &Pool) -> Result<(), DbError> {
 pub fn sql_state(error: &tokio_postgres::Error) -> Option<&tokio_postgres::error::SqlState> {
     error.as_db_error().map(|db| db.code())
 }
+
+/// Work that needs the database could not be done right now (it is unreachable or failed);
+/// the caller retries later.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}

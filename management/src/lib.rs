@@ -17,6 +17,7 @@ pub mod cli;
 pub mod db;
 pub mod keys;
 pub mod mqtt;
+pub mod outbox;
 pub mod postgres;
 pub mod qr;
 pub mod scans;
@@ -60,38 +61,48 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .await
         .context("cannot prepare the database")?;
     let keys = keys::load_or_create(&settings.key_dir, &settings.key_id)?;
-    let rules = ScanRules {
-        keyring: keys.keyring,
-        early_grace: settings.early_grace,
-    };
     let stop = CancellationToken::new();
     // The connection outlives the workers so their last publishes and acks still go out.
     let stop_mqtt = CancellationToken::new();
     let connection = mqtt::connect(
         &settings.mqtt,
-        vec![topic::every_device(DeviceChannel::Scan)],
+        vec![
+            topic::every_device(DeviceChannel::Scan),
+            topic::every_device(DeviceChannel::Ack),
+        ],
         stop_mqtt.clone(),
     );
-    let wake_timer = Arc::new(Notify::new());
-    let scans_task = tokio::spawn(scan_worker(
-        pool.clone(),
-        rules,
-        connection.client.clone(),
-        connection.incoming,
-        wake_timer.clone(),
-        stop.clone(),
-    ));
+    let inbox = Inbox {
+        pool: pool.clone(),
+        rules: ScanRules {
+            keyring: keys.keyring,
+            early_grace: settings.early_grace,
+        },
+        client: connection.client.clone(),
+        wake_timer: Arc::new(Notify::new()),
+        wake_dispatcher: Arc::new(Notify::new()),
+        stop: stop.clone(),
+    };
     let timer_task = tokio::spawn(stop_timer::run(
         pool.clone(),
         connection.client.clone(),
-        wake_timer,
+        inbox.wake_timer.clone(),
+        inbox.wake_dispatcher.clone(),
         stop.clone(),
     ));
+    let dispatcher_task = tokio::spawn(outbox::run_dispatcher(
+        pool.clone(),
+        connection.client.clone(),
+        connection.connected.clone(),
+        inbox.wake_dispatcher.clone(),
+        stop.clone(),
+    ));
+    let inbox_task = tokio::spawn(inbox.run(connection.incoming));
     tracing::info!(broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port), "management running");
     shutdown.await;
     tracing::info!("management shutting down");
     stop.cancel();
-    let _ = tokio::join!(scans_task, timer_task);
+    let _ = tokio::join!(inbox_task, timer_task, dispatcher_task);
     // Let queued publishes and acks go out before the connection closes; a full queue (broker
     // gone) must not hold shutdown.
     let _ = tokio::time::timeout(Duration::from_secs(2), connection.client.disconnect()).await;
@@ -107,72 +118,86 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     Ok(())
 }
 
-/// Takes scans one by one; each is acknowledged to the broker only after its decision is
-/// committed and its answers are queued, so a crash before that means redelivery, not loss.
-async fn scan_worker(
+/// Handles what devices send to management: scans and command acks.
+struct Inbox {
     pool: Pool,
     rules: ScanRules,
     client: AsyncClient,
-    mut incoming: mpsc::UnboundedReceiver<Publish>,
     wake_timer: Arc<Notify>,
+    wake_dispatcher: Arc<Notify>,
     stop: CancellationToken,
-) {
-    loop {
-        let publish = tokio::select! {
-            () = stop.cancelled() => break,
-            publish = incoming.recv() => match publish {
-                Some(publish) => publish,
-                None => break,
-            },
-        };
-        if !handle_publish(&pool, &rules, &client, &publish, &wake_timer, &stop).await {
-            break; // shutting down: leave the message unacknowledged for redelivery
-        }
-        if let Err(error) = client.ack(&publish).await {
-            tracing::error!(%error, "cannot acknowledge a scan");
-        }
-    }
 }
 
-/// Decides one incoming message, retrying while the database is unavailable. Returns `false`
-/// when shutdown interrupted it.
-async fn handle_publish(
-    pool: &Pool,
-    rules: &ScanRules,
-    client: &AsyncClient,
-    publish: &Publish,
-    wake_timer: &Notify,
-    stop: &CancellationToken,
-) -> bool {
-    let topic_name = &publish.topic;
-    let (store, device) = match Topic::parse(topic_name) {
-        Ok(Topic::Device {
-            store,
-            device,
-            channel: DeviceChannel::Scan,
-        }) => (store, device),
-        other => {
-            tracing::warn!(topic = %topic_name, ?other, "ignoring a message on an unexpected topic");
-            return true;
+impl Inbox {
+    /// Takes messages one by one; each is acknowledged to the broker only after its effect is
+    /// committed and its answers are queued, so a crash before that means redelivery, not loss.
+    async fn run(self, mut incoming: mpsc::UnboundedReceiver<Publish>) {
+        loop {
+            let publish = tokio::select! {
+                () = self.stop.cancelled() => break,
+                publish = incoming.recv() => match publish {
+                    Some(publish) => publish,
+                    None => break,
+                },
+            };
+            if !self.handle(&publish).await {
+                break; // shutting down: leave the message unacknowledged for redelivery
+            }
+            if let Err(error) = self.client.ack(&publish).await {
+                tracing::error!(%error, "cannot acknowledge a message");
+            }
         }
-    };
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match scans::handle_scan(pool, rules, &store, &device, &publish.payload, Utc::now()).await {
-            Ok(outcome) => {
-                mqtt::publish_all(client, outcome.publish).await;
-                if outcome.session_started {
-                    wake_timer.notify_one();
-                }
+    }
+
+    /// Handles one message, retrying while the database is unavailable. Returns `false` when
+    /// shutdown interrupted it.
+    async fn handle(&self, publish: &Publish) -> bool {
+        let (store, device, channel) = match Topic::parse(&publish.topic) {
+            Ok(Topic::Device {
+                store,
+                device,
+                channel: channel @ (DeviceChannel::Scan | DeviceChannel::Ack),
+            }) => (store, device, channel),
+            other => {
+                tracing::warn!(topic = %publish.topic, ?other, "ignoring a message on an unexpected topic");
                 return true;
             }
-            Err(error) => {
-                tracing::warn!(%error, %store, %device, "cannot decide a scan yet; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return false,
-                    () = tokio::time::sleep(backoff) => {}
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let now = Utc::now();
+            let handled = match channel {
+                DeviceChannel::Scan => scans::handle_scan(
+                    &self.pool,
+                    &self.rules,
+                    &store,
+                    &device,
+                    &publish.payload,
+                    now,
+                )
+                .await
+                .map(|outcome| {
+                    if outcome.session_started {
+                        self.wake_timer.notify_one();
+                        self.wake_dispatcher.notify_one();
+                    }
+                    outcome.publish
+                }),
+                _ => outbox::record_ack(&self.pool, &store, &device, &publish.payload, now).await,
+            };
+            match handled {
+                Ok(messages) => {
+                    mqtt::publish_all(&self.client, messages, &self.stop).await;
+                    return true;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                Err(error) => {
+                    tracing::warn!(%error, %store, %device, %channel, "cannot handle a message yet; retrying");
+                    tokio::select! {
+                        () = self.stop.cancelled() => return false,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }

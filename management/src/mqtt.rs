@@ -153,13 +153,17 @@ async fn poll(
 }
 
 /// Publishes messages in order; a failure is logged and the rest are still attempted.
-pub async fn publish_all(client: &AsyncClient, messages: Vec<Outbound>) {
+/// Gives up when `stop` is cancelled, so a queue that is full because the broker is gone never
+/// holds shutdown (commands are in the outbox and go out again after a restart).
+pub async fn publish_all(client: &AsyncClient, messages: Vec<Outbound>, stop: &CancellationToken) {
     for message in messages {
-        if let Err(error) = client
-            .publish(&message.topic, message.qos, message.retain, message.payload)
-            .await
-        {
-            tracing::error!(%error, topic = message.topic, "cannot queue publish");
+        let topic = message.topic.clone();
+        let queued = tokio::select! {
+            () = stop.cancelled() => return,
+            queued = client.publish(message.topic, message.qos, message.retain, message.payload) => queued,
+        };
+        if let Err(error) = queued {
+            tracing::error!(%error, topic, "cannot queue publish");
         }
     }
 }

@@ -16,8 +16,9 @@ use uuid::Uuid;
 
 use crate::audit;
 use crate::authorize::{authorize_scan, DeviceFacts, ReservationFacts, ScanFacts};
-use crate::db::sql_state;
+use crate::db::{sql_state, WorkError};
 use crate::mqtt::Outbound;
+use crate::outbox;
 
 /// The longest ticket text stored with a scan; longer readings are cut (they are refused anyway).
 const STORED_TEXT_LIMIT: usize = 1024;
@@ -27,16 +28,6 @@ const STORED_TEXT_LIMIT: usize = 1024;
 pub struct ScanRules {
     pub keyring: Keyring,
     pub early_grace: Duration,
-}
-
-/// A scan could not be decided right now (the database is unreachable or failed); the caller
-/// retries later without acknowledging the message.
-#[derive(Debug, thiserror::Error)]
-pub enum ScanError {
-    #[error("database unavailable: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
 }
 
 /// What a handled scan leads to.
@@ -56,7 +47,7 @@ pub async fn handle_scan(
     device: &DeviceId,
     payload: &[u8],
     now: DateTime<Utc>,
-) -> Result<ScanOutcome, ScanError> {
+) -> Result<ScanOutcome, WorkError> {
     let scan: Scan = match message::decode(payload) {
         Ok(scan) => scan,
         Err(error) => {
@@ -68,7 +59,7 @@ pub async fn handle_scan(
     // constraint, and deciding again finds the winner's result.
     for _ in 0..3 {
         match decide_and_record(pool, rules, store, device, &scan, &ticket, now).await {
-            Err(ScanError::Postgres(error)) if is_conflict(&error) => continue,
+            Err(WorkError::Postgres(error)) if is_conflict(&error) => continue,
             other => return other,
         }
     }
@@ -89,10 +80,10 @@ async fn decide_and_record(
     scan: &Scan,
     ticket: &Result<TicketClaims, TicketError>,
     now: DateTime<Utc>,
-) -> Result<ScanOutcome, ScanError> {
+) -> Result<ScanOutcome, WorkError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    if let Some(outcome) = earlier_decision(&tx, store, device, scan.scan_id, now).await? {
+    if let Some(outcome) = earlier_decision(&tx, store, device, scan.scan_id).await? {
         tx.commit().await?;
         return Ok(outcome);
     }
@@ -111,7 +102,7 @@ async fn decide_and_record(
         early_grace: rules.early_grace,
     };
     let ticket_id = ticket.as_ref().ok().map(|claims| claims.ticket_id);
-    let (decision, events, start) = match authorize_scan(&facts) {
+    let (decision, events, session_started) = match authorize_scan(&facts) {
         Ok(approval) => {
             let Some(ticket_id) = ticket_id else {
                 unreachable!("an approved scan has a verified ticket")
@@ -126,11 +117,7 @@ async fn decide_and_record(
                 now,
             )
             .await?;
-            (
-                started.decision.clone(),
-                started.events.clone(),
-                Some(started.command),
-            )
+            (started.decision, started.events, true)
         }
         Err(refusal) => {
             tracing::info!(%store, %device, scan_id = %scan.scan_id, reason = %refusal.reason, detail = refusal.detail, "scan refused");
@@ -143,7 +130,7 @@ async fn decide_and_record(
                 reason: refusal.reason,
                 detail: refusal.detail,
             };
-            (decision, vec![event], None)
+            (decision, vec![event], false)
         }
     };
     insert_scan(&tx, store, device, scan, ticket_id, &decision).await?;
@@ -161,11 +148,8 @@ async fn decide_and_record(
     }
     tx.commit().await?;
 
+    // The start command is in the outbox, committed with the session: the dispatcher sends it.
     let mut publish = vec![scan_result(store, device, scan.scan_id, decision)];
-    let session_started = start.is_some();
-    if let Some(command) = start {
-        publish.push(command_message(store, device, &command));
-    }
     publish.extend(events.iter().map(event_message));
     Ok(ScanOutcome {
         publish,
@@ -176,7 +160,6 @@ async fn decide_and_record(
 struct StartedSession {
     decision: Decision,
     events: Vec<EventKind>,
-    command: Command,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -188,7 +171,7 @@ async fn start_session(
     ticket_id: TicketId,
     lease_until: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<StartedSession, ScanError> {
+) -> Result<StartedSession, WorkError> {
     let session_id = SessionId::random();
     let command_id = CommandId::random();
     tx.execute(
@@ -206,6 +189,12 @@ async fn start_session(
         ],
     )
     .await?;
+    let start = CommandAction::Start {
+        session_id,
+        lease_until,
+        remaining_ms: (lease_until - now).num_milliseconds().max(0) as u64,
+    };
+    outbox::enqueue(tx, store, device, command_id, start, lease_until, now).await?;
     tracing::info!(%store, %device, %scan_id, %session_id, %lease_until, "scan accepted, session started");
     Ok(StartedSession {
         decision: Decision::Accepted {
@@ -225,44 +214,21 @@ async fn start_session(
                 lease_until,
             },
         ],
-        command: start_command(command_id, session_id, lease_until, now),
     })
 }
 
-/// The start command for a session, with the time left counted from `now`.
-pub fn start_command(
-    command_id: CommandId,
-    session_id: SessionId,
-    lease_until: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Command {
-    let remaining_ms = (lease_until - now).num_milliseconds().max(0) as u64;
-    Command {
-        command_id,
-        issued_at: now,
-        epoch: 0,
-        action: CommandAction::Start {
-            session_id,
-            lease_until,
-            remaining_ms,
-        },
-    }
-}
-
-/// A scan id seen before gets its first answer again; a start it led to is resent (agents
-/// treat a start of the session they already run as done), so a crash between the commit and
-/// the publish loses nothing.
+/// A scan id seen before gets its first answer again (the start it led to is in the outbox,
+/// which resends it until the device answers), so a crash between the commit and the publish
+/// loses nothing.
 async fn earlier_decision(
     tx: &impl GenericClient,
     store: &StoreId,
     device: &DeviceId,
     scan_id: ScanId,
-    now: DateTime<Utc>,
-) -> Result<Option<ScanOutcome>, ScanError> {
+) -> Result<Option<ScanOutcome>, WorkError> {
     let row = tx
         .query_opt(
-            "SELECT sc.accepted, sc.reason, sc.detail, sc.ticket_id, se.session_id, se.lease_until,
-                    se.start_command_id, se.ended_at IS NULL
+            "SELECT sc.accepted, sc.reason, sc.detail, sc.ticket_id, se.session_id, se.lease_until
              FROM scans sc LEFT JOIN sessions se ON se.session_id = sc.session_id
              WHERE sc.scan_id = $1",
             &[&scan_id.as_uuid()],
@@ -271,21 +237,11 @@ async fn earlier_decision(
     let Some(row) = row else { return Ok(None) };
     tracing::info!(%store, %device, %scan_id, "scan delivered again; answering with its first decision");
     let accepted: bool = row.get(0);
-    let mut publish = Vec::new();
     let decision = match (accepted, row.get::<_, Option<Uuid>>(4)) {
         (true, Some(session_id)) => {
             let session_id = SessionId::from_uuid(session_id);
             let lease_until: DateTime<Utc> = row.get(5);
             let ticket_id = TicketId::from_uuid(row.get::<_, Option<Uuid>>(3).unwrap_or_default());
-            if row.get::<_, bool>(7) {
-                let command = start_command(
-                    CommandId::from_uuid(row.get(6)),
-                    session_id,
-                    lease_until,
-                    now,
-                );
-                publish.push(command_message(store, device, &command));
-            }
             Decision::Accepted {
                 session_id,
                 ticket_id,
@@ -300,9 +256,8 @@ async fn earlier_decision(
             detail: row.get(2),
         },
     };
-    publish.insert(0, scan_result(store, device, scan_id, decision));
     Ok(Some(ScanOutcome {
-        publish,
+        publish: vec![scan_result(store, device, scan_id, decision)],
         session_started: false,
     }))
 }
@@ -311,7 +266,7 @@ async fn device_facts(
     tx: &impl GenericClient,
     store: &StoreId,
     device: &DeviceId,
-) -> Result<Option<DeviceFacts>, ScanError> {
+) -> Result<Option<DeviceFacts>, WorkError> {
     // The row lock serializes decisions for one device across workers.
     let row = tx
         .query_opt(
@@ -332,7 +287,7 @@ async fn device_facts(
 async fn reservation_facts(
     tx: &impl GenericClient,
     ticket_id: TicketId,
-) -> Result<Option<ReservationFacts>, ScanError> {
+) -> Result<Option<ReservationFacts>, WorkError> {
     let row = tx
         .query_opt(
             "SELECT lower(r.period), upper(r.period), r.cancelled_at IS NOT NULL,
@@ -357,7 +312,7 @@ async fn insert_scan(
     scan: &Scan,
     ticket_id: Option<TicketId>,
     decision: &Decision,
-) -> Result<(), ScanError> {
+) -> Result<(), WorkError> {
     let (accepted, reason, detail, session_id) = match decision {
         Decision::Accepted { session_id, .. } => (true, None, "", Some(session_id.as_uuid())),
         Decision::Rejected { reason, detail } => {
@@ -394,7 +349,7 @@ async fn refuse_malformed(
     payload: &[u8],
     error: &str,
     now: DateTime<Utc>,
-) -> Result<ScanOutcome, ScanError> {
+) -> Result<ScanOutcome, WorkError> {
     tracing::warn!(%store, %device, bytes = payload.len(), error, "malformed scan refused");
     let scan_id = salvage_scan_id(payload);
     let detail: String = error.chars().take(200).collect();
@@ -468,36 +423,5 @@ mod tests {
         assert_eq!(salvage_scan_id(payload.as_bytes()), Some(id));
         assert_eq!(salvage_scan_id(b"not json"), None);
         assert_eq!(salvage_scan_id(br#"{"scan_id":"nope"}"#), None);
-    }
-
-    #[test]
-    fn start_commands_count_the_time_left() {
-        let now = DateTime::from_timestamp(1_000, 0).unwrap();
-        let command = start_command(
-            CommandId::random(),
-            SessionId::random(),
-            now + chrono::Duration::seconds(90),
-            now,
-        );
-        assert!(matches!(
-            command.action,
-            CommandAction::Start {
-                remaining_ms: 90_000,
-                ..
-            }
-        ));
-        let late = start_command(
-            CommandId::random(),
-            SessionId::random(),
-            now - chrono::Duration::seconds(1),
-            now,
-        );
-        assert!(matches!(
-            late.action,
-            CommandAction::Start {
-                remaining_ms: 0,
-                ..
-            }
-        ));
     }
 }

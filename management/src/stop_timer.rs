@@ -8,31 +8,41 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use mujin_protocol::message::{Command, CommandAction, EndReason, Event, EventKind};
+use mujin_protocol::message::{CommandAction, EndReason, Event, EventKind};
 use mujin_protocol::{CommandId, DeviceId, SessionId, StoreId};
 use rumqttc::AsyncClient;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit;
+use crate::db::WorkError;
 use crate::mqtt::{publish_all, Outbound};
-use crate::scans::{command_message, event_message, ScanError};
+use crate::outbox;
+use crate::scans::event_message;
 
 /// The longest the timer sleeps before looking at the table again (new sessions also wake it).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How many due sessions one transaction closes.
 const BATCH: i64 = 100;
 
-/// Runs the stop timers until `stop` is cancelled.
-pub async fn run(pool: Pool, client: AsyncClient, wake: Arc<Notify>, stop: CancellationToken) {
+/// Runs the stop timers until `stop` is cancelled; `dispatch` wakes the command dispatcher
+/// when stop commands were queued.
+pub async fn run(
+    pool: Pool,
+    client: AsyncClient,
+    wake: Arc<Notify>,
+    dispatch: Arc<Notify>,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let pause = match stop_due_sessions(&pool, Utc::now()).await {
             Ok((messages, next_due)) => {
                 backoff = Duration::from_millis(200);
                 let closed = !messages.is_empty();
-                publish_all(&client, messages).await;
+                publish_all(&client, messages, &stop).await;
                 if closed {
+                    dispatch.notify_one();
                     continue; // there may be more due than one batch
                 }
                 next_due
@@ -59,7 +69,7 @@ pub async fn run(pool: Pool, client: AsyncClient, wake: Arc<Notify>, stop: Cance
 pub async fn stop_due_sessions(
     pool: &Pool,
     now: DateTime<Utc>,
-) -> Result<(Vec<Outbound>, Option<DateTime<Utc>>), ScanError> {
+) -> Result<(Vec<Outbound>, Option<DateTime<Utc>>), WorkError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let due = tx
@@ -107,16 +117,20 @@ pub async fn stop_due_sessions(
         audit::record(&tx, &event).await?;
         let lateness_ms = (now - lease_until).num_milliseconds();
         tracing::info!(%store, %device, %session_id, lateness_ms, "booking ended, stopping the session");
-        let command = Command {
-            command_id,
-            issued_at: now,
-            epoch: 0,
-            action: CommandAction::Stop {
-                session_id,
-                reason: EndReason::BookingEnded,
-            },
+        let stop = CommandAction::Stop {
+            session_id,
+            reason: EndReason::BookingEnded,
         };
-        messages.push(command_message(&store, &device, &command));
+        outbox::enqueue(
+            &tx,
+            &store,
+            &device,
+            command_id,
+            stop,
+            now + outbox::STOP_EXPIRY,
+            now,
+        )
+        .await?;
         messages.push(event_message(&event));
     }
     let next_due: Option<DateTime<Utc>> = tx

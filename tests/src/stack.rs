@@ -180,6 +180,32 @@ impl Stack {
         Agent::spawn(self.dir.path(), self.port, AGENT, store, device)
     }
 
+    /// Starts the broker process again on the same port (after [`Stack::kill_broker`]); like
+    /// any rumqttd restart it comes back empty: no sessions, no retained messages.
+    pub async fn restart_broker(&mut self) {
+        assert!(self.broker.is_none(), "the broker is still running");
+        self.broker =
+            Some(start_broker(&self.dir.path().join("credentials.toml"), self.port).await);
+    }
+
+    /// The lifecycle of every command sent for a session: (action, status, attempts), oldest first.
+    pub async fn commands_of(
+        &self,
+        session_id: mujin_protocol::SessionId,
+    ) -> Vec<(String, String, i32)> {
+        let client = self.pool.get().await.expect("db connection");
+        client
+            .query(
+                "SELECT action, status, attempts FROM commands WHERE session_id = $1 ORDER BY created_at",
+                &[&session_id.as_uuid()],
+            )
+            .await
+            .expect("query commands")
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect()
+    }
+
     /// Kills the broker process (as a crash would).
     pub async fn kill_broker(&mut self) {
         if let Some(mut broker) = self.broker.take() {

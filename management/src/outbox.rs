@@ -1,0 +1,415 @@
+//! The command outbox: every command to a device is a row written in the transaction of the
+//! decision that caused it, then published by the dispatcher and tracked through its lifecycle
+//! (queued → sent → acknowledged / failed / expired), resent with backoff until the device
+//! answers or the command expires. Each command raises the device's epoch; the device's desired
+//! state (retained) is republished with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool};
+use mujin_protocol::message::{
+    self, Ack, Command, CommandAction, DesiredProgram, DesiredState, Event, EventKind,
+};
+use mujin_protocol::topic::{DeviceChannel, Topic};
+use mujin_protocol::{CommandId, DeviceId, SessionId, StoreId};
+use rumqttc::AsyncClient;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::audit;
+use crate::db::WorkError;
+use crate::mqtt::{publish_all, Outbound};
+use crate::scans::{command_message, event_message};
+
+/// How long a stop is retried before it is given up as expired (the device's own lease has
+/// stopped the program long before).
+pub const STOP_EXPIRY: chrono::Duration = chrono::Duration::minutes(10);
+/// The longest wait between two attempts of a command.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest the dispatcher sleeps before looking at the table again.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+const BATCH: i64 = 100;
+
+/// Queues `action` for the device inside the caller's transaction and returns the command.
+pub async fn enqueue(
+    tx: &impl GenericClient,
+    store: &StoreId,
+    device: &DeviceId,
+    command_id: CommandId,
+    action: CommandAction,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Command, tokio_postgres::Error> {
+    let epoch: i64 = tx
+        .query_one(
+            "UPDATE devices SET epoch = epoch + 1 WHERE store_id = $1 AND device_id = $2 RETURNING epoch",
+            &[&store.as_str(), &device.as_str()],
+        )
+        .await?
+        .get(0);
+    let command = Command {
+        command_id,
+        issued_at: now,
+        epoch: epoch.max(0) as u64,
+        action,
+    };
+    let payload = serde_json::to_value(&command).unwrap_or_default();
+    tx.execute(
+        "INSERT INTO commands (command_id, store_id, device_id, session_id, epoch, action, payload,
+                               next_attempt_at, expires_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8)",
+        &[
+            &command.command_id.as_uuid(),
+            &store.as_str(),
+            &device.as_str(),
+            &command.action.session_id().as_uuid(),
+            &epoch,
+            &command.action.name(),
+            &payload,
+            &now,
+            &expires_at,
+        ],
+    )
+    .await?;
+    Ok(command)
+}
+
+/// The desired state of every device, or of one, from the database (the source of truth).
+pub async fn desired_states(
+    client: &impl GenericClient,
+    only: Option<(&StoreId, &DeviceId)>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Outbound>, tokio_postgres::Error> {
+    let (store, device) = only.map_or((None, None), |(store, device)| {
+        (Some(store.as_str()), Some(device.as_str()))
+    });
+    let rows = client
+        .query(
+            "SELECT d.store_id, d.device_id, d.epoch, s.session_id, s.lease_until
+             FROM devices d
+             LEFT JOIN sessions s ON s.store_id = d.store_id AND s.device_id = d.device_id AND s.ended_at IS NULL
+             WHERE ($1::text IS NULL OR d.store_id = $1) AND ($2::text IS NULL OR d.device_id = $2)",
+            &[&store, &device],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let store = StoreId::parse(row.get(0)).ok()?;
+            let device = DeviceId::parse(row.get(1)).ok()?;
+            let session: Option<Uuid> = row.get(3);
+            let lease_until: Option<DateTime<Utc>> = row.get(4);
+            let program = match (session, lease_until) {
+                (Some(session_id), Some(lease_until)) => DesiredProgram::Running {
+                    session_id: SessionId::from_uuid(session_id),
+                    lease_until,
+                    remaining_ms: remaining_ms(lease_until, now),
+                },
+                _ => DesiredProgram::Idle,
+            };
+            let state = DesiredState {
+                epoch: row.get::<_, i64>(2).max(0) as u64,
+                issued_at: now,
+                program,
+            };
+            let topic = Topic::device(&store, &device, DeviceChannel::Desired);
+            Some(Outbound::new(&topic, message::encode(&state)))
+        })
+        .collect())
+}
+
+fn remaining_ms(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    (until - now).num_milliseconds().max(0) as u64
+}
+
+/// The wait before attempt `attempts + 1`: 1 s, 2 s, 4 s, … up to 10 s.
+pub fn backoff(attempts: i32) -> Duration {
+    let exponent = attempts.clamp(1, 8) as u32 - 1;
+    (Duration::from_secs(1) * 2u32.pow(exponent)).min(MAX_BACKOFF)
+}
+
+/// The command as it goes out now: same id and epoch, time left counted from `now`.
+fn refreshed(mut command: Command, now: DateTime<Utc>) -> Command {
+    match &mut command.action {
+        CommandAction::Start {
+            lease_until,
+            remaining_ms: left,
+            ..
+        }
+        | CommandAction::Warn {
+            lease_until,
+            remaining_ms: left,
+            ..
+        }
+        | CommandAction::Extend {
+            lease_until,
+            remaining_ms: left,
+            ..
+        } => *left = remaining_ms(*lease_until, now),
+        CommandAction::Stop { .. } => {}
+    }
+    command
+}
+
+/// Expires overdue commands and claims the due ones; returns what to publish and when the
+/// next attempt is due.
+pub async fn dispatch_due(
+    pool: &Pool,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Outbound>, Option<DateTime<Utc>>), WorkError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut publish = expire(&tx, now).await?;
+    let due = tx
+        .query(
+            "SELECT command_id, store_id, device_id, payload, attempts FROM commands
+             WHERE status IN ('queued', 'sent') AND next_attempt_at <= $1
+             ORDER BY created_at LIMIT $2
+             FOR UPDATE SKIP LOCKED",
+            &[&now, &BATCH],
+        )
+        .await?;
+    let mut devices: Vec<(StoreId, DeviceId)> = Vec::new();
+    for row in &due {
+        let command_id: Uuid = row.get(0);
+        let attempts: i32 = row.get::<_, i32>(4) + 1;
+        let next = now + chrono::Duration::from_std(backoff(attempts)).unwrap_or_default();
+        tx.execute(
+            "UPDATE commands SET status = 'sent', attempts = $2, sent_at = coalesce(sent_at, $3),
+                                 next_attempt_at = $4
+             WHERE command_id = $1",
+            &[&command_id, &attempts, &now, &next],
+        )
+        .await?;
+        let (Ok(store), Ok(device)) = (StoreId::parse(row.get(1)), DeviceId::parse(row.get(2)))
+        else {
+            continue;
+        };
+        let Ok(command) = serde_json::from_value::<Command>(row.get(3)) else {
+            tracing::error!(%command_id, "unreadable command in the outbox");
+            continue;
+        };
+        if attempts > 1 {
+            tracing::info!(%store, %device, %command_id, attempts, "resending an unacknowledged command");
+        }
+        publish.push(command_message(&store, &device, &refreshed(command, now)));
+        if !devices.contains(&(store.clone(), device.clone())) {
+            devices.push((store, device));
+        }
+    }
+    for (store, device) in &devices {
+        publish.extend(desired_states(&tx, Some((store, device)), now).await?);
+    }
+    let next_due: Option<DateTime<Utc>> = tx
+        .query_one(
+            "SELECT min(least(next_attempt_at, expires_at)) FROM commands WHERE status IN ('queued', 'sent')",
+            &[],
+        )
+        .await?
+        .get(0);
+    tx.commit().await?;
+    Ok((publish, next_due))
+}
+
+async fn expire(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<Vec<Outbound>, WorkError> {
+    let rows = tx
+        .query(
+            "UPDATE commands SET status = 'expired', settled_at = $1
+             WHERE status IN ('queued', 'sent') AND expires_at <= $1
+             RETURNING command_id, store_id, device_id, session_id, action, attempts",
+            &[&now],
+        )
+        .await?;
+    let mut publish = Vec::new();
+    for row in &rows {
+        let (Ok(store), Ok(device)) = (StoreId::parse(row.get(1)), DeviceId::parse(row.get(2)))
+        else {
+            continue;
+        };
+        let event = Event {
+            at: now,
+            store,
+            device: Some(device),
+            kind: EventKind::CommandExpired {
+                command_id: CommandId::from_uuid(row.get(0)),
+                session_id: SessionId::from_uuid(row.get(3)),
+                action: row.get(4),
+                attempts: row.get::<_, i32>(5).max(0) as u32,
+            },
+        };
+        tracing::warn!(store = %event.store, device = ?event.device, kind = ?event.kind, "command expired unacknowledged");
+        audit::record(tx, &event).await?;
+        publish.push(event_message(&event));
+    }
+    Ok(publish)
+}
+
+/// Records a device's answer. Only the device the command was for can settle it; an answer
+/// for a settled or unknown command changes nothing. Returns the events to publish.
+pub async fn record_ack(
+    pool: &Pool,
+    store: &StoreId,
+    device: &DeviceId,
+    payload: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Vec<Outbound>, WorkError> {
+    let ack: Ack = match message::decode(payload) {
+        Ok(ack) => ack,
+        Err(error) => {
+            tracing::warn!(%store, %device, %error, "ignoring a malformed ack");
+            return Ok(Vec::new());
+        }
+    };
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let status = if ack.ok { "acknowledged" } else { "failed" };
+    let detail: String = ack.detail.chars().take(500).collect();
+    let row = tx
+        .query_opt(
+            "UPDATE commands SET status = $4, settled_at = $5, detail = $6
+             WHERE command_id = $1 AND store_id = $2 AND device_id = $3 AND status IN ('queued', 'sent')
+             RETURNING session_id, action",
+            &[&ack.command_id.as_uuid(), &store.as_str(), &device.as_str(), &status, &now, &detail],
+        )
+        .await?;
+    let mut publish = Vec::new();
+    match row {
+        None => {
+            tracing::debug!(%store, %device, command_id = %ack.command_id, "ack for no pending command")
+        }
+        Some(row) if !ack.ok => {
+            let event = Event {
+                at: now,
+                store: store.clone(),
+                device: Some(device.clone()),
+                kind: EventKind::CommandFailed {
+                    command_id: ack.command_id,
+                    session_id: SessionId::from_uuid(row.get(0)),
+                    action: row.get(1),
+                    detail,
+                },
+            };
+            tracing::warn!(%store, %device, command_id = %ack.command_id, detail = ack.detail, "device refused a command");
+            audit::record(&tx, &event).await?;
+            publish.push(event_message(&event));
+        }
+        Some(_) => {
+            tracing::debug!(%store, %device, command_id = %ack.command_id, "command acknowledged")
+        }
+    }
+    tx.commit().await?;
+    Ok(publish)
+}
+
+/// Publishes due commands while connected, and every device's desired state on each
+/// (re)connection, until `stop` is cancelled.
+pub async fn run_dispatcher(
+    pool: Pool,
+    client: AsyncClient,
+    mut connected: watch::Receiver<bool>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut republish = true;
+    let mut backoff_on_error = Duration::from_millis(200);
+    loop {
+        let mut pause = MAX_SLEEP;
+        if *connected.borrow_and_update() {
+            match dispatch_once(&pool, republish).await {
+                Ok((messages, next_due)) => {
+                    republish = false;
+                    backoff_on_error = Duration::from_millis(200);
+                    publish_all(&client, messages, &stop).await;
+                    pause = next_due
+                        .and_then(|due| (due - Utc::now()).to_std().ok())
+                        .unwrap_or(Duration::ZERO)
+                        .min(MAX_SLEEP);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "command dispatcher cannot reach the database; retrying");
+                    backoff_on_error = (backoff_on_error * 2).min(Duration::from_secs(5));
+                    pause = backoff_on_error;
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = wake.notified() => {}
+            changed = connected.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // The broker keeps nothing across restarts: after every (re)connection every
+                // device's desired state is published again from the database.
+                republish = true;
+            }
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+async fn dispatch_once(
+    pool: &Pool,
+    republish: bool,
+) -> Result<(Vec<Outbound>, Option<DateTime<Utc>>), WorkError> {
+    let now = Utc::now();
+    let mut messages = Vec::new();
+    if republish {
+        let client = pool.get().await?;
+        messages.extend(desired_states(&client, None, now).await?);
+        tracing::info!(
+            devices = messages.len(),
+            "published every device's desired state"
+        );
+    }
+    let (due, next_due) = dispatch_due(pool, now).await?;
+    messages.extend(due);
+    Ok((messages, next_due))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_ten_seconds() {
+        let waits: Vec<u64> = (1..=6).map(|attempt| backoff(attempt).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 10, 10]);
+        assert_eq!(backoff(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_resent_start_counts_the_time_left_from_now() {
+        let issued = DateTime::from_timestamp(1_000, 0).unwrap();
+        let command = Command {
+            command_id: CommandId::random(),
+            issued_at: issued,
+            epoch: 3,
+            action: CommandAction::Start {
+                session_id: SessionId::random(),
+                lease_until: issued + chrono::Duration::seconds(60),
+                remaining_ms: 60_000,
+            },
+        };
+        let later = refreshed(command.clone(), issued + chrono::Duration::seconds(45));
+        assert!(matches!(
+            later.action,
+            CommandAction::Start {
+                remaining_ms: 15_000,
+                ..
+            }
+        ));
+        assert_eq!((later.command_id, later.epoch), (command.command_id, 3));
+        let after_end = refreshed(command, issued + chrono::Duration::seconds(90));
+        assert!(matches!(
+            after_end.action,
+            CommandAction::Start {
+                remaining_ms: 0,
+                ..
+            }
+        ));
+    }
+}

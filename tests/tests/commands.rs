@@ -1,0 +1,241 @@
+//! Commands that arrive, once: the outbox, its lifecycle, retries, expiry, epochs and the
+//! retained desired state — over the real broker process, PostgreSQL and agent processes.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use mujin_protocol::message::{self, Command, DesiredProgram, DesiredState, EventKind, Scan};
+use mujin_protocol::topic::{self, DeviceChannel, Topic};
+use mujin_protocol::{DeviceId, ScanId, SessionId, StoreId};
+use mujin_tests::stack::Stack;
+use mujin_tests::{process_alive, wait_for};
+
+const SHORT: Duration = Duration::from_secs(10);
+
+/// Publishes a scan of `ticket` as if `device` had read it, and returns the session started.
+async fn scan_without_agent(
+    stack: &Stack,
+    (store, device): &(StoreId, DeviceId),
+    ticket: &str,
+) -> SessionId {
+    let scan = Scan {
+        scan_id: ScanId::random(),
+        ticket: ticket.to_owned(),
+        read_at: Utc::now(),
+    };
+    let scan_topic = topic::device(store, device, DeviceChannel::Scan);
+    stack
+        .observer
+        .publish_raw(&scan_topic, message::encode(&scan))
+        .await;
+    stack
+        .observer
+        .wait_event("the session to start", SHORT, |event| match event.kind {
+            EventKind::SessionStarted { session_id, .. }
+                if event.device.as_ref() == Some(device) =>
+            {
+                Some(session_id)
+            }
+            _ => None,
+        })
+        .await
+}
+
+/// Waits until the session's commands have the given (action, status) lifecycle.
+async fn wait_for_lifecycle(
+    stack: &Stack,
+    session_id: SessionId,
+    wanted: &[(&str, &str)],
+) -> Vec<(String, String, i32)> {
+    wait_for(
+        &format!("commands {wanted:?}"),
+        Duration::from_secs(20),
+        || async {
+            let commands = stack.commands_of(session_id).await;
+            let states: Vec<(&str, &str)> = commands
+                .iter()
+                .map(|(a, s, _)| (a.as_str(), s.as_str()))
+                .collect();
+            (states == wanted).then_some(commands)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_and_stop_are_acknowledged_and_the_desired_state_follows_with_rising_epochs() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let mut agent = stack.agent(&device);
+    let booking = stack.book_now(&device, 3).await;
+    agent.scan(&booking.ticket).await;
+    agent.wait_screen("ACCEPTED", SHORT).await;
+    let pid = agent.program_pid(SHORT).await;
+    let session_id = stack
+        .observer
+        .wait_event("session started", SHORT, |event| match event.kind {
+            EventKind::SessionStarted { session_id, .. } => Some(session_id),
+            _ => None,
+        })
+        .await;
+    let commands = wait_for_lifecycle(
+        &stack,
+        session_id,
+        &[("start", "acknowledged"), ("stop", "acknowledged")],
+    )
+    .await;
+    println!("command lifecycle: {commands:?}");
+    wait_for("the program to stop", SHORT, || async {
+        (!process_alive(pid)).then_some(())
+    })
+    .await;
+
+    // Every command carried a higher epoch than the one before; the retained desired state
+    // went from running this session to idle.
+    let (store, dev) = &device;
+    let command_topic = Topic::device(store, dev, DeviceChannel::Command);
+    let desired_topic = Topic::device(store, dev, DeviceChannel::Desired);
+    let recorded = stack.observer.recorded();
+    let mut epochs: Vec<u64> = recorded
+        .iter()
+        .filter(|r| r.topic == command_topic)
+        .filter_map(|r| message::decode::<Command>(&r.payload).ok())
+        .map(|command| command.epoch)
+        .collect();
+    epochs.dedup();
+    assert!(
+        epochs.len() >= 2 && epochs.windows(2).all(|pair| pair[0] < pair[1]),
+        "epochs {epochs:?}"
+    );
+    let desired: Vec<DesiredState> = recorded
+        .iter()
+        .filter(|r| r.topic == desired_topic)
+        .filter_map(|r| message::decode(&r.payload).ok())
+        .collect();
+    assert!(desired.iter().any(|state| matches!(state.program, DesiredProgram::Running { session_id: s, .. } if s == session_id)));
+    let last = desired.last().expect("a desired state");
+    assert_eq!(last.program, DesiredProgram::Idle);
+    assert_eq!(last.epoch, *epochs.last().unwrap());
+    println!("checked: start and stop acknowledged, epochs {epochs:?}, desired running → idle");
+    agent.stop().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_is_resent_until_the_device_comes_online_and_answers() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-02").await;
+    let booking = stack.book_now(&device, 20).await;
+    let session_id = scan_without_agent(&stack, &device, &booking.ticket).await;
+    // Nobody listens: the start is sent again and again.
+    wait_for("the start to be resent", SHORT, || async {
+        let commands = stack.commands_of(session_id).await;
+        commands
+            .iter()
+            .any(|(action, status, attempts)| {
+                action == "start" && status == "sent" && *attempts >= 2
+            })
+            .then_some(())
+    })
+    .await;
+    let agent = stack.agent(&device);
+    let pid = agent.program_pid(Duration::from_secs(20)).await;
+    assert!(process_alive(pid));
+    let commands = wait_for_lifecycle(&stack, session_id, &[("start", "acknowledged")]).await;
+    println!("checked: the start reached a device that came online later: {commands:?}");
+    agent.stop().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_nobody_answers_expires_at_the_end_of_the_booking() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-03").await;
+    let booking = stack.book_now(&device, 3).await;
+    let session_id = scan_without_agent(&stack, &device, &booking.ticket).await;
+    let (command_id, attempts) = stack
+        .observer
+        .wait_event("the start to expire", SHORT, |event| match &event.kind {
+            EventKind::CommandExpired {
+                command_id,
+                session_id: s,
+                action,
+                attempts,
+            } if *s == session_id && action == "start" => Some((*command_id, *attempts)),
+            _ => None,
+        })
+        .await;
+    assert!(attempts >= 2, "tried {attempts} times");
+    let commands = stack.commands_of(session_id).await;
+    assert_eq!(commands[0].1, "expired", "{commands:?}");
+    println!(
+        "checked: start {command_id} expired after {attempts} attempts; lifecycle {commands:?}"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_restart_desired_states_are_republished_and_the_session_still_stops_on_time()
+{
+    let mut stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let mut agent = stack.agent(&device);
+    let booking = stack.book_now(&device, 8).await;
+    agent.scan(&booking.ticket).await;
+    agent.wait_screen("ACCEPTED", SHORT).await;
+    let pid = agent.program_pid(SHORT).await;
+
+    stack.kill_broker().await;
+    let seen_before = stack.observer.recorded().len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.restart_broker().await;
+
+    let (store, dev) = &device;
+    let desired_topic = Topic::device(store, dev, DeviceChannel::Desired);
+    wait_for("the desired state to be published again", SHORT, || {
+        let republished = stack
+            .observer
+            .recorded()
+            .into_iter()
+            .skip(seen_before)
+            .any(|r| {
+                r.topic == desired_topic
+                    && matches!(
+                        message::decode::<DesiredState>(&r.payload),
+                        Ok(DesiredState {
+                            program: DesiredProgram::Running { .. },
+                            ..
+                        })
+                    )
+            });
+        async move { republished.then_some(()) }
+    })
+    .await;
+    assert!(
+        process_alive(pid),
+        "the session survives the broker restart"
+    );
+    let ended_at = stack
+        .observer
+        .wait_event(
+            "the session to end",
+            Duration::from_secs(20),
+            |event| match event.kind {
+                EventKind::SessionEnded { ended_at, .. } => Some(ended_at),
+                _ => None,
+            },
+        )
+        .await;
+    let lateness = ended_at - booking.claims.not_after;
+    assert!(
+        lateness < chrono::Duration::seconds(2),
+        "ended {lateness} late"
+    );
+    wait_for("the program to stop", SHORT, || async {
+        (!process_alive(pid)).then_some(())
+    })
+    .await;
+    println!("checked: desired state republished after the broker restart; session ended {lateness} after its end");
+    agent.stop().await;
+    stack.shutdown().await;
+}
