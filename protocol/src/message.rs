@@ -439,8 +439,49 @@ pub enum EventKind {
         action: String,
         attempts: u32,
     },
-    /// A device's agent reported (or its last will announced) a change of availability.
-    DeviceAvailability { availability: Availability },
+    /// The customer was warned that the session ends soon.
+    SessionWarned {
+        session_id: SessionId,
+        lease_until: DateTime<Utc>,
+    },
+    /// The session was extended (or shortened) to a new end.
+    SessionExtended {
+        session_id: SessionId,
+        previous_lease_until: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    },
+    /// The device reported something the database does not expect for a session (e.g. running
+    /// a session that ended, or idle during one); `detail` says what and what was done.
+    SessionConflict {
+        session_id: SessionId,
+        detail: String,
+    },
+    /// A booking's ticket was not scanned within the grace period after its start: the device
+    /// is free again.
+    ReservationNoShow {
+        ticket_id: TicketId,
+        not_before: DateTime<Utc>,
+        not_after: DateTime<Utc>,
+    },
+    /// The device was taken out of service or put back; `affected_tickets` are the bookings
+    /// still ahead on it, which need attention.
+    DeviceService {
+        in_service: bool,
+        #[serde(default)]
+        affected_tickets: Vec<TicketId>,
+    },
+    /// The device's clock differs from management's by more than the allowed skew.
+    ClockSkew {
+        /// Device clock minus management clock, in milliseconds.
+        skew_ms: i64,
+    },
+    /// A device's agent reported (or its last will announced, or its heartbeats stopped) a
+    /// change of availability. `session_id` is set when a session was running: an alert.
+    DeviceAvailability {
+        availability: Availability,
+        #[serde(default)]
+        session_id: Option<SessionId>,
+    },
 }
 
 #[cfg(test)]

@@ -416,11 +416,74 @@ fn events() -> Vec<(String, MessageVector)> {
         ),
         event(
             "event-device-availability",
-            "A device went offline. Defined for consoles; no mujin part publishes it today.",
+            "A device went offline while no session ran on it.",
             time("2027-01-15T09:30:00Z"),
             EventKind::DeviceAvailability {
                 availability: Availability::Offline,
+                session_id: None,
             },
+        ),
+        event(
+            "event-device-offline-during-session",
+            "A device went offline during a session: an alert for operators.",
+            time("2027-01-15T08:30:00Z"),
+            EventKind::DeviceAvailability {
+                availability: Availability::Offline,
+                session_id: Some(session_id()),
+            },
+        ),
+        event(
+            "event-session-warned",
+            "The customer was warned five minutes before the end.",
+            lease_until() - chrono::Duration::minutes(5),
+            EventKind::SessionWarned {
+                session_id: session_id(),
+                lease_until: lease_until(),
+            },
+        ),
+        event(
+            "event-session-extended",
+            "The session was extended by 30 minutes.",
+            lease_until() - chrono::Duration::minutes(5),
+            EventKind::SessionExtended {
+                session_id: session_id(),
+                previous_lease_until: lease_until(),
+                lease_until: lease_until() + chrono::Duration::minutes(30),
+            },
+        ),
+        event(
+            "event-session-conflict",
+            "The device reported a state the database did not expect for the session.",
+            time("2027-01-15T08:40:00Z"),
+            EventKind::SessionConflict {
+                session_id: session_id(),
+                detail: "device reports idle (program exited with exit code 1); session closed as program_exited".into(),
+            },
+        ),
+        event(
+            "event-reservation-no-show",
+            "Nobody scanned the ticket within the grace period: the device is free again.",
+            time("2027-01-15T08:15:00Z"),
+            EventKind::ReservationNoShow {
+                ticket_id: ticket_id(),
+                not_before: booking.not_before,
+                not_after: booking.not_after,
+            },
+        ),
+        event(
+            "event-device-service",
+            "The device was taken out of service; one booking ahead on it needs attention.",
+            time("2027-01-15T07:00:00Z"),
+            EventKind::DeviceService {
+                in_service: false,
+                affected_tickets: vec![ticket_id()],
+            },
+        ),
+        event(
+            "event-clock-skew",
+            "The device's clock runs 4.2 s ahead of management's.",
+            time("2027-01-15T08:10:00Z"),
+            EventKind::ClockSkew { skew_ms: 4200 },
         ),
     ]
 }
