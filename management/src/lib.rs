@@ -85,7 +85,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     };
     let timer_task = tokio::spawn(stop_timer::run(
         pool.clone(),
-        connection.client.clone(),
         inbox.wake_timer.clone(),
         inbox.wake_dispatcher.clone(),
         stop.clone(),
@@ -179,15 +178,18 @@ impl Inbox {
                 .map(|outcome| {
                     if outcome.session_started {
                         self.wake_timer.notify_one();
-                        self.wake_dispatcher.notify_one();
                     }
                     outcome.publish
                 }),
-                _ => outbox::record_ack(&self.pool, &store, &device, &publish.payload, now).await,
+                _ => outbox::record_ack(&self.pool, &store, &device, &publish.payload, now)
+                    .await
+                    .map(|()| Vec::new()),
             };
             match handled {
                 Ok(messages) => {
                     mqtt::publish_all(&self.client, messages, &self.stop).await;
+                    // Its events (and commands) are in the database: the dispatcher sends them.
+                    self.wake_dispatcher.notify_one();
                     return true;
                 }
                 Err(error) => {

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::audit;
 use crate::db::WorkError;
 use crate::mqtt::{publish_all, Outbound};
-use crate::scans::{command_message, event_message};
+use crate::scans::command_message;
 
 /// How long a stop is retried before it is given up as expired (the device's own lease has
 /// stopped the program long before).
@@ -154,15 +154,16 @@ fn refreshed(mut command: Command, now: DateTime<Utc>) -> Command {
     command
 }
 
-/// Expires overdue commands and claims the due ones; returns what to publish and when the
-/// next attempt is due.
+/// Expires overdue commands, claims the due ones and the events not yet published; returns
+/// what to publish and when the next attempt is due.
 pub async fn dispatch_due(
     pool: &Pool,
     now: DateTime<Utc>,
 ) -> Result<(Vec<Outbound>, Option<DateTime<Utc>>), WorkError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let mut publish = expire(&tx, now).await?;
+    expire(&tx, now).await?;
+    let mut publish = Vec::new();
     let due = tx
         .query(
             "SELECT command_id, store_id, device_id, payload, attempts FROM commands
@@ -203,6 +204,9 @@ pub async fn dispatch_due(
     for (store, device) in &devices {
         publish.extend(desired_states(&tx, Some((store, device)), now).await?);
     }
+    let events = audit::take_unpublished(&tx, BATCH, now).await?;
+    let more_events = events.len() as i64 == BATCH;
+    publish.extend(events);
     let next_due: Option<DateTime<Utc>> = tx
         .query_one(
             "SELECT min(least(next_attempt_at, expires_at)) FROM commands WHERE status IN ('queued', 'sent')",
@@ -211,10 +215,10 @@ pub async fn dispatch_due(
         .await?
         .get(0);
     tx.commit().await?;
-    Ok((publish, next_due))
+    Ok((publish, if more_events { Some(now) } else { next_due }))
 }
 
-async fn expire(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<Vec<Outbound>, WorkError> {
+async fn expire(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<(), WorkError> {
     let rows = tx
         .query(
             "UPDATE commands SET status = 'expired', settled_at = $1
@@ -223,7 +227,6 @@ async fn expire(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<Vec<Outbo
             &[&now],
         )
         .await?;
-    let mut publish = Vec::new();
     for row in &rows {
         let (Ok(store), Ok(device)) = (StoreId::parse(row.get(1)), DeviceId::parse(row.get(2)))
         else {
@@ -242,25 +245,24 @@ async fn expire(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<Vec<Outbo
         };
         tracing::warn!(store = %event.store, device = ?event.device, kind = ?event.kind, "command expired unacknowledged");
         audit::record(tx, &event).await?;
-        publish.push(event_message(&event));
     }
-    Ok(publish)
+    Ok(())
 }
 
 /// Records a device's answer. Only the device the command was for can settle it; an answer
-/// for a settled or unknown command changes nothing. Returns the events to publish.
+/// for a settled or unknown command changes nothing.
 pub async fn record_ack(
     pool: &Pool,
     store: &StoreId,
     device: &DeviceId,
     payload: &[u8],
     now: DateTime<Utc>,
-) -> Result<Vec<Outbound>, WorkError> {
+) -> Result<(), WorkError> {
     let ack: Ack = match message::decode(payload) {
         Ok(ack) => ack,
         Err(error) => {
             tracing::warn!(%store, %device, %error, "ignoring a malformed ack");
-            return Ok(Vec::new());
+            return Ok(());
         }
     };
     let mut client = pool.get().await?;
@@ -275,7 +277,6 @@ pub async fn record_ack(
             &[&ack.command_id.as_uuid(), &store.as_str(), &device.as_str(), &status, &now, &detail],
         )
         .await?;
-    let mut publish = Vec::new();
     match row {
         None => {
             tracing::debug!(%store, %device, command_id = %ack.command_id, "ack for no pending command")
@@ -294,14 +295,13 @@ pub async fn record_ack(
             };
             tracing::warn!(%store, %device, command_id = %ack.command_id, detail = ack.detail, "device refused a command");
             audit::record(&tx, &event).await?;
-            publish.push(event_message(&event));
         }
         Some(_) => {
             tracing::debug!(%store, %device, command_id = %ack.command_id, "command acknowledged")
         }
     }
     tx.commit().await?;
-    Ok(publish)
+    Ok(())
 }
 
 /// Publishes due commands while connected, and every device's desired state on each

@@ -149,10 +149,8 @@ async fn decide_and_record(
     tx.commit().await?;
 
     // The start command is in the outbox, committed with the session: the dispatcher sends it.
-    let mut publish = vec![scan_result(store, device, scan.scan_id, decision)];
-    publish.extend(events.iter().map(event_message));
     Ok(ScanOutcome {
-        publish,
+        publish: vec![scan_result(store, device, scan.scan_id, decision)],
         session_started,
     })
 }
@@ -373,7 +371,6 @@ async fn refuse_malformed(
         };
         publish.push(scan_result(store, device, scan_id, decision));
     }
-    publish.push(event_message(&event));
     Ok(ScanOutcome {
         publish,
         session_started: false,
@@ -402,14 +399,6 @@ fn scan_result(
 pub fn command_message(store: &StoreId, device: &DeviceId, command: &Command) -> Outbound {
     let topic = Topic::device(store, device, DeviceChannel::Command);
     Outbound::new(&topic, message::encode(command))
-}
-
-/// The event message for the event's store.
-pub fn event_message(event: &Event) -> Outbound {
-    let topic = Topic::Events {
-        store: event.store.clone(),
-    };
-    Outbound::new(&topic, message::encode(event))
 }
 
 #[cfg(test)]

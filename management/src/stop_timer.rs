@@ -1,47 +1,37 @@
 //! Durable stop timers: every open session's `lease_until` in PostgreSQL is a timer. When it is
-//! due, the session is closed with its usage record and a stop command goes to the device.
+//! due, the session is closed with its usage record and a stop command is queued in the outbox.
 //! Timers survive restarts because they are rows, and several workers can share them: due rows
-//! are claimed with `FOR UPDATE SKIP LOCKED`.
+//! are claimed with `FOR UPDATE SKIP LOCKED` inside a transaction, so a worker that dies holding
+//! them releases them with its connection and another takes over.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use mujin_protocol::message::{CommandAction, EndReason, Event, EventKind};
 use mujin_protocol::{CommandId, DeviceId, SessionId, StoreId};
-use rumqttc::AsyncClient;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit;
 use crate::db::WorkError;
-use crate::mqtt::{publish_all, Outbound};
 use crate::outbox;
-use crate::scans::event_message;
 
 /// The longest the timer sleeps before looking at the table again (new sessions also wake it).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How many due sessions one transaction closes.
 const BATCH: i64 = 100;
 
-/// Runs the stop timers until `stop` is cancelled; `dispatch` wakes the command dispatcher
-/// when stop commands were queued.
-pub async fn run(
-    pool: Pool,
-    client: AsyncClient,
-    wake: Arc<Notify>,
-    dispatch: Arc<Notify>,
-    stop: CancellationToken,
-) {
+/// Runs the stop timers until `stop` is cancelled; `dispatch` wakes the dispatcher when stop
+/// commands and events were queued.
+pub async fn run(pool: Pool, wake: Arc<Notify>, dispatch: Arc<Notify>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let pause = match stop_due_sessions(&pool, Utc::now()).await {
-            Ok((messages, next_due)) => {
+            Ok((closed, next_due)) => {
                 backoff = Duration::from_millis(200);
-                let closed = !messages.is_empty();
-                publish_all(&client, messages, &stop).await;
-                if closed {
+                if closed > 0 {
                     dispatch.notify_one();
                     continue; // there may be more due than one batch
                 }
@@ -64,12 +54,84 @@ pub async fn run(
     }
 }
 
-/// Closes every session due at `now` and returns the messages to publish and when the next
-/// open session is due.
+/// An open session, as the stop timer and operator actions see it.
+#[derive(Debug, Clone)]
+pub struct OpenSession {
+    pub session_id: SessionId,
+    pub store: StoreId,
+    pub device: DeviceId,
+    pub started_at: DateTime<Utc>,
+    pub lease_until: DateTime<Utc>,
+}
+
+impl OpenSession {
+    /// Reads a row of `session_id, store_id, device_id, started_at, lease_until`.
+    pub fn from_row(row: &tokio_postgres::Row) -> Option<Self> {
+        Some(Self {
+            session_id: SessionId::from_uuid(row.get(0)),
+            store: StoreId::parse(row.get(1)).ok()?,
+            device: DeviceId::parse(row.get(2)).ok()?,
+            started_at: row.get(3),
+            lease_until: row.get(4),
+        })
+    }
+}
+
+/// Closes `session` with its usage record (end, reason), records the event and queues the stop
+/// command — all in the caller's transaction.
+pub async fn end_session(
+    tx: &impl GenericClient,
+    session: &OpenSession,
+    reason: EndReason,
+    now: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    let command_id = CommandId::random();
+    tx.execute(
+        "UPDATE sessions SET ended_at = $2, end_reason = $3, stop_command_id = $4 WHERE session_id = $1",
+        &[
+            &session.session_id.as_uuid(),
+            &now,
+            &reason.as_str(),
+            &command_id.as_uuid(),
+        ],
+    )
+    .await?;
+    let event = Event {
+        at: now,
+        store: session.store.clone(),
+        device: Some(session.device.clone()),
+        kind: EventKind::SessionEnded {
+            session_id: session.session_id,
+            started_at: session.started_at,
+            ended_at: now,
+            reason,
+            used_ms: (now - session.started_at).num_milliseconds().max(0) as u64,
+        },
+    };
+    audit::record(tx, &event).await?;
+    let stop = CommandAction::Stop {
+        session_id: session.session_id,
+        reason,
+    };
+    let expires_at = now + outbox::STOP_EXPIRY;
+    outbox::enqueue(
+        tx,
+        &session.store,
+        &session.device,
+        command_id,
+        stop,
+        expires_at,
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Closes every session due at `now`; returns how many and when the next open session is due.
 pub async fn stop_due_sessions(
     pool: &Pool,
     now: DateTime<Utc>,
-) -> Result<(Vec<Outbound>, Option<DateTime<Utc>>), WorkError> {
+) -> Result<(usize, Option<DateTime<Utc>>), WorkError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let due = tx
@@ -82,56 +144,10 @@ pub async fn stop_due_sessions(
             &[&now, &BATCH],
         )
         .await?;
-    let mut messages = Vec::new();
-    for row in &due {
-        let (Ok(store), Ok(device)) = (StoreId::parse(row.get(1)), DeviceId::parse(row.get(2)))
-        else {
-            continue; // ids are validated before they are stored
-        };
-        let session_id = SessionId::from_uuid(row.get(0));
-        let started_at: DateTime<Utc> = row.get(3);
-        let lease_until: DateTime<Utc> = row.get(4);
-        let command_id = CommandId::random();
-        tx.execute(
-            "UPDATE sessions SET ended_at = $2, end_reason = $3, stop_command_id = $4 WHERE session_id = $1",
-            &[
-                &session_id.as_uuid(),
-                &now,
-                &EndReason::BookingEnded.as_str(),
-                &command_id.as_uuid(),
-            ],
-        )
-        .await?;
-        let event = Event {
-            at: now,
-            store: store.clone(),
-            device: Some(device.clone()),
-            kind: EventKind::SessionEnded {
-                session_id,
-                started_at,
-                ended_at: now,
-                reason: EndReason::BookingEnded,
-                used_ms: (now - started_at).num_milliseconds().max(0) as u64,
-            },
-        };
-        audit::record(&tx, &event).await?;
-        let lateness_ms = (now - lease_until).num_milliseconds();
-        tracing::info!(%store, %device, %session_id, lateness_ms, "booking ended, stopping the session");
-        let stop = CommandAction::Stop {
-            session_id,
-            reason: EndReason::BookingEnded,
-        };
-        outbox::enqueue(
-            &tx,
-            &store,
-            &device,
-            command_id,
-            stop,
-            now + outbox::STOP_EXPIRY,
-            now,
-        )
-        .await?;
-        messages.push(event_message(&event));
+    for session in due.iter().filter_map(OpenSession::from_row) {
+        let lateness_ms = (now - session.lease_until).num_milliseconds();
+        tracing::info!(store = %session.store, device = %session.device, session_id = %session.session_id, lateness_ms, "booking ended, stopping the session");
+        end_session(&tx, &session, EndReason::BookingEnded, now).await?;
     }
     let next_due: Option<DateTime<Utc>> = tx
         .query_one(
@@ -141,5 +157,5 @@ pub async fn stop_due_sessions(
         .await?
         .get(0);
     tx.commit().await?;
-    Ok((messages, next_due))
+    Ok((due.len(), next_due))
 }
