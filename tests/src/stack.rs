@@ -121,6 +121,25 @@ impl Stack {
         self.management = Some((stop, task));
     }
 
+    /// Starts management as a real `mujin-management run` process on the same database, keys and
+    /// broker (stop the in-process one first). Killed when dropped.
+    pub fn spawn_management_process(&self) -> Child {
+        Command::new(crate::binary("mujin-management"))
+            .arg("--database-url")
+            .arg(&self.database_url)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["run", "--broker", &format!("127.0.0.1:{}", self.port)])
+            .args(["--username", MANAGEMENT.0, "--early-grace-secs", "5"])
+            .env("MUJIN_MQTT_PASSWORD", MANAGEMENT.1)
+            .env("RUST_LOG", "info,rumqttc=warn,refinery_core=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start mujin-management")
+    }
+
     /// Stops management cleanly and waits for it.
     pub async fn stop_management(&mut self) {
         if let Some((stop, task)) = self.management.take() {

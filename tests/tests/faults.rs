@@ -1,0 +1,159 @@
+//! Fault tests: the guarantees hold while parts crash — over the real broker process,
+//! PostgreSQL, `mujin-management` and `mujin-agent` processes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mujin_protocol::message::{self, ReportedState};
+use mujin_protocol::topic::{DeviceChannel, Topic};
+use mujin_protocol::{ScanId, SessionId};
+use mujin_tests::agent::Agent;
+use mujin_tests::stack::Stack;
+use mujin_tests::wait_for;
+
+/// When each session's program stopped, as its device reported it.
+fn program_stops(stack: &Stack) -> HashMap<SessionId, DateTime<Utc>> {
+    stack
+        .observer
+        .recorded()
+        .into_iter()
+        .filter(|r| {
+            matches!(
+                r.topic,
+                Topic::Device {
+                    channel: DeviceChannel::State,
+                    ..
+                }
+            )
+        })
+        .filter_map(|r| message::decode::<ReportedState>(&r.payload).ok()?.last_exit)
+        .map(|exit| (exit.session_id, exit.at))
+        .collect()
+}
+
+/// Scan ids the agents printed (`SCANNED <id>`).
+fn scanned_ids(agents: &[Agent]) -> Vec<ScanId> {
+    agents
+        .iter()
+        .flat_map(|agent| agent.screen())
+        .filter_map(|line| {
+            line.strip_prefix("SCANNED ")
+                .and_then(|id| ScanId::parse(id.trim()).ok())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_management_mid_run_loses_no_scan_doubles_no_session_and_every_session_stops_on_time(
+) {
+    let mut stack = Stack::start().await;
+    stack.stop_management().await;
+    let mut management = stack.spawn_management_process();
+    stack.wait_for_management().await;
+
+    let devices = [
+        stack.add_device("shibuya", "pc-01").await,
+        stack.add_device("shibuya", "pc-02").await,
+        stack.add_device("shibuya", "pc-03").await,
+    ];
+    let mut agents: Vec<Agent> = devices.iter().map(|device| stack.agent(device)).collect();
+    let mut bookings = Vec::new();
+    let mut killed = false;
+    // Rounds of 3-second sessions on every device; management is killed in the middle.
+    for round in 0..5 {
+        for (device, agent) in devices.iter().zip(agents.iter_mut()) {
+            let booking = stack.book_now(device, 3).await;
+            agent.scan(&booking.ticket).await;
+            bookings.push(booking);
+        }
+        if round == 2 && !killed {
+            management.start_kill().expect("kill -9 management");
+            management.wait().await.expect("reap management");
+            killed = true;
+            println!("killed management (SIGKILL) after {} scans", bookings.len());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            management = stack.spawn_management_process();
+        }
+        tokio::time::sleep(Duration::from_millis(3_600)).await;
+    }
+    let last_end = bookings
+        .iter()
+        .map(|b| b.claims.not_after)
+        .max()
+        .expect("bookings");
+    wait_for(
+        "every booking to be over",
+        Duration::from_secs(20),
+        || async { (Utc::now() > last_end + chrono::Duration::seconds(3)).then_some(()) },
+    )
+    .await;
+
+    // No scan lost: every reading the agents sent was decided.
+    let scan_ids = scanned_ids(&agents);
+    assert_eq!(scan_ids.len(), bookings.len(), "every scan was sent");
+    let client = stack.pool.get().await.expect("db");
+    let decided: i64 = client
+        .query_one(
+            "SELECT count(*) FROM scans WHERE scan_id = ANY($1)",
+            &[&scan_ids.iter().map(|id| id.as_uuid()).collect::<Vec<_>>()],
+        )
+        .await
+        .expect("count scans")
+        .get(0);
+    assert_eq!(
+        decided,
+        scan_ids.len() as i64,
+        "every scan has its decision"
+    );
+
+    // No ticket with two sessions, every session closed.
+    let sessions = client
+        .query(
+            "SELECT session_id, lease_until, ended_at FROM sessions ORDER BY started_at",
+            &[],
+        )
+        .await
+        .expect("sessions");
+    let doubled: i64 = client
+        .query_one("SELECT count(*) FROM (SELECT ticket_id FROM sessions GROUP BY 1 HAVING count(*) > 1) t", &[])
+        .await
+        .expect("doubles")
+        .get(0);
+    assert_eq!(doubled, 0, "a ticket gave two sessions");
+    assert!(
+        sessions.len() >= bookings.len() - 1,
+        "{} sessions for {} bookings",
+        sessions.len(),
+        bookings.len()
+    );
+
+    // Every session's program stopped within 2 s of its end, as the devices report it.
+    let stops = program_stops(&stack);
+    let mut worst = chrono::Duration::zero();
+    for row in &sessions {
+        let session_id = SessionId::from_uuid(row.get(0));
+        let lease_until: DateTime<Utc> = row.get(1);
+        let ended_at: Option<DateTime<Utc>> = row.get(2);
+        assert!(ended_at.is_some(), "session {session_id} was never closed");
+        let stopped = stops
+            .get(&session_id)
+            .unwrap_or_else(|| panic!("no stop reported for {session_id}"));
+        let lateness = *stopped - lease_until;
+        worst = worst.max(lateness);
+        assert!(
+            lateness < chrono::Duration::seconds(2),
+            "session {session_id} stopped {lateness} late"
+        );
+    }
+    println!(
+        "checked: {} scans all decided, {} sessions, none doubled, all closed, worst stop lateness {worst}",
+        scan_ids.len(),
+        sessions.len()
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
+    drop(management);
+    stack.shutdown().await;
+}
