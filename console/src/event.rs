@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use crossterm::event::KeyEvent;
-use mujin_protocol::message::{self, ReportedState, Telemetry};
+use mujin_protocol::message::{self, Ack, Command, ReportedState, Telemetry};
 use mujin_protocol::{DeviceId, StoreId};
 
 /// Something that happened; `app::update` turns it into a new state.
@@ -45,6 +45,18 @@ pub enum Incoming {
         store: StoreId,
         device: DeviceId,
         telemetry: Telemetry,
+    },
+    /// A command management sent to a device.
+    Command {
+        store: StoreId,
+        device: DeviceId,
+        command: Command,
+    },
+    /// A device's answer to a command.
+    Ack {
+        store: StoreId,
+        device: DeviceId,
+        ack: Ack,
     },
     /// An event of a store.
     StoreEvent(message::Event),

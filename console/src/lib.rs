@@ -24,7 +24,7 @@ use futures::StreamExt;
 use ratatui::DefaultTerminal;
 use tokio::sync::mpsc;
 
-use crate::app::{Action, App};
+use crate::app::{App, Flow};
 use crate::event::Event;
 
 /// How the console reaches the broker.
@@ -93,7 +93,7 @@ async fn event_loop(
                 None => return Ok(()),
             },
         };
-        if apply_with_queued(&mut app, event, &mut mqtt_events) == Action::Quit {
+        if apply_with_queued(&mut app, event, &mut mqtt_events) == Flow::Quit {
             return Ok(());
         }
     }
@@ -101,18 +101,14 @@ async fn event_loop(
 
 /// Applies one event and then whatever else is already queued from the broker, so that a burst
 /// of messages costs one redraw rather than one per message.
-fn apply_with_queued(
-    app: &mut App,
-    event: Event,
-    mqtt_events: &mut mpsc::Receiver<Event>,
-) -> Action {
-    if app::update(app, event) == Action::Quit {
-        return Action::Quit;
+fn apply_with_queued(app: &mut App, event: Event, mqtt_events: &mut mpsc::Receiver<Event>) -> Flow {
+    if app::update(app, event) == Flow::Quit {
+        return Flow::Quit;
     }
     while let Ok(queued) = mqtt_events.try_recv() {
-        if app::update(app, queued) == Action::Quit {
-            return Action::Quit;
+        if app::update(app, queued) == Flow::Quit {
+            return Flow::Quit;
         }
     }
-    Action::Continue
+    Flow::Continue
 }

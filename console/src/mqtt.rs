@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use mujin_protocol::message::{self, ReportedState, Telemetry};
+use mujin_protocol::message::{self, Ack, Command, ReportedState, Telemetry};
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
+use mujin_protocol::{DeviceId, StoreId};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -100,6 +101,13 @@ pub fn subscriptions() -> Vec<SubscribeFilter> {
             QoS::AtMostOnce,
         ),
         SubscribeFilter::new(topic::every_store_events(), QoS::AtLeastOnce),
+        // Commands and their acks, to show each command with its answer and to notice
+        // stops nobody acknowledged.
+        SubscribeFilter::new(
+            topic::every_device(DeviceChannel::Command),
+            QoS::AtLeastOnce,
+        ),
+        SubscribeFilter::new(topic::every_device(DeviceChannel::Ack), QoS::AtLeastOnce),
     ]
 }
 
@@ -172,54 +180,70 @@ async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
 
 /// Turns one publish into what the console understands; anything unexpected is `Malformed`.
 pub fn decode_publish(topic: &str, payload: &[u8], retained: bool) -> Incoming {
-    let malformed = |error: String| Incoming::Malformed {
-        topic: topic.chars().take(200).collect(),
-        error,
-    };
-    match Topic::parse(topic) {
+    let decoded = match Topic::parse(topic) {
         Ok(Topic::Device {
             store,
             device,
-            channel: DeviceChannel::State,
-        }) => match message::decode::<ReportedState>(payload) {
-            Ok(state) => Incoming::State {
-                store,
-                device,
-                state,
-                retained,
-            },
-            Err(err) => malformed(err.to_string()),
-        },
-        Ok(Topic::Device {
-            store,
-            device,
-            channel: DeviceChannel::Telemetry,
-        }) => match message::decode::<Telemetry>(payload) {
-            Ok(telemetry) => Incoming::Telemetry {
-                store,
-                device,
-                telemetry,
-            },
-            Err(err) => malformed(err.to_string()),
-        },
+            channel,
+        }) => decode_device(store, device, channel, payload, retained),
         Ok(Topic::Events { store }) => match message::decode::<message::Event>(payload) {
-            Ok(event) if event.store == store => Incoming::StoreEvent(event),
-            Ok(event) => malformed(format!(
+            Ok(event) if event.store == store => Ok(Incoming::StoreEvent(event)),
+            Ok(event) => Err(format!(
                 "event of store {} published on the topic of store {store}",
                 event.store
             )),
-            Err(err) => malformed(err.to_string()),
+            Err(err) => Err(err.to_string()),
         },
-        Ok(Topic::Device { channel, .. }) => malformed(format!("unexpected channel {channel}")),
-        Err(err) => malformed(err.to_string()),
-    }
+        Err(err) => Err(err.to_string()),
+    };
+    decoded.unwrap_or_else(|error| Incoming::Malformed {
+        topic: topic.chars().take(200).collect(),
+        error,
+    })
+}
+
+fn decode_device(
+    store: StoreId,
+    device: DeviceId,
+    channel: DeviceChannel,
+    payload: &[u8],
+    retained: bool,
+) -> Result<Incoming, String> {
+    let incoming = match channel {
+        DeviceChannel::State => Incoming::State {
+            store,
+            device,
+            state: decode::<ReportedState>(payload)?,
+            retained,
+        },
+        DeviceChannel::Telemetry => Incoming::Telemetry {
+            store,
+            device,
+            telemetry: decode::<Telemetry>(payload)?,
+        },
+        DeviceChannel::Command => Incoming::Command {
+            store,
+            device,
+            command: decode::<Command>(payload)?,
+        },
+        DeviceChannel::Ack => Incoming::Ack {
+            store,
+            device,
+            ack: decode::<Ack>(payload)?,
+        },
+        other => return Err(format!("unexpected channel {other}")),
+    };
+    Ok(incoming)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    message::decode(payload).map_err(|err| err.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use mujin_protocol::message::{Availability, EventKind, RejectReason};
-    use mujin_protocol::{DeviceId, StoreId};
 
     fn ids() -> (StoreId, DeviceId) {
         (
@@ -284,6 +308,40 @@ mod tests {
     }
 
     #[test]
+    fn commands_and_acks_are_decoded_by_topic() {
+        let (store, device) = ids();
+        let command = Command {
+            command_id: mujin_protocol::CommandId::random(),
+            issued_at: Utc::now(),
+            epoch: 3,
+            action: message::CommandAction::Stop {
+                session_id: mujin_protocol::SessionId::random(),
+                reason: message::EndReason::Forced,
+            },
+        };
+        let command_topic = topic::device(&store, &device, DeviceChannel::Command);
+        assert_eq!(
+            decode_publish(&command_topic, &message::encode(&command), false),
+            Incoming::Command {
+                store: store.clone(),
+                device: device.clone(),
+                command: command.clone()
+            }
+        );
+        let ack = Ack {
+            command_id: command.command_id,
+            ok: false,
+            detail: "no such session".into(),
+            at: Utc::now(),
+        };
+        let ack_topic = topic::device(&store, &device, DeviceChannel::Ack);
+        assert_eq!(
+            decode_publish(&ack_topic, &message::encode(&ack), false),
+            Incoming::Ack { store, device, ack }
+        );
+    }
+
+    #[test]
     fn anything_unexpected_is_malformed() {
         let (store, device) = ids();
         let other = StoreId::parse("other").unwrap();
@@ -293,6 +351,7 @@ mod tests {
             device: None,
             kind: EventKind::DeviceAvailability {
                 availability: Availability::Online,
+                session_id: None,
             },
         };
         let cases: Vec<(String, Vec<u8>)> = vec![
@@ -306,6 +365,10 @@ mod tests {
             ),
             (
                 topic::device(&store, &device, DeviceChannel::Command),
+                b"{}".to_vec(),
+            ),
+            (
+                topic::device(&store, &device, DeviceChannel::Scan),
                 b"{}".to_vec(),
             ),
             ("mujin/v1/stores/UPPER/events".into(), b"{}".to_vec()),

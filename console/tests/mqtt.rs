@@ -11,10 +11,11 @@ use chrono::Utc;
 use mujin_console::event::{ConnectionChange, Event, Incoming};
 use mujin_console::{mqtt, Settings};
 use mujin_protocol::message::{
-    self, Availability, EventKind, ProgramStatus, ReportedState, Telemetry,
+    self, Ack, Availability, Command, CommandAction, EndReason, EventKind, ProgramStatus,
+    ReportedState, Telemetry,
 };
 use mujin_protocol::topic::{self, DeviceChannel};
-use mujin_protocol::{DeviceId, StoreId};
+use mujin_protocol::{CommandId, DeviceId, SessionId, StoreId};
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio::sync::mpsc;
@@ -209,6 +210,7 @@ async fn forwards_decoded_messages_and_survives_a_broker_restart() {
         device: Some(device.clone()),
         kind: EventKind::DeviceAvailability {
             availability: Availability::Offline,
+            session_id: None,
         },
     };
     device_client
@@ -235,6 +237,62 @@ async fn forwards_decoded_messages_and_survives_a_broker_restart() {
     })
     .await;
     assert_eq!(decoded, Incoming::StoreEvent(offline));
+
+    // Commands and their acks are followed too.
+    let command = Command {
+        command_id: CommandId::random(),
+        issued_at: Utc::now(),
+        epoch: 1,
+        action: CommandAction::Stop {
+            session_id: SessionId::random(),
+            reason: EndReason::BookingEnded,
+        },
+    };
+    let ack = Ack {
+        command_id: command.command_id,
+        ok: true,
+        detail: String::new(),
+        at: Utc::now(),
+    };
+    for (channel, payload) in [
+        (DeviceChannel::Command, message::encode(&command)),
+        (DeviceChannel::Ack, message::encode(&ack)),
+    ] {
+        device_client
+            .publish(
+                topic::device(&store, &device, channel),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap();
+    }
+    let mut followed = Vec::new();
+    for what in ["command", "ack"] {
+        followed.push(
+            next_matching(&mut events, what, |event| match event {
+                Event::Mqtt(message) => Some(message.incoming),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    assert_eq!(
+        followed,
+        [
+            Incoming::Command {
+                store: store.clone(),
+                device: device.clone(),
+                command
+            },
+            Incoming::Ack {
+                store: store.clone(),
+                device: device.clone(),
+                ack
+            }
+        ]
+    );
 
     // The broker goes away: the console says so.
     broker.stop();

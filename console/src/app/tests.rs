@@ -1,6 +1,11 @@
 //! Transitions of `update`, as plain unit tests; the helpers are shared with the view tests.
 
 use super::*;
+use crate::event::{Incoming, MqttMessage};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use mujin_protocol::message::{
+    self, Availability, EventKind, ProgramStatus, ReportedState, Telemetry,
+};
 use mujin_protocol::message::{EndReason, RejectReason};
 use mujin_protocol::TicketId;
 
@@ -57,12 +62,12 @@ pub(crate) fn event_msg(s: &str, d: Option<&str>, kind: EventKind, at: &str) -> 
     })
 }
 
-fn key(code: KeyCode) -> Event {
+pub(crate) fn key(code: KeyCode) -> Event {
     Event::Key(KeyEvent::new(code, KeyModifiers::NONE))
 }
 
-fn row<'a>(app: &'a App, s: &str, d: &str) -> &'a DeviceRow {
-    &app.devices[&(store(s), device(d))]
+pub(crate) fn row<'a>(app: &'a App, s: &str, d: &str) -> &'a DeviceRow {
+    app.device(&store(s), &device(d)).unwrap()
 }
 
 #[test]
@@ -77,7 +82,7 @@ fn a_state_message_makes_a_device_appear() {
             "2025-06-01T09:59:58Z",
         ),
     );
-    assert_eq!(action, Action::Continue);
+    assert_eq!(action, Flow::Continue);
     let row = row(&app, "shibuya", "pc-01");
     assert_eq!(row.status(), DeviceStatus::Idle);
     assert_eq!(row.last_seen, Some(t("2025-06-01T09:59:58Z")));
@@ -236,6 +241,7 @@ fn availability_events_and_rejections_create_rows_and_lines() {
     );
     let offline = EventKind::DeviceAvailability {
         availability: Availability::Offline,
+        session_id: None,
     };
     update(
         &mut app,
@@ -260,7 +266,7 @@ fn malformed_messages_are_counted_and_change_nothing_else() {
         }),
     );
     assert_eq!(app.malformed, 1);
-    assert!(app.devices.is_empty() && app.events.is_empty());
+    assert!(app.stores.is_empty() && app.events.is_empty());
 }
 
 #[test]
@@ -268,6 +274,7 @@ fn the_event_tail_is_bounded() {
     let mut app = new_app();
     let offline = EventKind::DeviceAvailability {
         availability: Availability::Offline,
+        session_id: None,
     };
     for _ in 0..EVENT_HISTORY + 10 {
         update(
@@ -276,86 +283,6 @@ fn the_event_tail_is_bounded() {
         );
     }
     assert_eq!(app.events.len(), EVENT_HISTORY);
-}
-
-#[test]
-fn keys_move_the_selection_within_the_visible_rows() {
-    let mut app = new_app();
-    for d in ["a", "b", "c"] {
-        update(
-            &mut app,
-            state_msg("s", d, online(ProgramStatus::Idle), "2025-06-01T10:00:00Z"),
-        );
-    }
-    assert_eq!(app.selected_index(), None);
-    update(&mut app, key(KeyCode::Down));
-    assert_eq!(app.selected_index(), Some(0));
-    update(&mut app, key(KeyCode::Char('j')));
-    update(&mut app, key(KeyCode::Down));
-    update(&mut app, key(KeyCode::Down));
-    assert_eq!(app.selected, Some((store("s"), device("c"))));
-    update(&mut app, key(KeyCode::Char('k')));
-    assert_eq!(app.selected, Some((store("s"), device("b"))));
-    // A new device sorting before the selection does not move it to another device.
-    update(
-        &mut app,
-        state_msg(
-            "s",
-            "0",
-            online(ProgramStatus::Idle),
-            "2025-06-01T10:00:00Z",
-        ),
-    );
-    assert_eq!(app.selected, Some((store("s"), device("b"))));
-    update(&mut app, key(KeyCode::Up));
-    update(&mut app, key(KeyCode::Up));
-    update(&mut app, key(KeyCode::Up));
-    assert_eq!(app.selected_index(), Some(0));
-}
-
-#[test]
-fn tab_cycles_through_the_stores_and_back_to_all() {
-    let mut app = new_app();
-    update(
-        &mut app,
-        state_msg(
-            "b",
-            "x",
-            online(ProgramStatus::Idle),
-            "2025-06-01T10:00:00Z",
-        ),
-    );
-    update(
-        &mut app,
-        state_msg(
-            "a",
-            "y",
-            online(ProgramStatus::Idle),
-            "2025-06-01T10:00:00Z",
-        ),
-    );
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        update(&mut app, key(KeyCode::Tab));
-        seen.push(app.store_filter.clone());
-    }
-    assert_eq!(seen, vec![Some(store("a")), Some(store("b")), None]);
-    assert_eq!(app.visible_devices().len(), 2);
-    update(&mut app, key(KeyCode::BackTab));
-    assert_eq!(app.store_filter, Some(store("b")));
-    assert_eq!(app.selected, Some((store("b"), device("x"))));
-}
-
-#[test]
-fn q_escape_and_ctrl_c_quit_and_question_mark_toggles_help() {
-    let mut app = new_app();
-    assert_eq!(update(&mut app, key(KeyCode::Char('q'))), Action::Quit);
-    assert_eq!(update(&mut app, key(KeyCode::Esc)), Action::Quit);
-    let ctrl_c = Event::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
-    assert_eq!(update(&mut app, ctrl_c), Action::Quit);
-    assert_eq!(update(&mut app, key(KeyCode::Char('c'))), Action::Continue);
-    update(&mut app, key(KeyCode::Char('?')));
-    assert!(app.show_help);
 }
 
 #[test]

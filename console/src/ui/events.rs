@@ -1,34 +1,51 @@
-//! The tail of store events, newest at the bottom, one line each.
+//! The events view: the live tail of store events, newest at the bottom, one line each;
+//! filtered by store, device, kind and text, and paused with `p`.
 
 use ratatui::layout::Rect;
-use ratatui::style::{Color, Style};
+use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Paragraph};
+use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
 use mujin_protocol::message::{self, Availability, EventKind};
 
-use crate::app::App;
-use crate::ui::format;
+use crate::app::{App, View};
+use crate::ui::{filter_note, format, pane_block, placeholder};
 
 pub fn view(app: &App, frame: &mut Frame, area: Rect) {
-    let block = Block::bordered().title(" events ");
+    let mut title = format!(" events {}", filter_note(app, View::Events));
+    if app.paused_at.is_some() {
+        title.push_str(&format!("· PAUSED, {} new (p) ", app.unseen_while_paused()));
+    } else {
+        title.push_str("· live (p pauses) ");
+    }
+    let mut block = pane_block(app, title, false);
+    if app.paused_at.is_some() {
+        block = block.border_style(Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD));
+    }
     let height = usize::from(block.inner(area).height);
-    let with_store = app.store_filter.is_none();
+    // Only the lines on screen are built, however long the history.
     let mut lines: Vec<Line> = app
         .visible_events()
-        .rev()
+        .skip(app.scroll)
         .take(height)
-        .map(|event| event_line(app, event, with_store))
+        .map(|record| event_line(app, &record.event, true))
         .collect();
-    lines.reverse();
     if lines.is_empty() {
-        lines.push(Line::styled(" no events yet", Style::new().fg(Color::Gray)));
+        placeholder(
+            frame,
+            area,
+            block,
+            "no events (yet, or through this filter)",
+        );
+        return;
     }
+    lines.reverse();
     frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 
-fn event_line<'a>(app: &App, event: &'a message::Event, with_store: bool) -> Line<'a> {
+/// One event as a line: time, store (when asked), device and what happened.
+pub fn event_line<'a>(app: &App, event: &'a message::Event, with_store: bool) -> Line<'a> {
     let mut spans = vec![Span::styled(
         format::clock(event.at, app.utc_offset),
         Style::new().fg(Color::Gray),
@@ -45,7 +62,11 @@ fn event_line<'a>(app: &App, event: &'a message::Event, with_store: bool) -> Lin
 
 /// The kind of an event and its essentials, in a few words, with a colour for its gravity.
 pub fn describe(app: &App, kind: &EventKind) -> (String, Style) {
+    let clock = |at| format::clock(at, app.utc_offset);
     let plain = Style::new();
+    let green = Style::new().fg(Color::Green);
+    let yellow = Style::new().fg(Color::Yellow);
+    let red = Style::new().fg(Color::Red);
     match kind {
         EventKind::ReservationCreated {
             not_before,
@@ -54,26 +75,50 @@ pub fn describe(app: &App, kind: &EventKind) -> (String, Style) {
         } => (
             format!(
                 "reservation created: {}–{}",
-                format::clock(*not_before, app.utc_offset),
-                format::clock(*not_after, app.utc_offset)
+                clock(*not_before),
+                clock(*not_after)
             ),
             plain,
+        ),
+        EventKind::ReservationNoShow {
+            not_before,
+            not_after,
+            ..
+        } => (
+            format!("no-show: {}–{}", clock(*not_before), clock(*not_after)),
+            yellow,
         ),
         EventKind::ScanAccepted { session_id, .. } => (
             format!(
                 "scan accepted: session {}",
                 format::short_session(*session_id)
             ),
-            Style::new().fg(Color::Green),
+            green,
         ),
-        EventKind::ScanRejected { reason, detail, .. } if detail.is_empty() => (
-            format!("scan rejected: {reason}"),
-            Style::new().fg(Color::Yellow),
+        EventKind::ScanRejected { reason, detail, .. } if detail.is_empty() => {
+            (format!("scan rejected: {reason}"), yellow)
+        }
+        EventKind::ScanRejected { reason, detail, .. } => {
+            (format!("scan rejected: {reason} ({detail})"), yellow)
+        }
+        EventKind::CommandFailed { action, detail, .. } => {
+            (format!("{action} failed: {detail}"), red)
+        }
+        EventKind::CommandExpired {
+            action, attempts, ..
+        } => (
+            format!("{action} never acknowledged ({attempts} attempts)"),
+            red,
         ),
-        EventKind::ScanRejected { reason, detail, .. } => (
-            format!("scan rejected: {reason} ({detail})"),
-            Style::new().fg(Color::Yellow),
-        ),
+        _ => describe_session(app, kind),
+    }
+}
+
+/// Session events.
+fn describe_session(app: &App, kind: &EventKind) -> (String, Style) {
+    let clock = |at| format::clock(at, app.utc_offset);
+    let short = |session_id| format::short_session(session_id);
+    match kind {
         EventKind::SessionStarted {
             session_id,
             lease_until,
@@ -81,10 +126,33 @@ pub fn describe(app: &App, kind: &EventKind) -> (String, Style) {
         } => (
             format!(
                 "session started: {} until {}",
-                format::short_session(*session_id),
-                format::clock(*lease_until, app.utc_offset)
+                short(*session_id),
+                clock(*lease_until)
             ),
             Style::new().fg(Color::Green),
+        ),
+        EventKind::SessionWarned {
+            session_id,
+            lease_until,
+        } => (
+            format!(
+                "session warned: {} ends {}",
+                short(*session_id),
+                clock(*lease_until)
+            ),
+            Style::new().fg(Color::Yellow),
+        ),
+        EventKind::SessionExtended {
+            session_id,
+            lease_until,
+            ..
+        } => (
+            format!(
+                "session extended: {} until {}",
+                short(*session_id),
+                clock(*lease_until)
+            ),
+            Style::new().fg(Color::Cyan),
         ),
         EventKind::SessionEnded {
             session_id,
@@ -94,27 +162,52 @@ pub fn describe(app: &App, kind: &EventKind) -> (String, Style) {
         } => (
             format!(
                 "session ended: {} {} {}",
-                format::short_session(*session_id),
+                short(*session_id),
                 reason.as_str(),
                 format::duration_ms(*used_ms)
             ),
-            plain,
+            Style::new(),
+        ),
+        EventKind::SessionConflict { session_id, detail } => (
+            format!("session conflict: {} {detail}", short(*session_id)),
+            Style::new().fg(Color::Red),
+        ),
+        _ => describe_device(kind),
+    }
+}
+
+/// Device events.
+fn describe_device(kind: &EventKind) -> (String, Style) {
+    let short = |session_id| format::short_session(session_id);
+    let red = Style::new().fg(Color::Red);
+    let yellow = Style::new().fg(Color::Yellow);
+    match kind {
+        EventKind::DeviceService {
+            in_service: true, ..
+        } => ("back in service".to_owned(), Style::new().fg(Color::Green)),
+        EventKind::DeviceService {
+            affected_tickets, ..
+        } => (
+            format!("out of service ({} bookings ahead)", affected_tickets.len()),
+            yellow,
+        ),
+        EventKind::ClockSkew { skew_ms } => (
+            format!("clock skew {:+.1}s (management)", *skew_ms as f64 / 1000.0),
+            yellow,
         ),
         EventKind::DeviceAvailability {
             availability: Availability::Online,
+            ..
         } => ("device online".to_owned(), Style::new().fg(Color::Green)),
         EventKind::DeviceAvailability {
-            availability: Availability::Offline,
-        } => ("device offline".to_owned(), Style::new().fg(Color::Red)),
-        EventKind::CommandFailed { action, detail, .. } => (
-            format!("{action} failed: {detail}"),
-            Style::new().fg(Color::Red),
-        ),
-        EventKind::CommandExpired {
-            action, attempts, ..
+            session_id: Some(session_id),
+            ..
         } => (
-            format!("{action} never acknowledged ({attempts} attempts)"),
-            Style::new().fg(Color::Red),
+            format!("device offline during session {}", short(*session_id)),
+            red.add_modifier(Modifier::BOLD),
         ),
+        EventKind::DeviceAvailability { .. } => ("device offline".to_owned(), red),
+        // Listed by `describe`.
+        _ => (String::new(), Style::new()),
     }
 }

@@ -50,6 +50,27 @@ pub fn duration_ms(ms: u64) -> String {
     }
 }
 
+/// A text bar of `width` cells, `fraction` (0..=1) of them full: `████░░`.
+pub fn bar(fraction: f64, width: usize) -> String {
+    let full = (fraction.clamp(0.0, 1.0) * width as f64).round() as usize;
+    let mut text = "█".repeat(full);
+    text.push_str(&"░".repeat(width - full));
+    text
+}
+
+/// The part of a session still to run, 0..=1.
+pub fn fraction_left(
+    started_at: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> f64 {
+    let total = (lease_until - started_at).num_milliseconds();
+    if total <= 0 {
+        return 0.0;
+    }
+    ((lease_until - now).num_milliseconds() as f64 / total as f64).clamp(0.0, 1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +101,22 @@ mod tests {
         assert_eq!(duration_ms(999), "0s");
         let id = SessionId::parse("1b4e28ba-2fa1-11d2-883f-0016d3cca427").unwrap();
         assert_eq!(short_session(id), "1b4e28ba");
+    }
+
+    #[test]
+    fn bars_fill_with_the_time_left() {
+        assert_eq!(bar(0.5, 6), "███░░░");
+        assert_eq!(bar(-1.0, 3), "░░░");
+        assert_eq!(bar(2.0, 3), "███");
+        let start = DateTime::parse_from_rfc3339("2025-06-01T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        let end = start + TimeDelta::hours(1);
+        assert_eq!(
+            fraction_left(start, end, start + TimeDelta::minutes(15)),
+            0.75
+        );
+        assert_eq!(fraction_left(start, end, end + TimeDelta::minutes(1)), 0.0);
+        assert_eq!(fraction_left(end, start, start), 0.0);
     }
 }
