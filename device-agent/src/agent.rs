@@ -1,21 +1,24 @@
-//! The agent's state and its reactions: commands, scan results, scanned lines, program exits,
-//! the lease deadline, telemetry and shutdown. IO is limited to the link (non-blocking
-//! publishes), the supervisor and the screen.
+//! The agent's state and its reactions: commands (fenced by epoch), the retained desired state,
+//! scan results, scanned lines, program exits, the lease deadline, telemetry and shutdown. IO
+//! is limited to the link (non-blocking publishes), the supervisor and the screen.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, SecondsFormat, Utc};
 use mujin_protocol::message::{
-    decode, encode, Ack, Availability, Command, CommandAction, ProgramExit, ReportedState, Scan,
-    ScanResult, StopCause, Telemetry, MAX_PAYLOAD_BYTES,
+    decode, encode, Ack, Availability, Command, CommandAction, DesiredState, ProgramExit,
+    ReportedState, Scan, ScanResult, StopCause, Telemetry, MAX_PAYLOAD_BYTES,
 };
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
 use mujin_protocol::{CommandId, DeviceId, ScanId, SessionId, StoreId};
 use tokio::time::Instant;
 
+use crate::desired::{converge, Convergence, EndedSessions, EpochFence};
 use crate::mqtt::{Link, LinkEvent};
-use crate::program::{decide_start, decide_stop, StartDecision, StopDecision, Supervisor};
+use crate::program::{
+    decide_start, decide_stop, lease_duration, StartDecision, StopDecision, Supervisor,
+};
 use crate::screen;
 
 /// How many recent command answers are kept to answer a redelivered command without acting
@@ -23,6 +26,9 @@ use crate::screen;
 const REMEMBERED_ACKS: usize = 64;
 /// How long shutdown waits for the broker to take the last state and the disconnect.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+/// A lease moved silently to match the desired state is reported only when it moved this much:
+/// a retained desired state converged again on every reconnection moves it by milliseconds.
+const REPORTED_LEASE_CHANGE: Duration = Duration::from_secs(1);
 
 /// Everything the main loop acts on.
 pub(crate) struct Agent {
@@ -34,6 +40,8 @@ pub(crate) struct Agent {
     last_exit: Option<ProgramExit>,
     started: Instant,
     recent_acks: VecDeque<Ack>,
+    epochs: EpochFence,
+    ended: EndedSessions,
 }
 
 impl Agent {
@@ -52,6 +60,8 @@ impl Agent {
             last_exit: None,
             started: Instant::now(),
             recent_acks: VecDeque::new(),
+            epochs: EpochFence::default(),
+            ended: EndedSessions::default(),
         }
     }
 
@@ -106,6 +116,10 @@ impl Agent {
                 Ok(command) => self.on_command(command).await,
                 Err(err) => tracing::warn!(%err, "ignoring a malformed command"),
             },
+            DeviceChannel::Desired => match decode::<DesiredState>(payload) {
+                Ok(desired) => self.on_desired(desired).await,
+                Err(err) => tracing::warn!(%err, "ignoring a malformed desired state"),
+            },
             DeviceChannel::ScanResult => match decode::<ScanResult>(payload) {
                 Ok(result) => screen::show(&screen::scan_result(&result)),
                 Err(err) => tracing::warn!(%err, "ignoring a malformed scan result"),
@@ -127,8 +141,25 @@ impl Agent {
             self.publish(DeviceChannel::Ack, &ack.clone());
             return;
         }
-        tracing::info!(command_id = %command.command_id, action = ?command.action, "command");
-        let (ok, detail) = match command.action {
+        tracing::info!(
+            command_id = %command.command_id,
+            epoch = command.epoch,
+            action = ?command.action,
+            "command"
+        );
+        let (ok, detail) = match self.epochs.admit(command.epoch) {
+            Ok(()) => self.apply(command.action).await,
+            Err(stale) => {
+                // A command management superseded (e.g. a start retried after its stop).
+                tracing::warn!(command_id = %command.command_id, %stale, "stale command refused");
+                (false, stale.to_string())
+            }
+        };
+        self.ack(command.command_id, ok, detail);
+    }
+
+    async fn apply(&mut self, action: CommandAction) -> (bool, String) {
+        match action {
             CommandAction::Start {
                 session_id,
                 lease_until,
@@ -147,12 +178,17 @@ impl Agent {
                 tracing::info!(%session_id, reason = reason.as_str(), "stop requested");
                 self.stop_by_command(session_id).await
             }
-            other => (
-                false,
-                format!("{} is not supported by this agent", other.name()),
-            ),
-        };
-        self.ack(command.command_id, ok, detail);
+            CommandAction::Warn {
+                session_id,
+                lease_until,
+                remaining_ms,
+            } => self.warn(session_id, lease_until, remaining_ms),
+            CommandAction::Extend {
+                session_id,
+                lease_until,
+                remaining_ms,
+            } => self.extend(session_id, lease_until, remaining_ms),
+        }
     }
 
     fn ack(&mut self, command_id: CommandId, ok: bool, detail: String) {
@@ -198,10 +234,98 @@ impl Agent {
         }
     }
 
+    /// Shows the customer how long is left, when the warning is about the running session.
+    fn warn(
+        &self,
+        session_id: SessionId,
+        lease_until: DateTime<Utc>,
+        remaining_ms: u64,
+    ) -> (bool, String) {
+        if self.supervisor.running_session() != Some(session_id) {
+            return (false, "not running".into());
+        }
+        // Bounded like a lease, so that a warning delivered late does not promise more time.
+        let left = lease_duration(lease_until, remaining_ms, Utc::now()).unwrap_or_default();
+        screen::show(&screen::warning(left, lease_until));
+        (true, "warned".into())
+    }
+
+    /// Moves the running session's lease (later or sooner), reports and shows the new end.
+    fn extend(
+        &mut self,
+        session_id: SessionId,
+        lease_until: DateTime<Utc>,
+        remaining_ms: u64,
+    ) -> (bool, String) {
+        if self.supervisor.running_session() != Some(session_id) {
+            return (false, "not running".into());
+        }
+        let lease = lease_duration(lease_until, remaining_ms, Utc::now()).unwrap_or_default();
+        let Some(until) = self.supervisor.set_lease(lease) else {
+            return (false, "not running".into());
+        };
+        tracing::info!(%session_id, ?lease, "lease moved by command");
+        self.report_state();
+        screen::show(&screen::extended(until));
+        (
+            true,
+            format!(
+                "extended until {}",
+                until.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ),
+        )
+    }
+
+    /// Converges to management's desired state, unless a newer epoch was already seen. No ack:
+    /// it is not a command, and it arrives again on every (re)subscription.
+    async fn on_desired(&mut self, desired: DesiredState) {
+        if let Err(stale) = self.epochs.admit(desired.epoch) {
+            tracing::debug!(%stale, "ignoring an outdated desired state");
+            return;
+        }
+        let decision = converge(
+            self.supervisor.running_session(),
+            &self.ended,
+            &desired.program,
+            Utc::now(),
+        );
+        tracing::info!(epoch = desired.epoch, ?decision, "desired state");
+        match decision {
+            Convergence::InPlace | Convergence::Skip(_) => {}
+            Convergence::Stop => {
+                self.stop(StopCause::DesiredState).await;
+            }
+            Convergence::SetLease { lease } => self.match_lease(lease),
+            Convergence::Start { session_id, lease } => {
+                self.start(session_id, StartDecision::Launch { lease });
+            }
+            Convergence::Replace { session_id, lease } => {
+                self.stop(StopCause::DesiredState).await;
+                self.start(session_id, StartDecision::Launch { lease });
+            }
+        }
+    }
+
+    /// Moves the lease silently to what the desired state says; reports it when it really moved.
+    fn match_lease(&mut self, lease: Duration) {
+        let before = self.supervisor.lease_until();
+        let Some(until) = self.supervisor.set_lease(lease) else {
+            return;
+        };
+        let moved = before
+            .and_then(|before| (until - before).abs().to_std().ok())
+            .unwrap_or(Duration::MAX);
+        if moved >= REPORTED_LEASE_CHANGE {
+            tracing::info!(?lease, "lease moved to match the desired state");
+            self.report_state();
+        }
+    }
+
     /// Stops the running program for `cause` and reports it.
     async fn stop(&mut self, cause: StopCause) -> Option<ProgramExit> {
         let exit = self.supervisor.stop(cause).await?;
         tracing::info!(session_id = %exit.session_id, ?cause, exit = %exit.exit, "program stopped");
+        self.ended.remember(exit.session_id);
         self.last_exit = Some(exit.clone());
         self.report_state();
         Some(exit)
@@ -216,6 +340,7 @@ impl Agent {
     pub(crate) fn on_program_exit(&mut self, status: std::io::Result<std::process::ExitStatus>) {
         if let Some(exit) = self.supervisor.record_exit(status) {
             tracing::info!(session_id = %exit.session_id, exit = %exit.exit, "program ended by itself");
+            self.ended.remember(exit.session_id);
             self.last_exit = Some(exit);
             self.report_state();
         }

@@ -2,7 +2,13 @@
 //! starts and stops the device's operating program on management's commands, stops it by
 //! itself when its lease runs out (even with the network gone), and reports state and telemetry.
 //!
+//! Commands carry an epoch: one older than the newest seen (in a command or a desired state) is
+//! refused as stale. Management's retained desired state is converged to on every
+//! (re)subscription, so an agent restarted mid-session resumes it, and a stop lost while the
+//! device was offline still happens; a session that already ended here is never restarted.
+//!
 //! - [`cli`]: the `mujin-agent` command line, also callable from another binary;
+//! - [`desired`]: the epoch fence and the pure desired-state convergence decision;
 //! - [`mqtt`]: the connection task (poll, resubscribe, back off, forward);
 //! - [`program`]: the program supervisor and its pure start/stop/lease decisions;
 //! - [`scanner`]: stdin and named-pipe readers;
@@ -11,6 +17,7 @@
 
 mod agent;
 pub mod cli;
+pub mod desired;
 pub mod mqtt;
 pub mod program;
 pub mod scanner;

@@ -84,10 +84,14 @@ impl Link {
     pub fn start(settings: &LinkSettings) -> (Link, mpsc::UnboundedReceiver<LinkEvent>) {
         let (client, event_loop) = AsyncClient::new(options(settings), REQUEST_CAPACITY);
         // Unbounded so the polling task never waits on the main loop (which may be busy stopping
-        // a program); the agent subscribes to two low-traffic topics only.
+        // a program); the agent subscribes to three low-traffic topics only.
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let subscriptions = [DeviceChannel::Command, DeviceChannel::ScanResult]
-            .map(|channel| topic::device(&settings.store, &settings.device, channel));
+        let subscriptions = [
+            DeviceChannel::Command,
+            DeviceChannel::ScanResult,
+            DeviceChannel::Desired,
+        ]
+        .map(|channel| topic::device(&settings.store, &settings.device, channel));
         let task = tokio::spawn(poll(
             event_loop,
             client.clone(),

@@ -63,6 +63,21 @@ pub fn lease_duration(
     (!lease.is_zero()).then_some(lease)
 }
 
+/// The wall-clock time `lease` after `wall_now`, saturating instead of overflowing.
+fn wall_clock_after(wall_now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(lease)
+        .ok()
+        .and_then(|lease| wall_now.checked_add_signed(lease))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The monotonic deadline `lease` from now, bounded so that an absurd lease cannot overflow.
+fn deadline_after(lease: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(lease)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
 /// What to do with a stop command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopDecision {
@@ -159,6 +174,11 @@ impl Supervisor {
         }
     }
 
+    /// When the lease of the running program ends on the wall clock, as reported.
+    pub fn lease_until(&self) -> Option<DateTime<Utc>> {
+        self.run.as_ref().map(|run| run.lease_until)
+    }
+
     /// When the lease of the running program ends (monotonic clock), if one runs.
     pub fn lease_deadline(&self) -> Option<Instant> {
         self.run.as_ref().map(|run| run.lease_deadline)
@@ -170,8 +190,7 @@ impl Supervisor {
             return Err(SpawnError::AlreadyRunning(run.session_id));
         }
         let wall_now = Utc::now();
-        let lease_until = wall_now
-            + chrono::Duration::from_std(lease).unwrap_or_else(|_| chrono::Duration::days(365));
+        let lease_until = wall_clock_after(wall_now, lease);
         let child = self.spawn(session_id, lease_until)?;
         let process_group = child
             .id()
@@ -190,9 +209,18 @@ impl Supervisor {
             session_id,
             started_at: wall_now,
             lease_until,
-            lease_deadline: Instant::now() + lease,
+            lease_deadline: deadline_after(lease),
         });
         Ok(())
+    }
+
+    /// Moves the running program's lease to end `lease` from now (sooner or later than before)
+    /// and returns its new end on the wall clock; `None` when nothing runs.
+    pub fn set_lease(&mut self, lease: Duration) -> Option<DateTime<Utc>> {
+        let run = self.run.as_mut()?;
+        run.lease_until = wall_clock_after(Utc::now(), lease);
+        run.lease_deadline = deadline_after(lease);
+        Some(run.lease_until)
     }
 
     fn spawn(

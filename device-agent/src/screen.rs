@@ -3,7 +3,9 @@
 
 use std::io::Write;
 
-use chrono::SecondsFormat;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use mujin_protocol::message::{Decision, ScanResult};
 use mujin_protocol::ScanId;
 
@@ -23,6 +25,27 @@ pub fn scanned(scan_id: ScanId) -> String {
 
 /// The line shown when the lease ran out and the agent stopped the program by itself.
 pub const LEASE_ENDED: &str = "LEASE ENDED";
+
+/// The line shown when management warns that the session ends soon: the minutes `left`,
+/// rounded up so that "1 min" is never shown with more than a minute left, and the clock time.
+pub fn warning(left: Duration, lease_until: DateTime<Utc>) -> String {
+    let minutes = left.as_millis().div_ceil(60_000).max(1);
+    format!(
+        "WARNING: your session ends in {minutes} min (at {})",
+        clock_time(lease_until)
+    )
+}
+
+/// The line shown when the session was extended (or shortened) to `lease_until`.
+pub fn extended(lease_until: DateTime<Utc>) -> String {
+    format!("EXTENDED until {}", clock_time(lease_until))
+}
+
+/// The time of day in UTC, to the nearest second: leases computed on the device are a few
+/// milliseconds off the booked end, which must not show as the second before.
+pub fn clock_time(at: DateTime<Utc>) -> String {
+    at.round_subsecs(0).format("%H:%M:%SZ").to_string()
+}
 
 /// The line shown for management's answer to a scan.
 pub fn scan_result(result: &ScanResult) -> String {
@@ -44,7 +67,6 @@ pub fn scan_result(result: &ScanResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::DateTime;
     use mujin_protocol::message::RejectReason;
     use mujin_protocol::{SessionId, TicketId};
 
@@ -78,5 +100,32 @@ mod tests {
             scan_result(&result),
             format!("ACCEPTED: enjoy! session {session_id} until 2023-11-14T22:13:20Z")
         );
+    }
+
+    #[test]
+    fn warnings_round_the_minutes_up_and_show_the_end() {
+        let end = DateTime::parse_from_rfc3339("2027-01-15T09:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(
+            warning(Duration::from_millis(300_000), end),
+            "WARNING: your session ends in 5 min (at 09:00:00Z)"
+        );
+        assert_eq!(
+            warning(Duration::from_millis(240_001), end),
+            "WARNING: your session ends in 5 min (at 09:00:00Z)"
+        );
+        assert_eq!(
+            warning(Duration::ZERO, end),
+            "WARNING: your session ends in 1 min (at 09:00:00Z)"
+        );
+    }
+
+    #[test]
+    fn extensions_show_the_new_end_to_the_nearest_second() {
+        let end = DateTime::parse_from_rfc3339("2027-01-15T09:29:59.996Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(extended(end), "EXTENDED until 09:30:00Z");
     }
 }

@@ -1,5 +1,6 @@
 //! The real `mujin-agent` binary against a real broker, with the test acting as management:
-//! commands, acks, reported state, the lease, scans from the named pipe, and shutdown.
+//! commands and their epochs, the retained desired state, warnings and extensions, acks,
+//! reported state, the lease, scans from the named pipe, and shutdown.
 
 // Helpers outside #[test] functions unwrap too: a failure there is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -10,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, SubsecRound, Utc};
 use mujin_broker::{free_local_port, Broker, BrokerSettings, Credentials};
 use mujin_protocol::message::{
-    decode, encode, Ack, Availability, Command, CommandAction, Decision, EndReason, ProgramStatus,
-    RejectReason, ReportedState, Scan, ScanResult, StopCause,
+    decode, encode, Ack, Availability, Command, CommandAction, Decision, DesiredProgram,
+    DesiredState, EndReason, ProgramStatus, RejectReason, ReportedState, Scan, ScanResult,
+    StopCause,
 };
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
 use mujin_protocol::{CommandId, DeviceId, SessionId, StoreId};
@@ -45,6 +47,8 @@ struct Harness {
     agent: Child,
     screen: mpsc::UnboundedReceiver<String>,
     dir: tempfile::TempDir,
+    /// The device's command epoch, raised with every command like management does.
+    epoch: u64,
 }
 
 impl Harness {
@@ -56,6 +60,16 @@ impl Harness {
 
     /// Like [`Harness::start`] with any program and arguments.
     async fn start_with(program: &[&str]) -> Harness {
+        Harness::launch(program, None).await
+    }
+
+    /// Like [`Harness::start`], with `desired` retained on the broker before the agent starts
+    /// (what an agent restarted mid-session finds).
+    async fn start_after_desired(script: &str, desired: &DesiredState) -> Harness {
+        Harness::launch(&["sh", "-c", script], Some(desired)).await
+    }
+
+    async fn launch(program: &[&str], desired: Option<&DesiredState>) -> Harness {
         let mut credentials = Credentials::new();
         credentials.insert("device", "device-secret");
         credentials.insert("management", "management-secret");
@@ -70,7 +84,12 @@ impl Harness {
         let addr = broker.v4_addr();
         let store = StoreId::parse("test-store").unwrap();
         let device = DeviceId::parse("pc-01").unwrap();
-        let (management, seen) = management_client(addr, &store, &device).await;
+        let (management, mut seen) = management_client(addr, &store, &device).await;
+        let mut backlog = VecDeque::new();
+        if let Some(desired) = desired {
+            let topic = topic::device(&store, &device, DeviceChannel::Desired);
+            publish_desired(&management, &mut seen, &mut backlog, topic, desired).await;
+        }
         let dir = tempfile::tempdir().unwrap();
         let (agent, screen) = spawn_agent(addr, &store, &device, dir.path(), program);
         let mut harness = Harness {
@@ -79,10 +98,11 @@ impl Harness {
             device,
             management,
             seen,
-            backlog: VecDeque::new(),
+            backlog,
             agent,
             screen,
             dir,
+            epoch: desired.map_or(0, |desired| desired.epoch),
         };
         harness
             .wait_state(|state| state.availability == Availability::Online)
@@ -127,13 +147,19 @@ impl Harness {
         }
     }
 
-    /// Sends a command (again every 500 ms: the agent answers a repeated command id without
-    /// acting twice) until its ack arrives.
+    /// Sends a command with a fresh epoch until its ack arrives.
     async fn command(&mut self, action: CommandAction) -> Ack {
+        self.command_at(self.epoch + 1, action).await
+    }
+
+    /// Sends a command of `epoch` (again every 500 ms: the agent answers a repeated command id
+    /// without acting twice) until its ack arrives.
+    async fn command_at(&mut self, epoch: u64, action: CommandAction) -> Ack {
+        self.epoch = self.epoch.max(epoch);
         let command = Command {
             command_id: CommandId::random(),
             issued_at: Utc::now(),
-            epoch: 0,
+            epoch,
             action,
         };
         let deadline = Instant::now() + DEADLINE;
@@ -157,6 +183,32 @@ impl Harness {
             }
             assert!(Instant::now() < deadline, "no ack within {DEADLINE:?}");
         }
+    }
+
+    /// Publishes `program` as the retained desired state with a fresh epoch, like management
+    /// after a change, and returns it.
+    async fn desire(&mut self, program: DesiredProgram) -> DesiredState {
+        self.epoch += 1;
+        let desired = DesiredState {
+            epoch: self.epoch,
+            issued_at: Utc::now(),
+            program,
+        };
+        self.publish_desired(&desired).await;
+        desired
+    }
+
+    /// Publishes `desired` (retained) and waits until the broker passed it on.
+    async fn publish_desired(&mut self, desired: &DesiredState) {
+        let topic = self.topic(DeviceChannel::Desired);
+        publish_desired(
+            &self.management,
+            &mut self.seen,
+            &mut self.backlog,
+            topic,
+            desired,
+        )
+        .await;
     }
 
     async fn publish(&self, channel: DeviceChannel, payload: Vec<u8>) {
@@ -200,6 +252,34 @@ impl Harness {
     }
 }
 
+/// Publishes `desired` retained and waits for the broker to echo it, so that it is certainly
+/// retained before anything else happens. Other messages seen meanwhile go to `backlog`.
+async fn publish_desired(
+    management: &AsyncClient,
+    seen: &mut mpsc::UnboundedReceiver<Seen>,
+    backlog: &mut VecDeque<Seen>,
+    topic: String,
+    desired: &DesiredState,
+) {
+    let payload = encode(desired);
+    management
+        .publish(topic, QoS::AtLeastOnce, true, payload.clone())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let echo = tokio::time::timeout(left, seen.recv())
+            .await
+            .expect("the desired state comes back in time")
+            .expect("management client stopped");
+        if echo.channel == DeviceChannel::Desired && echo.payload == payload {
+            return;
+        }
+        backlog.push_back(echo);
+    }
+}
+
 async fn management_client(
     addr: SocketAddr,
     store: &StoreId,
@@ -217,8 +297,10 @@ async fn management_client(
         DeviceChannel::State,
         DeviceChannel::Ack,
         DeviceChannel::Scan,
+        DeviceChannel::Desired,
     ]
     .map(|channel| topic::device(store, device, channel));
+    let subscriptions = filters.len();
     let subscriber = client.clone();
     tokio::spawn(async move {
         loop {
@@ -244,7 +326,7 @@ async fn management_client(
             }
         }
     });
-    for _ in 0..3 {
+    for _ in 0..subscriptions {
         tokio::time::timeout(DEADLINE, ready_rx.recv())
             .await
             .expect("management subscribed in time");
@@ -528,5 +610,196 @@ async fn a_program_that_cannot_start_gets_a_refusing_ack() {
     assert!(!ack.ok && ack.detail.contains("cannot start"), "{ack:?}");
     let ack = harness.command(stop(SessionId::random())).await;
     assert!(ack.ok, "{ack:?}");
+    harness.shutdown().await;
+}
+
+fn running(session_id: SessionId, remaining_ms: u64) -> DesiredProgram {
+    DesiredProgram::Running {
+        session_id,
+        lease_until: Utc::now() + chrono::Duration::seconds(60),
+        remaining_ms,
+    }
+}
+
+fn lease_until_of(state: &ReportedState) -> DateTime<Utc> {
+    match state.program {
+        ProgramStatus::Running { lease_until, .. } => lease_until,
+        ProgramStatus::Idle => panic!("not running: {state:?}"),
+    }
+}
+
+/// The time of day the agent shows for `at`.
+fn clock_time(at: DateTime<Utc>) -> String {
+    at.round_subsecs(0).format("%H:%M:%SZ").to_string()
+}
+
+#[tokio::test]
+async fn a_start_older_than_the_newest_epoch_is_refused_as_stale() {
+    let mut harness = Harness::start(SLEEPER).await;
+    let session = SessionId::random();
+    assert!(harness.command_at(5, start(session, 60_000)).await.ok);
+    let pid = harness.program_pid().await;
+    let ack = harness.command_at(6, stop(session)).await;
+    assert!(ack.ok, "{ack:?}");
+    assert!(!alive(pid));
+    harness
+        .wait_state(|state| state.program == ProgramStatus::Idle && state.last_exit.is_some())
+        .await;
+    std::fs::remove_file(harness.pidfile()).unwrap();
+
+    // The start, retried late by management with a new command id but its old epoch.
+    let late = harness.command_at(5, start(session, 60_000)).await;
+    assert!(!late.ok, "{late:?}");
+    assert_eq!(late.detail, "stale: epoch 5 is older than 6");
+    // Not started: the next command (same epoch as the newest) finds nothing running.
+    let ack = harness.command_at(6, stop(session)).await;
+    assert!(ack.ok && ack.detail == "not running", "{ack:?}");
+    assert!(!harness.pidfile().exists());
+    harness.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retained_desired_running_state_resumes_the_session_on_connect() {
+    let session = SessionId::random();
+    let desired = DesiredState {
+        epoch: 3,
+        issued_at: Utc::now(),
+        program: running(session, 60_000),
+    };
+    let mut harness = Harness::start_after_desired(SLEEPER, &desired).await;
+    let state = harness
+        .wait_state(|state| matches!(state.program, ProgramStatus::Running { .. }))
+        .await;
+    assert!(
+        matches!(state.program, ProgramStatus::Running { session_id, .. } if session_id == session)
+    );
+    assert!(alive(harness.program_pid().await));
+
+    // The start command of the same epoch, delivered after the desired state, changes nothing.
+    let ack = harness.command_at(3, start(session, 60_000)).await;
+    assert!(ack.ok && ack.detail == "already running", "{ack:?}");
+    harness.shutdown().await;
+}
+
+#[tokio::test]
+async fn desired_idle_stops_the_running_program() {
+    let mut harness = Harness::start(SLEEPER).await;
+    let session = SessionId::random();
+    assert!(harness.command(start(session, 60_000)).await.ok);
+    let pid = harness.program_pid().await;
+
+    harness.desire(DesiredProgram::Idle).await;
+    let state = harness.wait_state(|state| state.last_exit.is_some()).await;
+    assert_eq!(state.program, ProgramStatus::Idle);
+    let exit = state.last_exit.unwrap();
+    assert_eq!(
+        (exit.session_id, exit.stopped_by),
+        (session, StopCause::DesiredState)
+    );
+    assert!(!alive(pid));
+    harness.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_session_that_ended_here_is_not_restarted_by_a_stale_desired_state() {
+    let mut harness = Harness::start(SLEEPER).await;
+    let session = SessionId::random();
+    let desired = harness.desire(running(session, 1_000)).await;
+    let pid = harness.program_pid().await;
+    let state = harness.wait_state(|state| state.last_exit.is_some()).await;
+    assert_eq!(state.last_exit.unwrap().stopped_by, StopCause::LeaseExpired);
+    assert!(!alive(pid));
+    std::fs::remove_file(harness.pidfile()).unwrap();
+
+    // Management has not caught up yet: the same desired state comes again (as on a reconnect).
+    harness.publish_desired(&desired).await;
+    let ack = harness
+        .command_at(
+            desired.epoch,
+            CommandAction::Warn {
+                session_id: session,
+                lease_until: Utc::now() + chrono::Duration::seconds(60),
+                remaining_ms: 60_000,
+            },
+        )
+        .await;
+    assert!(!ack.ok && ack.detail == "not running", "{ack:?}");
+    // The desired state and the command travel on different topics: allow a moment for order.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !harness.pidfile().exists(),
+        "the ended session was restarted"
+    );
+    while let Some(seen) = harness.backlog.pop_front() {
+        if seen.channel == DeviceChannel::State {
+            let state: ReportedState = decode(&seen.payload).unwrap();
+            assert_eq!(state.program, ProgramStatus::Idle);
+        }
+    }
+    harness.shutdown().await;
+}
+
+#[tokio::test]
+async fn warn_shows_the_time_left_and_extend_moves_the_lease() {
+    let mut harness = Harness::start(SLEEPER).await;
+    let session = SessionId::random();
+    let started = Instant::now();
+    assert!(harness.command(start(session, 2_000)).await.ok);
+    let pid = harness.program_pid().await;
+    let first_end = lease_until_of(
+        &harness
+            .wait_state(|state| matches!(state.program, ProgramStatus::Running { .. }))
+            .await,
+    );
+
+    let lease_until = Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(300);
+    let warn = CommandAction::Warn {
+        session_id: session,
+        lease_until,
+        remaining_ms: 300_000,
+    };
+    let ack = harness.command(warn).await;
+    assert!(ack.ok && ack.detail == "warned", "{ack:?}");
+    let expected = format!(
+        "WARNING: your session ends in 5 min (at {})",
+        clock_time(lease_until)
+    );
+    harness.wait_screen(|line| line == expected).await;
+    let other = CommandAction::Warn {
+        session_id: SessionId::random(),
+        lease_until,
+        remaining_ms: 300_000,
+    };
+    let ack = harness.command(other).await;
+    assert!(!ack.ok && ack.detail == "not running", "{ack:?}");
+
+    let extend_sent = Instant::now();
+    let extend = CommandAction::Extend {
+        session_id: session,
+        lease_until: Utc::now() + chrono::Duration::seconds(60),
+        remaining_ms: 3_000,
+    };
+    let ack = harness.command(extend).await;
+    assert!(
+        ack.ok && ack.detail.starts_with("extended until "),
+        "{ack:?}"
+    );
+    harness
+        .wait_screen(|line| line.starts_with("EXTENDED until "))
+        .await;
+    let state = harness
+        .wait_state(|state| matches!(state.program, ProgramStatus::Running { .. }))
+        .await;
+    assert!(lease_until_of(&state) > first_end + chrono::Duration::milliseconds(500));
+
+    // Past the first lease's end the program still runs, and it stops at the new one.
+    while started.elapsed() < Duration::from_millis(2_300) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(alive(pid), "the program stopped at the first lease's end");
+    let state = harness.wait_state(|state| state.last_exit.is_some()).await;
+    assert_eq!(state.last_exit.unwrap().stopped_by, StopCause::LeaseExpired);
+    assert!(extend_sent.elapsed() >= Duration::from_millis(2_900));
+    assert!(!alive(pid));
     harness.shutdown().await;
 }
