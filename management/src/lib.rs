@@ -10,12 +10,15 @@
 //!
 //! [`run`] wires them together until its shutdown future completes.
 
+pub mod actions;
 pub mod audit;
 pub mod authorize;
 pub mod booking;
 pub mod cli;
 pub mod db;
+pub mod devices;
 pub mod keys;
+pub mod lifecycle;
 pub mod mqtt;
 pub mod outbox;
 pub mod postgres;
@@ -31,9 +34,11 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use deadpool_postgres::Pool;
+use mujin_protocol::message::{self, Availability, ReportedState};
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
 use mujin_protocol::KeyId;
-use rumqttc::{AsyncClient, Publish};
+use mujin_protocol::{DeviceId, StoreId};
+use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -67,8 +72,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let connection = mqtt::connect(
         &settings.mqtt,
         vec![
-            topic::every_device(DeviceChannel::Scan),
-            topic::every_device(DeviceChannel::Ack),
+            (topic::every_device(DeviceChannel::Scan), QoS::AtLeastOnce),
+            (topic::every_device(DeviceChannel::Ack), QoS::AtLeastOnce),
+            (topic::every_device(DeviceChannel::State), QoS::AtLeastOnce),
+            (
+                topic::every_device(DeviceChannel::Telemetry),
+                QoS::AtMostOnce,
+            ),
         ],
         stop_mqtt.clone(),
     );
@@ -81,11 +91,23 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         client: connection.client.clone(),
         wake_timer: Arc::new(Notify::new()),
         wake_dispatcher: Arc::new(Notify::new()),
+        liveness: Arc::new(tokio::sync::Mutex::new(devices::Liveness::default())),
         stop: stop.clone(),
     };
+    let liveness_task = tokio::spawn(watch_heartbeats(
+        pool.clone(),
+        inbox.liveness.clone(),
+        inbox.wake_dispatcher.clone(),
+        stop.clone(),
+    ));
     let timer_task = tokio::spawn(stop_timer::run(
         pool.clone(),
         inbox.wake_timer.clone(),
+        inbox.wake_dispatcher.clone(),
+        stop.clone(),
+    ));
+    let lifecycle_task = tokio::spawn(lifecycle::run(
+        pool.clone(),
         inbox.wake_dispatcher.clone(),
         stop.clone(),
     ));
@@ -101,7 +123,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     shutdown.await;
     tracing::info!("management shutting down");
     stop.cancel();
-    let _ = tokio::join!(inbox_task, timer_task, dispatcher_task);
+    let _ = tokio::join!(inbox_task, timer_task, dispatcher_task, liveness_task, lifecycle_task);
     // Let queued publishes and acks go out before the connection closes; a full queue (broker
     // gone) must not hold shutdown.
     let _ = tokio::time::timeout(Duration::from_secs(2), connection.client.disconnect()).await;
@@ -117,13 +139,39 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     Ok(())
 }
 
-/// Handles what devices send to management: scans and command acks.
+/// Marks devices offline when their heartbeats stop.
+async fn watch_heartbeats(
+    pool: Pool,
+    liveness: Arc<tokio::sync::Mutex<devices::Liveness>>,
+    wake_dispatcher: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let overdue = liveness.lock().await.overdue(tokio::time::Instant::now());
+        for key in overdue {
+            let offline =
+                devices::record_availability(&pool, &key, Availability::Offline, Utc::now());
+            if let Err(error) = offline.await {
+                tracing::warn!(%error, store = %key.0, device = %key.1, "cannot record a device going offline");
+            }
+            wake_dispatcher.notify_one();
+        }
+    }
+}
+
+/// Handles what devices send to management: scans, command acks, states and heartbeats.
 struct Inbox {
     pool: Pool,
     rules: ScanRules,
     client: AsyncClient,
     wake_timer: Arc<Notify>,
     wake_dispatcher: Arc<Notify>,
+    liveness: Arc<tokio::sync::Mutex<devices::Liveness>>,
     stop: CancellationToken,
 }
 
@@ -155,7 +203,11 @@ impl Inbox {
             Ok(Topic::Device {
                 store,
                 device,
-                channel: channel @ (DeviceChannel::Scan | DeviceChannel::Ack),
+                channel:
+                    channel @ (DeviceChannel::Scan
+                    | DeviceChannel::Ack
+                    | DeviceChannel::State
+                    | DeviceChannel::Telemetry),
             }) => (store, device, channel),
             other => {
                 tracing::warn!(topic = %publish.topic, ?other, "ignoring a message on an unexpected topic");
@@ -181,7 +233,18 @@ impl Inbox {
                     }
                     outcome.publish
                 }),
-                _ => outbox::record_ack(&self.pool, &store, &device, &publish.payload, now)
+                DeviceChannel::Ack => {
+                    outbox::record_ack(&self.pool, &store, &device, &publish.payload, now)
+                        .await
+                        .map(|()| Vec::new())
+                }
+                _ => self
+                    .device_report(
+                        &(store.clone(), device.clone()),
+                        channel,
+                        &publish.payload,
+                        now,
+                    )
                     .await
                     .map(|()| Vec::new()),
             };
@@ -202,5 +265,59 @@ impl Inbox {
                 }
             }
         }
+    }
+
+    /// A state or heartbeat: availability changes, clock skew, reconciliation with the database.
+    /// (A retry after a database error sees no change again: availability is recorded on the
+    /// next transition.)
+    async fn device_report(
+        &self,
+        key: &(StoreId, DeviceId),
+        channel: DeviceChannel,
+        payload: &[u8],
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), db::WorkError> {
+        let instant = tokio::time::Instant::now();
+        let mut liveness = self.liveness.lock().await;
+        if channel == DeviceChannel::Telemetry {
+            let Some(skew_ms) = devices::telemetry_skew(payload, now) else {
+                tracing::debug!(store = %key.0, device = %key.1, "ignoring malformed telemetry");
+                return Ok(());
+            };
+            let changes = liveness.heartbeat(key, instant, skew_ms, devices::MAX_CLOCK_SKEW_MS);
+            drop(liveness);
+            return self.record_changes(key, changes, now).await;
+        }
+        let state: ReportedState = match message::decode(payload) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(store = %key.0, device = %key.1, %error, "ignoring a malformed state");
+                return Ok(());
+            }
+        };
+        let change = liveness.reported(key, state.availability, instant);
+        devices::reconcile(&self.pool, &mut liveness, key, &state, now).await?;
+        drop(liveness);
+        self.record_changes(key, change.into_iter().collect(), now)
+            .await
+    }
+
+    async fn record_changes(
+        &self,
+        key: &(StoreId, DeviceId),
+        changes: Vec<devices::Change>,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), db::WorkError> {
+        for change in changes {
+            match change {
+                devices::Change::Availability(availability) => {
+                    devices::record_availability(&self.pool, key, availability, now).await?
+                }
+                devices::Change::ClockSkew(skew_ms) => {
+                    devices::record_skew(&self.pool, key, skew_ms, now).await?
+                }
+            }
+        }
+        Ok(())
     }
 }

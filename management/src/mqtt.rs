@@ -66,10 +66,10 @@ pub struct Connection {
     pub task: JoinHandle<()>,
 }
 
-/// Connects (in the background) and subscribes to `filters` with QoS 1 after every CONNACK.
+/// Connects (in the background) and subscribes to `filters` after every CONNACK.
 pub fn connect(
     settings: &MqttSettings,
-    filters: Vec<String>,
+    filters: Vec<(String, QoS)>,
     stop: CancellationToken,
 ) -> Connection {
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
@@ -101,7 +101,7 @@ pub fn connect(
 async fn poll(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    filters: Vec<String>,
+    filters: Vec<(String, QoS)>,
     forward: mpsc::UnboundedSender<Publish>,
     connected: watch::Sender<bool>,
     stop: CancellationToken,
@@ -120,9 +120,9 @@ async fn poll(
                 );
                 backoff = Duration::from_millis(200);
                 connected.send_replace(true);
-                for filter in &filters {
+                for (filter, qos) in &filters {
                     // try_subscribe never waits, so this task cannot block on its own queue.
-                    if let Err(error) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                    if let Err(error) = client.try_subscribe(filter, *qos) {
                         tracing::error!(%error, filter, "cannot queue subscription");
                     }
                 }

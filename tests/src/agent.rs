@@ -99,6 +99,11 @@ impl Agent {
         .await
     }
 
+    /// The agent process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Asks the agent to shut down (SIGTERM) and waits for it.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {

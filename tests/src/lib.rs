@@ -3,11 +3,13 @@
 //! - [`postgres`]: one private PostgreSQL cluster per test process, a fresh database per test;
 //! - [`stack`]: the `mujin-broker` process, management in-process, and helpers to book tickets;
 //! - [`agent`]: real `mujin-agent` processes with real child programs;
-//! - [`observer`]: an MQTT client that records everything published, to assert on.
+//! - [`observer`]: an MQTT client that records everything published, to assert on;
+//! - [`proxy`]: a TCP proxy to cut one client off the broker.
 
 pub mod agent;
 pub mod observer;
 pub mod postgres;
+pub mod proxy;
 pub mod stack;
 
 use std::path::PathBuf;

@@ -225,6 +225,11 @@ impl Stack {
             .collect()
     }
 
+    /// Starts a real agent process that reaches the broker through `port` (e.g. a proxy's).
+    pub fn agent_via(&self, port: u16, (store, device): &(StoreId, DeviceId)) -> Agent {
+        Agent::spawn(self.dir.path(), port, AGENT, store, device)
+    }
+
     /// Kills the broker process (as a crash would).
     pub async fn kill_broker(&mut self) {
         if let Some(mut broker) = self.broker.take() {

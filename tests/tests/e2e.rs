@@ -258,6 +258,14 @@ async fn the_same_scan_delivered_twice_gives_one_session_and_the_same_answer() {
     );
     assert!(matches!(answers[0].decision, Decision::Accepted { .. }));
     assert_eq!(stack.session_count(&booking).await, 1);
+    stack
+        .observer
+        .wait_event("the session started event", SHORT, |event| {
+            matches!(event.kind, EventKind::SessionStarted { .. }).then_some(())
+        })
+        .await;
+    // Events come from the audit log: a second one would follow within the same dispatch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let started = stack
         .observer
         .events()

@@ -1,0 +1,374 @@
+//! What devices report: availability (the last will, and heartbeats that stop), clock skew,
+//! and each session's end as the device saw it. Reported state that contradicts the database is
+//! flagged; a program that exited by itself closes its session.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool};
+use mujin_protocol::message::{
+    self, Availability, EndReason, Event, EventKind, ProgramExit, ProgramStatus, ReportedState,
+    StopCause, Telemetry,
+};
+use mujin_protocol::{DeviceId, SessionId, StoreId};
+use tokio::time::Instant;
+
+use crate::audit;
+use crate::db::WorkError;
+use crate::stop_timer::{end_session, OpenSession};
+
+/// A device is offline when no heartbeat came for this many heartbeat intervals.
+const MISSED_INTERVALS: f64 = 1.5;
+/// A device clock further than this from management's raises a clock-skew alert.
+pub const MAX_CLOCK_SKEW_MS: i64 = 2_000;
+/// The heartbeat interval assumed until a device's own rhythm is known.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+
+type DeviceKey = (StoreId, DeviceId);
+
+/// One device's heartbeat rhythm and what was last concluded from it.
+#[derive(Debug, Clone)]
+struct Heartbeat {
+    last: Instant,
+    interval: Duration,
+    online: bool,
+    skewed: bool,
+}
+
+/// Availability and clock-skew tracking from heartbeats (pure: the caller passes the instants).
+#[derive(Debug, Default)]
+pub struct Liveness {
+    devices: HashMap<DeviceKey, Heartbeat>,
+    /// (device, session) conflicts already reported, so each is flagged once.
+    flagged: HashSet<(DeviceKey, SessionId)>,
+}
+
+/// A change worth recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Availability(Availability),
+    ClockSkew(i64),
+}
+
+impl Liveness {
+    /// A heartbeat (telemetry) arrived at `now`; `skew_ms` is the device clock minus ours.
+    pub fn heartbeat(
+        &mut self,
+        key: &DeviceKey,
+        now: Instant,
+        skew_ms: i64,
+        max_skew_ms: i64,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let entry = self.devices.entry(key.clone()).or_insert(Heartbeat {
+            last: now,
+            interval: DEFAULT_INTERVAL,
+            online: false,
+            skewed: false,
+        });
+        let gap = now.saturating_duration_since(entry.last);
+        if entry.online && gap > Duration::ZERO {
+            // Follow the device's own rhythm, smoothed so one late beat does not halve it.
+            let gap = gap.clamp(Duration::from_millis(100), Duration::from_secs(60));
+            entry.interval = (entry.interval * 3 + gap) / 4;
+        }
+        entry.last = now;
+        if !entry.online {
+            entry.online = true;
+            changes.push(Change::Availability(Availability::Online));
+        }
+        let skewed = skew_ms.abs() > max_skew_ms;
+        if skewed && !entry.skewed {
+            changes.push(Change::ClockSkew(skew_ms));
+        }
+        entry.skewed = skewed;
+        changes
+    }
+
+    /// The device said it is online or offline (its state, or its last will).
+    pub fn reported(
+        &mut self,
+        key: &DeviceKey,
+        availability: Availability,
+        now: Instant,
+    ) -> Option<Change> {
+        let entry = self.devices.entry(key.clone()).or_insert(Heartbeat {
+            last: now,
+            interval: DEFAULT_INTERVAL,
+            online: false,
+            skewed: false,
+        });
+        let online = availability == Availability::Online;
+        if online {
+            entry.last = now;
+        }
+        (entry.online != online).then(|| {
+            entry.online = online;
+            Change::Availability(availability)
+        })
+    }
+
+    /// Devices whose heartbeats stopped: marked offline and returned.
+    pub fn overdue(&mut self, now: Instant) -> Vec<DeviceKey> {
+        let mut overdue = Vec::new();
+        for (key, entry) in &mut self.devices {
+            let timeout = entry.interval.mul_f64(MISSED_INTERVALS);
+            if entry.online && now.saturating_duration_since(entry.last) > timeout {
+                entry.online = false;
+                overdue.push(key.clone());
+            }
+        }
+        overdue
+    }
+
+    /// Whether this conflict is new (and remembers it).
+    fn first_flag(&mut self, key: &DeviceKey, session_id: SessionId) -> bool {
+        self.flagged.insert((key.clone(), session_id))
+    }
+}
+
+/// Records an availability change: the device row, and an event naming the session that was
+/// running (an alert when it went offline).
+pub async fn record_availability(
+    pool: &Pool,
+    (store, device): &DeviceKey,
+    availability: Availability,
+    now: DateTime<Utc>,
+) -> Result<(), WorkError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let online = availability == Availability::Online;
+    let updated = tx
+        .execute(
+            "UPDATE devices SET online = $3, availability_changed_at = $4 WHERE store_id = $1 AND device_id = $2",
+            &[&store.as_str(), &device.as_str(), &online, &now],
+        )
+        .await?;
+    if updated == 0 {
+        return Ok(()); // not a registered device: nothing to record
+    }
+    let session_id = open_session(&tx, store, device)
+        .await?
+        .map(|session| session.session_id);
+    if !online {
+        tracing::warn!(%store, %device, ?session_id, "device offline");
+    }
+    record(
+        &tx,
+        store,
+        device,
+        EventKind::DeviceAvailability {
+            availability,
+            session_id,
+        },
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records a clock skew alert.
+pub async fn record_skew(
+    pool: &Pool,
+    (store, device): &DeviceKey,
+    skew_ms: i64,
+    now: DateTime<Utc>,
+) -> Result<(), WorkError> {
+    tracing::warn!(%store, %device, skew_ms, "device clock skew");
+    let client = pool.get().await?;
+    record(
+        &client,
+        store,
+        device,
+        EventKind::ClockSkew { skew_ms },
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Compares a reported state with the database: keeps the device's account of how each session
+/// ended, closes a session whose program exited by itself, and flags a device running a session
+/// the database does not have open.
+pub async fn reconcile(
+    pool: &Pool,
+    liveness: &mut Liveness,
+    key: &DeviceKey,
+    state: &ReportedState,
+    now: DateTime<Utc>,
+) -> Result<(), WorkError> {
+    let (store, device) = key;
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let open = open_session(&tx, store, device).await?;
+    if let Some(exit) = &state.last_exit {
+        record_device_stop(&tx, store, device, exit).await?;
+        let exited = open.as_ref().filter(|session| {
+            session.session_id == exit.session_id && exit.stopped_by == StopCause::ProgramExited
+        });
+        if let Some(session) = exited {
+            tracing::info!(%store, %device, session_id = %session.session_id, exit = exit.exit, "program exited by itself; closing its session");
+            end_session(&tx, session, EndReason::ProgramExited, now).await?;
+        }
+    }
+    if let ProgramStatus::Running { session_id, .. } = &state.program {
+        let expected = open
+            .as_ref()
+            .is_some_and(|session| session.session_id == *session_id);
+        if !expected && liveness.first_flag(key, *session_id) {
+            let detail = format!(
+                "device runs session {session_id}, which is not open on it; its desired state says {}",
+                open.as_ref().map_or("idle".to_owned(), |s| format!("session {}", s.session_id))
+            );
+            tracing::warn!(%store, %device, detail, "session conflict");
+            record(
+                &tx,
+                store,
+                device,
+                EventKind::SessionConflict {
+                    session_id: *session_id,
+                    detail,
+                },
+                now,
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn record_device_stop(
+    tx: &impl GenericClient,
+    store: &StoreId,
+    device: &DeviceId,
+    exit: &ProgramExit,
+) -> Result<(), tokio_postgres::Error> {
+    let cause = serde_json::to_value(exit.stopped_by)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    tx.execute(
+        "UPDATE sessions SET device_stopped_at = $4, device_stop_cause = $5, device_exit = $6
+         WHERE session_id = $1 AND store_id = $2 AND device_id = $3 AND device_stopped_at IS NULL",
+        &[
+            &exit.session_id.as_uuid(),
+            &store.as_str(),
+            &device.as_str(),
+            &exit.at,
+            &cause,
+            &exit.exit,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn open_session(
+    tx: &impl GenericClient,
+    store: &StoreId,
+    device: &DeviceId,
+) -> Result<Option<OpenSession>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
+             WHERE store_id = $1 AND device_id = $2 AND ended_at IS NULL",
+            &[&store.as_str(), &device.as_str()],
+        )
+        .await?;
+    Ok(row.as_ref().and_then(OpenSession::from_row))
+}
+
+async fn record(
+    client: &impl GenericClient,
+    store: &StoreId,
+    device: &DeviceId,
+    kind: EventKind,
+    now: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    let event = Event {
+        at: now,
+        store: store.clone(),
+        device: Some(device.clone()),
+        kind,
+    };
+    audit::record(client, &event).await
+}
+
+/// Decodes a telemetry payload and its skew against `received_at`, in milliseconds.
+pub fn telemetry_skew(payload: &[u8], received_at: DateTime<Utc>) -> Option<i64> {
+    let telemetry: Telemetry = message::decode(payload).ok()?;
+    Some((telemetry.at - received_at).num_milliseconds())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> DeviceKey {
+        ("s".parse().unwrap(), "d".parse().unwrap())
+    }
+
+    #[test]
+    fn heartbeats_bring_a_device_online_and_their_absence_takes_it_offline() {
+        let mut liveness = Liveness::default();
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            liveness.heartbeat(&key(), start, 0, 2000),
+            vec![Change::Availability(Availability::Online)]
+        );
+        // A steady 500 ms rhythm is learned...
+        for beat in 1..=20 {
+            assert!(liveness
+                .heartbeat(&key(), start + ms(500 * beat), 0, 2000)
+                .is_empty());
+        }
+        let last = start + ms(500 * 20);
+        // ...so 700 ms of silence is fine and 800 ms (> 1.5 × 500) is not.
+        assert!(liveness.overdue(last + ms(700)).is_empty());
+        assert_eq!(liveness.overdue(last + ms(800)), vec![key()]);
+        assert!(liveness.overdue(last + ms(900)).is_empty(), "reported once");
+        assert_eq!(
+            liveness.heartbeat(&key(), last + ms(1000), 0, 2000),
+            vec![Change::Availability(Availability::Online)]
+        );
+    }
+
+    #[test]
+    fn the_last_will_is_a_change_once() {
+        let mut liveness = Liveness::default();
+        let now = Instant::now();
+        liveness.heartbeat(&key(), now, 0, 2000);
+        assert_eq!(
+            liveness.reported(&key(), Availability::Offline, now),
+            Some(Change::Availability(Availability::Offline))
+        );
+        assert_eq!(liveness.reported(&key(), Availability::Offline, now), None);
+        assert!(liveness.overdue(now + Duration::from_secs(60)).is_empty());
+    }
+
+    #[test]
+    fn clock_skew_is_reported_when_it_appears_not_on_every_beat() {
+        let mut liveness = Liveness::default();
+        let now = Instant::now();
+        liveness.heartbeat(&key(), now, 0, 2000);
+        let later = |ms| now + Duration::from_millis(ms);
+        assert_eq!(
+            liveness.heartbeat(&key(), later(500), 4200, 2000),
+            vec![Change::ClockSkew(4200)]
+        );
+        assert!(liveness
+            .heartbeat(&key(), later(1000), 4300, 2000)
+            .is_empty());
+        assert!(liveness
+            .heartbeat(&key(), later(1500), 100, 2000)
+            .is_empty());
+        assert_eq!(
+            liveness.heartbeat(&key(), later(2000), -3000, 2000),
+            vec![Change::ClockSkew(-3000)]
+        );
+    }
+}
