@@ -237,7 +237,10 @@ pub async fn extend(
     if let Err(error) = moved {
         if matches!(sql_state(&error), Some(state) if *state == SqlState::EXCLUSION_VIOLATION) {
             drop(tx);
-            let next_start = next_booking_start(pool, &session, ticket_id).await.ok().flatten();
+            let next_start = next_booking_start(pool, &session, ticket_id)
+                .await
+                .ok()
+                .flatten();
             return Err(ExtendError::DeviceBooked {
                 store: session.store,
                 device: session.device,
@@ -261,7 +264,16 @@ pub async fn extend(
         remaining_ms: (lease_until - now).num_milliseconds().max(0) as u64,
     };
     let (store, device) = (&session.store, &session.device);
-    outbox::enqueue(&tx, store, device, CommandId::random(), command, lease_until, now).await?;
+    outbox::enqueue(
+        &tx,
+        store,
+        device,
+        CommandId::random(),
+        command,
+        lease_until,
+        now,
+    )
+    .await?;
     let event = Event {
         at: now,
         store: store.clone(),
@@ -463,7 +475,10 @@ mod tests {
     #[test]
     fn ends_are_whole_seconds() {
         let time = DateTime::from_timestamp(1_000, 750_000_000).unwrap();
-        assert_eq!(truncate_to_second(time), DateTime::from_timestamp(1_000, 0).unwrap());
+        assert_eq!(
+            truncate_to_second(time),
+            DateTime::from_timestamp(1_000, 0).unwrap()
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The `mujin-management` command line: run the worker, register devices, book tickets.
+//! The `mujin-management` command line: run the worker, register devices, book tickets, and
+//! the operator actions (stop, extend, service state, cancel) with the list of open sessions.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -6,15 +7,15 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use mujin_protocol::{DeviceId, KeyId, StoreId};
+use mujin_protocol::{DeviceId, KeyId, SessionId, StoreId, TicketId};
 
 use crate::postgres::{ClusterError, PrivateCluster};
 
 /// The database mujin uses in its private cluster.
 const DATABASE_NAME: &str = "mujin";
-use crate::{booking, db, keys, qr, MqttSettings, Settings};
+use crate::{actions, booking, db, keys, qr, MqttSettings, Settings};
 
-/// mujin management: reservations, tickets, scan decisions and stop timers.
+/// mujin management: reservations, tickets, scan decisions, stop timers and operator actions.
 #[derive(Debug, Parser)]
 #[command(name = "mujin-management", version)]
 pub struct Cli {
@@ -59,6 +60,68 @@ pub enum CliCommand {
     Devices,
     /// Book a device and print its ticket and QR code.
     Reserve(ReserveArgs),
+    /// List open sessions: id, device, start, end and whether the customer was warned.
+    Sessions,
+    /// Stop a session now (reason `forced`); the device stops its program.
+    Stop {
+        #[arg(long, value_parser = SessionId::parse)]
+        session: SessionId,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// Move the end of a session: later with --minutes, or to an exact time with --until
+    /// (earlier is allowed too, if still in the future). Refused when another booking of the
+    /// device starts before the new end.
+    Extend(ExtendArgs),
+    /// Take a device out of service (its scans are refused) or put it back. Taking it out does
+    /// not stop a running session: stop it with `stop --session ID` if needed.
+    DeviceService(DeviceServiceArgs),
+    /// Cancel a booking that was not used yet; its ticket is refused from then on.
+    Cancel {
+        #[arg(long, value_parser = TicketId::parse)]
+        ticket: TicketId,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+}
+
+/// Who runs an operator action (written to the log with it).
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    #[arg(long, env = "MUJIN_OPERATOR", default_value = "command-line")]
+    pub operator: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("new_end").required(true).args(["minutes", "until"])))]
+pub struct ExtendArgs {
+    #[arg(long, value_parser = SessionId::parse)]
+    pub session: SessionId,
+    /// Minutes to add to the session's current end.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=24 * 60))]
+    pub minutes: Option<u32>,
+    /// The new end, as an RFC 3339 time (may also shorten the session).
+    #[arg(long)]
+    pub until: Option<String>,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("service").required(true).args(["out", "back_in"])))]
+pub struct DeviceServiceArgs {
+    #[arg(long, value_parser = StoreId::parse)]
+    pub store: StoreId,
+    #[arg(long, value_parser = DeviceId::parse)]
+    pub device: DeviceId,
+    /// Take the device out of service.
+    #[arg(long)]
+    pub out: bool,
+    /// Put the device back in service.
+    #[arg(long = "in")]
+    pub back_in: bool,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
 }
 
 #[derive(Debug, Args)]
@@ -216,7 +279,126 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
             Ok(())
         }
         CliCommand::Reserve(args) => reserve(global, database_url, args).await,
+        CliCommand::Sessions => list_sessions(database_url).await,
+        CliCommand::Stop { session, operator } => {
+            let pool = ready_pool(database_url).await?;
+            let stopped =
+                actions::force_stop(&pool, *session, &operator.operator, Utc::now()).await?;
+            println!(
+                "stopped session {} on {}/{}",
+                stopped.session_id, stopped.store, stopped.device
+            );
+            Ok(())
+        }
+        CliCommand::Extend(args) => extend(database_url, args).await,
+        CliCommand::DeviceService(args) => device_service(database_url, args).await,
+        CliCommand::Cancel { ticket, operator } => {
+            let pool = ready_pool(database_url).await?;
+            actions::cancel(&pool, *ticket, &operator.operator, Utc::now()).await?;
+            println!("cancelled booking {ticket}");
+            Ok(())
+        }
     }
+}
+
+async fn list_sessions(database_url: &str) -> anyhow::Result<()> {
+    let pool = ready_pool(database_url).await?;
+    let sessions = actions::open_sessions(&pool).await?;
+    if sessions.is_empty() {
+        println!("no open sessions");
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<24}  {:<20}  {:<20}  warned",
+        "session", "device", "started", "ends"
+    );
+    for summary in sessions {
+        let session = &summary.session;
+        let warned = summary.warned_at.map_or_else(|| "no".to_owned(), clock);
+        println!(
+            "{:<36}  {:<24}  {:<20}  {:<20}  {warned}",
+            session.session_id,
+            format!("{}/{}", session.store, session.device),
+            clock(session.started_at),
+            clock(session.lease_until),
+        );
+    }
+    Ok(())
+}
+
+fn clock(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn extend(database_url: &str, args: &ExtendArgs) -> anyhow::Result<()> {
+    let new_end = match (args.minutes, &args.until) {
+        (Some(minutes), _) => {
+            actions::NewEnd::AfterCurrent(chrono::Duration::minutes(minutes.into()))
+        }
+        (None, Some(until)) => actions::NewEnd::At(
+            DateTime::parse_from_rfc3339(until)
+                .with_context(|| format!("--until {until:?} is not an RFC 3339 time"))?
+                .with_timezone(&Utc),
+        ),
+        (None, None) => bail!("give the new end with --minutes N or --until TIME"),
+    };
+    let pool = ready_pool(database_url).await?;
+    let extension = actions::extend(
+        &pool,
+        args.session,
+        new_end,
+        &args.operator.operator,
+        Utc::now(),
+    )
+    .await?;
+    println!(
+        "session {} now ends at {} (was {})",
+        extension.session_id,
+        clock(extension.lease_until),
+        clock(extension.previous_lease_until)
+    );
+    Ok(())
+}
+
+async fn device_service(database_url: &str, args: &DeviceServiceArgs) -> anyhow::Result<()> {
+    let pool = ready_pool(database_url).await?;
+    let in_service = args.back_in;
+    let change = actions::set_in_service(
+        &pool,
+        &args.store,
+        &args.device,
+        in_service,
+        &args.operator.operator,
+        Utc::now(),
+    )
+    .await?;
+    let state = if in_service {
+        "in service"
+    } else {
+        "out of service"
+    };
+    let mut line = format!(
+        "device {}/{} {}{state}; {} booking(s) ahead",
+        args.store,
+        args.device,
+        if change.changed { "now " } else { "already " },
+        change.affected_tickets.len()
+    );
+    if !change.affected_tickets.is_empty() {
+        let tickets: Vec<String> = change
+            .affected_tickets
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        line.push_str(&format!(": {}", tickets.join(", ")));
+    }
+    if let (false, Some(session)) = (in_service, change.running_session) {
+        line.push_str(&format!(
+            "; session {session} keeps running (stop it with `stop --session {session}`)"
+        ));
+    }
+    println!("{line}");
+    Ok(())
 }
 
 async fn ready_pool(database_url: &str) -> anyhow::Result<deadpool_postgres::Pool> {

@@ -129,3 +129,228 @@ fn the_terminal_shows_the_ticket_as_a_qr_code() {
     assert!(text.contains('█') && text.contains('▀'), "{text}");
     assert!(text.contains("text     MJ1:"), "{text}");
 }
+
+/// Runs `mujin-management` against `database_url` (a cluster the test runs).
+fn on_database(data_dir: &Path, database_url: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--database-url", database_url];
+    all.extend_from_slice(args);
+    management(data_dir, &all)
+}
+
+/// Asserts the command failed with `message` on stderr.
+fn refused(output: &Output, message: &str) {
+    assert!(!output.status.success(), "{}", stdout(output));
+    assert!(stderr(output).contains(message), "{}", stderr(output));
+}
+
+/// Asserts the command succeeded and returns its one-line answer.
+fn answered(output: &Output) -> String {
+    assert!(output.status.success(), "{}", stderr(output));
+    stdout(output).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_actions_from_the_command_line() {
+    use mujin_management::scans::{self, ScanRules};
+    use mujin_protocol::message::{self, Scan};
+    use mujin_protocol::{DeviceId, ScanId, StoreId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The test runs the cluster so every command shares it without starting its own.
+    let cluster =
+        mujin_management::postgres::PrivateCluster::start_for_tests(&dir.path().join("pg"))
+            .unwrap();
+    cluster.create_database("mujin").await.unwrap();
+    let url = cluster.connection_string("mujin");
+    let run = |args: &[&str]| on_database(&data, &url, args);
+
+    answered(&run(&[
+        "device-add",
+        "--store",
+        "shibuya",
+        "--device",
+        "pc-01",
+    ]));
+    assert_eq!(answered(&run(&["sessions"])), "no open sessions");
+    let ticket = answered(&run(&[
+        "reserve",
+        "--store",
+        "shibuya",
+        "--device",
+        "pc-01",
+        "--minutes",
+        "30",
+        "--quiet",
+    ]));
+    let next = answered(&run(&[
+        "reserve",
+        "--store",
+        "shibuya",
+        "--device",
+        "pc-01",
+        "--from",
+        "+40m",
+        "--minutes",
+        "10",
+        "--quiet",
+    ]));
+    let keys =
+        mujin_management::keys::load_or_create(&data.join("keys"), &KeyId::parse("k1").unwrap())
+            .unwrap();
+    let next_ticket = keys.keyring.verify(&next).unwrap().ticket_id.to_string();
+    let used_ticket = keys.keyring.verify(&ticket).unwrap().ticket_id.to_string();
+
+    // A session started the way the worker starts one: a scan decided in the database.
+    let pool = mujin_management::db::pool(&url, 2).unwrap();
+    let rules = ScanRules {
+        keyring: keys.keyring.clone(),
+        early_grace: std::time::Duration::from_secs(60),
+    };
+    let scan = Scan {
+        scan_id: ScanId::random(),
+        ticket: ticket.clone(),
+        read_at: chrono::Utc::now(),
+    };
+    let (store, device) = (
+        StoreId::parse("shibuya").unwrap(),
+        DeviceId::parse("pc-01").unwrap(),
+    );
+    let outcome = scans::handle_scan(
+        &pool,
+        &rules,
+        &store,
+        &device,
+        &message::encode(&scan),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(outcome.session_started);
+    let sessions = mujin_management::actions::open_sessions(&pool)
+        .await
+        .unwrap();
+    let session = sessions[0].session.session_id.to_string();
+
+    let listed = answered(&run(&["sessions"]));
+    let row = listed.lines().nth(1).unwrap();
+    assert!(
+        row.starts_with(&session) && row.contains("shibuya/pc-01") && row.ends_with("no"),
+        "{listed}"
+    );
+    println!("checked: `sessions` lists the open session:\n{listed}");
+
+    refused(
+        &run(&["extend", "--session", &session, "--minutes", "20"]),
+        "is booked before",
+    );
+    let extended = answered(&run(&["extend", "--session", &session, "--minutes", "5"]));
+    assert!(
+        extended.starts_with(&format!("session {session} now ends at ")),
+        "{extended}"
+    );
+    refused(
+        &run(&[
+            "extend",
+            "--session",
+            &session,
+            "--until",
+            "2001-01-01T00:00:00Z",
+        ]),
+        "is not in the future",
+    );
+    println!("checked: extend refused into the next booking, accepted for 5 minutes: {extended}");
+
+    let out = answered(&run(&[
+        "device-service",
+        "--store",
+        "shibuya",
+        "--device",
+        "pc-01",
+        "--out",
+    ]));
+    assert!(
+        out.contains("now out of service; 1 booking(s) ahead")
+            && out.contains(&next_ticket)
+            && out.contains(&format!("session {session} keeps running")),
+        "{out}"
+    );
+    refused(
+        &run(&[
+            "device-service",
+            "--store",
+            "shibuya",
+            "--device",
+            "pc-09",
+            "--in",
+        ]),
+        "unknown device shibuya/pc-09",
+    );
+    let back = answered(&run(&[
+        "device-service",
+        "--store",
+        "shibuya",
+        "--device",
+        "pc-01",
+        "--in",
+    ]));
+    assert!(back.contains("now in service"), "{back}");
+    println!("checked: device-service --out / --in: {out}");
+
+    assert_eq!(
+        answered(&run(&["cancel", "--ticket", &next_ticket])),
+        format!("cancelled booking {next_ticket}")
+    );
+    refused(
+        &run(&["cancel", "--ticket", &used_ticket]),
+        "was already used",
+    );
+    println!("checked: cancel of an unused booking, refused for a used one");
+
+    let stopped = answered(&run(&["stop", "--session", &session]));
+    assert_eq!(
+        stopped,
+        format!("stopped session {session} on shibuya/pc-01")
+    );
+    refused(&run(&["stop", "--session", &session]), "already ended");
+    assert_eq!(answered(&run(&["sessions"])), "no open sessions");
+    println!("checked: stop, then refused as already ended");
+
+    let client = pool.get().await.unwrap();
+    let kinds: Vec<String> = client
+        .query(
+            "SELECT kind FROM events WHERE kind IN ('session_extended', 'device_service', 'session_ended')
+             ORDER BY event_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "session_extended",
+            "device_service",
+            "device_service",
+            "session_ended"
+        ]
+    );
+    let reason: String = client
+        .query_one(
+            "SELECT end_reason FROM sessions WHERE session_id::text = $1",
+            &[&session],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "forced");
+    println!("checked: events recorded {kinds:?}, session ended as forced");
+    drop(client);
+    pool.close();
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
