@@ -141,12 +141,14 @@ pub async fn record_availability(
     let online = availability == Availability::Online;
     let updated = tx
         .execute(
-            "UPDATE devices SET online = $3, availability_changed_at = $4 WHERE store_id = $1 AND device_id = $2",
+            "UPDATE devices SET online = $3, availability_changed_at = $4
+             WHERE store_id = $1 AND device_id = $2 AND online IS DISTINCT FROM $3",
             &[&store.as_str(), &device.as_str(), &online, &now],
         )
         .await?;
     if updated == 0 {
-        return Ok(()); // not a registered device: nothing to record
+        // Not a registered device, or another worker already recorded this change.
+        return Ok(());
     }
     let session_id = open_session(&tx, store, device)
         .await?
@@ -274,7 +276,8 @@ async fn open_session(
     let row = tx
         .query_opt(
             "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
-             WHERE store_id = $1 AND device_id = $2 AND ended_at IS NULL",
+             WHERE store_id = $1 AND device_id = $2 AND ended_at IS NULL
+             FOR UPDATE",
             &[&store.as_str(), &device.as_str()],
         )
         .await?;

@@ -72,6 +72,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let connection = mqtt::connect(
         &settings.mqtt,
         vec![
+            // Not shared subscriptions: rumqttd 0.20's router panics when a persistent session
+            // holds one (routing.rs, "group must exists"), and the persistent session is what
+            // keeps scans for a restarting worker.
             (topic::every_device(DeviceChannel::Scan), QoS::AtLeastOnce),
             (topic::every_device(DeviceChannel::Ack), QoS::AtLeastOnce),
             (topic::every_device(DeviceChannel::State), QoS::AtLeastOnce),
@@ -123,7 +126,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     shutdown.await;
     tracing::info!("management shutting down");
     stop.cancel();
-    let _ = tokio::join!(inbox_task, timer_task, dispatcher_task, liveness_task, lifecycle_task);
+    let _ = tokio::join!(
+        inbox_task,
+        timer_task,
+        dispatcher_task,
+        liveness_task,
+        lifecycle_task
+    );
     // Let queued publishes and acks go out before the connection closes; a full queue (broker
     // gone) must not hold shutdown.
     let _ = tokio::time::timeout(Duration::from_secs(2), connection.client.disconnect()).await;
