@@ -456,3 +456,37 @@ fn sessions_are_listed_newest_first_and_counted_per_day() {
     app.filters[View::Sessions.index()] = "device:a running".into();
     assert_eq!(app.visible_sessions().count(), 1);
 }
+
+#[test]
+fn j_and_k_scroll_back_through_the_events_and_stop_at_the_ends() {
+    let mut app = new_app();
+    let offline = EventKind::DeviceAvailability {
+        availability: mujin_protocol::message::Availability::Offline,
+        session_id: None,
+    };
+    for _ in 0..3 {
+        update(
+            &mut app,
+            event_msg("s", Some("d"), offline.clone(), "2025-06-01T10:00:00Z"),
+        );
+    }
+    press(
+        &mut app,
+        &[KeyCode::Char('4'), KeyCode::Char('j'), KeyCode::Char('j')],
+    );
+    assert_eq!(app.scroll, 2);
+    press(&mut app, &[KeyCode::Char('j')]);
+    assert_eq!(app.scroll, 2, "never past the oldest");
+    press(
+        &mut app,
+        &[KeyCode::Char('k'), KeyCode::Char('k'), KeyCode::Char('k')],
+    );
+    assert_eq!(app.scroll, 0);
+    // The store view's event pane scrolls once it has the keys; the selection stays.
+    press(
+        &mut app,
+        &[KeyCode::Char('2'), KeyCode::Tab, KeyCode::Char('j')],
+    );
+    assert_eq!((app.pane, app.scroll), (Pane::Side, 1));
+    assert_eq!(app.selected, Some(super::tests::device("d")));
+}
