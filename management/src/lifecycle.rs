@@ -86,7 +86,9 @@ pub async fn run_due(pool: &Pool, now: DateTime<Utc>) -> Result<Pass, WorkError>
 }
 
 /// Open sessions inside their store's warning window and not warned yet: queue the warning
-/// (it expires with the session), mark them warned, record the event.
+/// (it expires with the session), mark them warned, record the event. A session that started
+/// inside the window is not warned: its start already showed the customer how little time is
+/// left (and a warning right after the start would only be noise).
 async fn warn_due(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<usize, WorkError> {
     let due = tx
         .query(
@@ -95,6 +97,7 @@ async fn warn_due(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<usize, 
              WHERE s.ended_at IS NULL AND s.warned_at IS NULL
                AND s.lease_until - make_interval(mins => st.warn_minutes) <= $1
                AND s.lease_until > $1
+               AND s.started_at < s.lease_until - make_interval(mins => st.warn_minutes)
              ORDER BY s.lease_until
              LIMIT $2
              FOR UPDATE OF s SKIP LOCKED",
@@ -208,7 +211,8 @@ async fn next_due(
                     (SELECT min(s.lease_until - make_interval(mins => st.warn_minutes))
                      FROM sessions s JOIN stores st ON st.store_id = s.store_id
                      WHERE s.ended_at IS NULL AND s.warned_at IS NULL
-                       AND s.lease_until - make_interval(mins => st.warn_minutes) > $1),
+                       AND s.lease_until - make_interval(mins => st.warn_minutes) > $1
+                       AND s.started_at < s.lease_until - make_interval(mins => st.warn_minutes)),
                     (SELECT min(lower(r.period) + make_interval(secs => st.no_show_grace_seconds))
                      FROM reservations r JOIN stores st ON st.store_id = r.store_id
                      WHERE r.cancelled_at IS NULL

@@ -322,3 +322,25 @@ async fn start_broker(credentials: &std::path::Path, port: u16) -> Child {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     child
 }
+
+/// Store settings for the session lifecycle tests.
+impl Stack {
+    /// Sets how many minutes before the end sessions of `store` are warned, and how long after
+    /// its start a booking nobody scanned becomes a no-show.
+    pub async fn set_store_timing(
+        &self,
+        store: &StoreId,
+        warn_minutes: i32,
+        no_show_grace_seconds: i32,
+    ) {
+        let client = self.pool.get().await.expect("db connection");
+        let updated = client
+            .execute(
+                "UPDATE stores SET warn_minutes = $2, no_show_grace_seconds = $3 WHERE store_id = $1",
+                &[&store.as_str(), &warn_minutes, &no_show_grace_seconds],
+            )
+            .await
+            .expect("update store timing");
+        assert_eq!(updated, 1, "store {store} is registered");
+    }
+}
