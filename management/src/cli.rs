@@ -64,20 +64,27 @@ pub enum CliCommand {
     Sessions,
     /// Stop a session now (reason `forced`); the device stops its program.
     Stop {
+        /// The session id (see `sessions`).
         #[arg(long, value_parser = SessionId::parse)]
         session: SessionId,
         #[command(flatten)]
         operator: OperatorArgs,
     },
-    /// Move the end of a session: later with --minutes, or to an exact time with --until
-    /// (earlier is allowed too, if still in the future). Refused when another booking of the
-    /// device starts before the new end.
+    /// Move the end of a session (extend, or shorten with --until).
+    ///
+    /// Later with --minutes, or to an exact time with --until (earlier is allowed too, if still
+    /// in the future). Refused when another booking of the device starts before the new end.
+    /// The device is told, and the stop timer follows the new end.
     Extend(ExtendArgs),
-    /// Take a device out of service (its scans are refused) or put it back. Taking it out does
-    /// not stop a running session: stop it with `stop --session ID` if needed.
+    /// Take a device out of service (--out) or put it back (--in).
+    ///
+    /// Out of service, its scans are refused with `out_of_service`; the bookings still ahead on
+    /// it are listed. Taking it out does NOT stop a running session: stop it with
+    /// `stop --session ID` if needed.
     DeviceService(DeviceServiceArgs),
     /// Cancel a booking that was not used yet; its ticket is refused from then on.
     Cancel {
+        /// The ticket id printed by `reserve`.
         #[arg(long, value_parser = TicketId::parse)]
         ticket: TicketId,
         #[command(flatten)]
@@ -88,6 +95,7 @@ pub enum CliCommand {
 /// Who runs an operator action (written to the log with it).
 #[derive(Debug, Args)]
 pub struct OperatorArgs {
+    /// Who is acting (written to the log with the action).
     #[arg(long, env = "MUJIN_OPERATOR", default_value = "command-line")]
     pub operator: String,
 }
@@ -95,6 +103,7 @@ pub struct OperatorArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("new_end").required(true).args(["minutes", "until"])))]
 pub struct ExtendArgs {
+    /// The session id (see `sessions`).
     #[arg(long, value_parser = SessionId::parse)]
     pub session: SessionId,
     /// Minutes to add to the session's current end.
