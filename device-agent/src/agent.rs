@@ -40,6 +40,8 @@ pub(crate) struct Agent {
     last_exit: Option<ProgramExit>,
     started: Instant,
     recent_acks: VecDeque<Ack>,
+    /// Scans whose answer the customer has seen, so a redelivered answer is not shown twice.
+    answered_scans: VecDeque<ScanId>,
     epochs: EpochFence,
     ended: EndedSessions,
 }
@@ -60,6 +62,7 @@ impl Agent {
             last_exit: None,
             started: Instant::now(),
             recent_acks: VecDeque::new(),
+            answered_scans: VecDeque::new(),
             epochs: EpochFence::default(),
             ended: EndedSessions::default(),
         }
@@ -121,7 +124,12 @@ impl Agent {
                 Err(err) => tracing::warn!(%err, "ignoring a malformed desired state"),
             },
             DeviceChannel::ScanResult => match decode::<ScanResult>(payload) {
-                Ok(result) => screen::show(&screen::scan_result(&result)),
+                Ok(result) if self.first_answer(result.scan_id) => {
+                    screen::show(&screen::scan_result(&result))
+                }
+                Ok(result) => {
+                    tracing::debug!(scan_id = %result.scan_id, "scan answered again; already shown")
+                }
                 Err(err) => tracing::warn!(%err, "ignoring a malformed scan result"),
             },
             other => {
@@ -189,6 +197,18 @@ impl Agent {
                 remaining_ms,
             } => self.extend(session_id, lease_until, remaining_ms),
         }
+    }
+
+    /// Whether this is the first answer to `scan_id` (and remembers it).
+    fn first_answer(&mut self, scan_id: ScanId) -> bool {
+        if self.answered_scans.contains(&scan_id) {
+            return false;
+        }
+        if self.answered_scans.len() >= REMEMBERED_ACKS {
+            self.answered_scans.pop_front();
+        }
+        self.answered_scans.push_back(scan_id);
+        true
     }
 
     fn ack(&mut self, command_id: CommandId, ok: bool, detail: String) {

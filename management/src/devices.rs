@@ -42,6 +42,9 @@ pub struct Liveness {
     devices: HashMap<DeviceKey, Heartbeat>,
     /// (device, session) conflicts already reported, so each is flagged once.
     flagged: HashSet<(DeviceKey, SessionId)>,
+    /// The device time of the newest report (state or heartbeat) taken from each device, so a
+    /// duplicate or a report overtaken by a newer one changes nothing.
+    newest: HashMap<(DeviceKey, bool), DateTime<Utc>>,
 }
 
 /// A change worth recording.
@@ -120,6 +123,20 @@ impl Liveness {
             }
         }
         overdue
+    }
+
+    /// Whether a report written at `at` (device clock) is newer than every earlier one of the
+    /// same kind (`heartbeat` or state) from the device; remembers it if so.
+    pub fn is_newest(&mut self, key: &DeviceKey, heartbeat: bool, at: DateTime<Utc>) -> bool {
+        let newest = self
+            .newest
+            .entry((key.clone(), heartbeat))
+            .or_insert(DateTime::<Utc>::MIN_UTC);
+        if at <= *newest {
+            return false;
+        }
+        *newest = at;
+        true
     }
 
     /// Whether this conflict is new (and remembers it).
@@ -300,10 +317,14 @@ async fn record(
     audit::record(client, &event).await
 }
 
-/// Decodes a telemetry payload and its skew against `received_at`, in milliseconds.
-pub fn telemetry_skew(payload: &[u8], received_at: DateTime<Utc>) -> Option<i64> {
+/// Decodes a telemetry payload: when the device wrote it, and its skew against `received_at`
+/// in milliseconds.
+pub fn telemetry_time(payload: &[u8], received_at: DateTime<Utc>) -> Option<(DateTime<Utc>, i64)> {
     let telemetry: Telemetry = message::decode(payload).ok()?;
-    Some((telemetry.at - received_at).num_milliseconds())
+    Some((
+        telemetry.at,
+        (telemetry.at - received_at).num_milliseconds(),
+    ))
 }
 
 #[cfg(test)]
@@ -338,6 +359,20 @@ mod tests {
             liveness.heartbeat(&key(), last + ms(1000), 0, 2000),
             vec![Change::Availability(Availability::Online)]
         );
+    }
+
+    #[test]
+    fn duplicate_and_overtaken_reports_are_not_newest() {
+        let mut liveness = Liveness::default();
+        let at = |s| DateTime::from_timestamp(s, 0).unwrap();
+        assert!(liveness.is_newest(&key(), true, at(10)));
+        assert!(!liveness.is_newest(&key(), true, at(10)), "duplicate");
+        assert!(!liveness.is_newest(&key(), true, at(9)), "overtaken");
+        assert!(
+            liveness.is_newest(&key(), false, at(9)),
+            "states are ordered on their own"
+        );
+        assert!(liveness.is_newest(&key(), true, at(11)));
     }
 
     #[test]

@@ -289,10 +289,14 @@ impl Inbox {
         let instant = tokio::time::Instant::now();
         let mut liveness = self.liveness.lock().await;
         if channel == DeviceChannel::Telemetry {
-            let Some(skew_ms) = devices::telemetry_skew(payload, now) else {
+            let Some((at, skew_ms)) = devices::telemetry_time(payload, now) else {
                 tracing::debug!(store = %key.0, device = %key.1, "ignoring malformed telemetry");
                 return Ok(());
             };
+            if !liveness.is_newest(key, true, at) {
+                tracing::debug!(store = %key.0, device = %key.1, "ignoring a repeated or overtaken heartbeat");
+                return Ok(());
+            }
             let changes = liveness.heartbeat(key, instant, skew_ms, devices::MAX_CLOCK_SKEW_MS);
             drop(liveness);
             return self.record_changes(key, changes, now).await;
@@ -304,6 +308,13 @@ impl Inbox {
                 return Ok(());
             }
         };
+        // The last will has no time of its own (it was written at connect); the rest must be new.
+        if let Some(at) = state.at {
+            if !liveness.is_newest(key, false, at) {
+                tracing::debug!(store = %key.0, device = %key.1, "ignoring a repeated or overtaken state");
+                return Ok(());
+            }
+        }
         let change = liveness.reported(key, state.availability, instant);
         devices::reconcile(&self.pool, &mut liveness, key, &state, now).await?;
         drop(liveness);

@@ -157,3 +157,100 @@ async fn killing_management_mid_run_loses_no_scan_doubles_no_session_and_every_s
     drop(management);
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_delivered_again_and_out_of_order_has_no_effect_beyond_the_first() {
+    use mujin_protocol::message::EventKind;
+
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let mut agent = stack.agent(&device);
+    let booking = stack.book_now(&device, 3).await;
+    agent.scan(&booking.ticket).await;
+    let session_id = stack
+        .observer
+        .wait_event(
+            "the session to end",
+            Duration::from_secs(15),
+            |event| match event.kind {
+                EventKind::SessionEnded { session_id, .. } => Some(session_id),
+                _ => None,
+            },
+        )
+        .await;
+    let pid = agent.program_pid(Duration::from_secs(5)).await;
+    wait_for(
+        "the stop to be acknowledged",
+        Duration::from_secs(10),
+        || async {
+            let commands = stack.commands_of(session_id).await;
+            commands
+                .iter()
+                .any(|(action, status, _)| action == "stop" && status == "acknowledged")
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let commands_before = stack.commands_of(session_id).await;
+    let recorded = stack.observer.recorded();
+    let events_before = stack.observer.events().len();
+
+    // Everything every part received, once more, newest first: scans, acks, states and
+    // heartbeats to management; commands, desired states and scan results to the agent.
+    let replayed: Vec<_> = recorded
+        .iter()
+        .rev()
+        .filter(|r| !matches!(r.topic, Topic::Events { .. }))
+        // The readiness probe's payloads are deliberately not scans (no scan id to answer once).
+        .filter(|r| !matches!(&r.topic, Topic::Device { store, .. } if store.as_str() == "probe"))
+        .collect();
+    for message in &replayed {
+        stack
+            .observer
+            .publish_raw(&message.topic.to_string(), message.payload.clone())
+            .await;
+    }
+    println!("replayed {} messages in reverse order", replayed.len());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let client = stack.pool.get().await.expect("db");
+    let sessions: i64 = client
+        .query_one("SELECT count(*) FROM sessions", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(sessions, 1, "still one session");
+    assert_eq!(
+        stack.commands_of(session_id).await,
+        commands_before,
+        "commands unchanged"
+    );
+    assert!(
+        !mujin_tests::process_alive(pid),
+        "the program did not come back"
+    );
+    assert!(
+        std::fs::metadata(&agent.pid_file)
+            .map(|m| m.modified().ok())
+            .ok()
+            .flatten()
+            <= Some(std::time::SystemTime::now() - Duration::from_secs(3)),
+        "the program was not started again"
+    );
+    let new_events: Vec<_> = stack
+        .observer
+        .events()
+        .into_iter()
+        .skip(events_before)
+        .collect();
+    assert!(
+        new_events.is_empty(),
+        "new events after the replay: {new_events:?}"
+    );
+    println!(
+        "checked: 1 session, commands {commands_before:?} unchanged, program not restarted, no new event"
+    );
+    agent.stop().await;
+    stack.shutdown().await;
+}
