@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
 use mujin_protocol::message::{
-    self, Command, CommandAction, Decision, Event, EventKind, RejectReason, Scan, ScanResult,
+    self, Command, CommandAction, Decision, EndReason, Event, EventKind, RejectReason, Scan,
+    ScanResult,
 };
 use mujin_protocol::ticket::{Keyring, TicketClaims, TicketError};
 use mujin_protocol::topic::{DeviceChannel, Topic};
@@ -19,6 +20,7 @@ use crate::authorize::{authorize_scan, DeviceFacts, ReservationFacts, ScanFacts}
 use crate::db::{sql_state, WorkError};
 use crate::mqtt::Outbound;
 use crate::outbox;
+use crate::stop_timer::{end_session, OpenSession};
 
 /// The longest ticket text stored with a scan; longer readings are cut (they are refused anyway).
 const STORED_TEXT_LIMIT: usize = 1024;
@@ -88,6 +90,18 @@ async fn decide_and_record(
         return Ok(outcome);
     }
     let device_facts = device_facts(&tx, store, device).await?;
+    // A session whose booking is over but whose stop timer has not fired yet (the next
+    // customer scanning in the first instant of a back-to-back booking) is ended here, so the
+    // device is not refused as busy.
+    let device_facts = match device_facts {
+        Some(facts) if facts.busy && end_overdue_session(&tx, store, device, now).await? => {
+            Some(DeviceFacts {
+                busy: false,
+                ..facts
+            })
+        }
+        other => other,
+    };
     let reservation = match ticket {
         Ok(claims) => reservation_facts(&tx, claims.ticket_id).await?,
         Err(_) => None,
@@ -280,6 +294,29 @@ async fn device_facts(
         in_service: row.get(0),
         busy: row.get(1),
     }))
+}
+
+/// Ends the device's open session if its lease is over; returns whether it did.
+async fn end_overdue_session(
+    tx: &impl GenericClient,
+    store: &StoreId,
+    device: &DeviceId,
+    now: DateTime<Utc>,
+) -> Result<bool, WorkError> {
+    let row = tx
+        .query_opt(
+            "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
+             WHERE store_id = $1 AND device_id = $2 AND ended_at IS NULL AND lease_until <= $3
+             FOR UPDATE",
+            &[&store.as_str(), &device.as_str(), &now],
+        )
+        .await?;
+    let Some(session) = row.as_ref().and_then(OpenSession::from_row) else {
+        return Ok(false);
+    };
+    tracing::info!(%store, %device, session_id = %session.session_id, "ending an overdue session for the next customer");
+    end_session(tx, &session, EndReason::BookingEnded, now).await?;
+    Ok(true)
 }
 
 async fn reservation_facts(

@@ -124,6 +124,12 @@ impl Stack {
     /// Starts management as a real `mujin-management run` process on the same database, keys and
     /// broker (stop the in-process one first). Killed when dropped.
     pub fn spawn_management_process(&self) -> Child {
+        self.spawn_management_worker("mujin-management")
+    }
+
+    /// Like [`Stack::spawn_management_process`], with its own MQTT client id, so several
+    /// workers can run at once.
+    pub fn spawn_management_worker(&self, client_id: &str) -> Child {
         Command::new(crate::binary("mujin-management"))
             .arg("--database-url")
             .arg(&self.database_url)
@@ -131,6 +137,7 @@ impl Stack {
             .arg(self.dir.path())
             .args(["run", "--broker", &format!("127.0.0.1:{}", self.port)])
             .args(["--username", MANAGEMENT.0, "--early-grace-secs", "5"])
+            .args(["--client-id", client_id])
             .env("MUJIN_MQTT_PASSWORD", MANAGEMENT.1)
             .env("RUST_LOG", "info,rumqttc=warn,refinery_core=warn")
             .stdout(Stdio::null())

@@ -364,3 +364,65 @@ async fn management_shuts_down_promptly_with_the_broker_gone() {
         .expect("management stopped within 10 s");
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_customer_of_a_back_to_back_booking_is_not_refused_while_the_stop_timer_lags() {
+    use mujin_management::scans::{handle_scan, ScanRules};
+
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-07").await;
+    let (store, dev) = &device;
+    let secs = chrono::Duration::seconds;
+    let first = stack
+        .book(&device, secs(60), secs(60))
+        .await
+        .expect("booking");
+    let second = stack
+        .book(&device, secs(120), secs(60))
+        .await
+        .expect("booking");
+    let rules = ScanRules {
+        keyring: stack.keys.keyring.clone(),
+        early_grace: Duration::from_secs(5),
+    };
+    let scan = |ticket: &str| {
+        message::encode(&Scan {
+            scan_id: ScanId::random(),
+            ticket: ticket.to_owned(),
+            read_at: Utc::now(),
+        })
+    };
+    // Decided "in the future", at the very second the second booking starts: the first
+    // session is still open because no stop timer ran at that (simulated) time.
+    let at_start = first.claims.not_before;
+    handle_scan(
+        &stack.pool,
+        &rules,
+        store,
+        dev,
+        &scan(&first.ticket),
+        at_start,
+    )
+    .await
+    .expect("first scan");
+    let at_boundary = second.claims.not_before;
+    let outcome = handle_scan(
+        &stack.pool,
+        &rules,
+        store,
+        dev,
+        &scan(&second.ticket),
+        at_boundary,
+    )
+    .await
+    .expect("second scan");
+    let result: ScanResult = message::decode(&outcome.publish[0].payload).expect("a scan result");
+    assert!(
+        matches!(result.decision, Decision::Accepted { .. }),
+        "{result:?}"
+    );
+    let row = stack.session_row(&first).await.expect("first session");
+    assert_eq!(row.end_reason.as_deref(), Some("booking_ended"));
+    assert_eq!(row.ended_at, Some(at_boundary));
+    stack.shutdown().await;
+}

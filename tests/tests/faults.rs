@@ -254,3 +254,106 @@ async fn every_message_delivered_again_and_out_of_order_has_no_effect_beyond_the
     agent.stop().await;
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_management_workers_never_double_a_session_a_stop_or_an_event() {
+    use mujin_protocol::message::EventKind;
+
+    let mut stack = Stack::start().await;
+    stack.stop_management().await;
+    let first = stack.spawn_management_worker("mujin-management-1");
+    let second = stack.spawn_management_worker("mujin-management-2");
+    stack.wait_for_management().await;
+    let devices = [
+        stack.add_device("shibuya", "pc-01").await,
+        stack.add_device("shibuya", "pc-02").await,
+        stack.add_device("shibuya", "pc-03").await,
+        stack.add_device("shibuya", "pc-04").await,
+    ];
+    let mut agents: Vec<Agent> = devices.iter().map(|device| stack.agent(device)).collect();
+    let mut bookings = Vec::new();
+    for _round in 0..3 {
+        for (device, agent) in devices.iter().zip(agents.iter_mut()) {
+            let booking = stack.book_now(device, 2).await;
+            agent.scan(&booking.ticket).await;
+            // The same ticket again at once: both workers see both readings.
+            agent.scan(&booking.ticket).await;
+            bookings.push(booking);
+        }
+        tokio::time::sleep(Duration::from_millis(2_600)).await;
+    }
+    let last_end = bookings
+        .iter()
+        .map(|b| b.claims.not_after)
+        .max()
+        .expect("bookings");
+    wait_for(
+        "every booking to be over",
+        Duration::from_secs(20),
+        || async { (Utc::now() > last_end + chrono::Duration::seconds(3)).then_some(()) },
+    )
+    .await;
+
+    let client = stack.pool.get().await.expect("db");
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(sql, &[])
+                .await
+                .expect(sql)
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM sessions").await,
+        bookings.len() as i64,
+        "one session per ticket"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM sessions WHERE ended_at IS NULL").await,
+        0,
+        "all stopped"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM commands WHERE action = 'stop'").await,
+        bookings.len() as i64,
+        "one stop each"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM commands WHERE status <> 'acknowledged'").await,
+        0,
+        "every command acknowledged once"
+    );
+    // Every event published once: as many session starts and ends on the wire as sessions.
+    let events = stack.observer.events();
+    let starts = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::SessionStarted { .. }))
+        .count();
+    let ends = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::SessionEnded { .. }))
+        .count();
+    assert_eq!(
+        (starts, ends),
+        (bookings.len(), bookings.len()),
+        "events published once"
+    );
+    let refused = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::ScanRejected { .. }) && e.store.as_str() != "probe")
+        .count();
+    assert_eq!(refused, bookings.len(), "each second reading refused once");
+    println!(
+        "checked: 2 workers, {} tickets scanned twice each: {} sessions, {} stops, {starts} starts and {ends} ends published, {refused} refusals",
+        bookings.len(),
+        bookings.len(),
+        bookings.len()
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
+    drop((first, second));
+    stack.shutdown().await;
+}
