@@ -40,11 +40,15 @@ pub struct Stack {
 impl Stack {
     /// Starts the broker, a fresh database and management.
     pub async fn start() -> Stack {
+        Self::start_on(crate::postgres::fresh_database().await).await
+    }
+
+    /// Like [`Stack::start`], on the given (empty) database.
+    pub async fn start_on(database_url: String) -> Stack {
         crate::init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let port = mujin_broker::free_local_port().expect("a free port");
         let broker = start_broker(&dir.path().join("credentials.toml"), port).await;
-        let database_url = crate::postgres::fresh_database().await;
         let pool = db::pool(&database_url, 4).expect("pool");
         db::migrate(&pool).await.expect("migrations");
         let keys = keys::load_or_create(&key_dir(&dir), &KeyId::parse("k1").expect("key id"))

@@ -357,3 +357,79 @@ async fn two_management_workers_never_double_a_session_a_stop_or_an_event() {
     drop((first, second));
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_during_a_database_outage_are_answered_once_after_it_and_the_worker_recovers() {
+    use mujin_management::postgres::PrivateCluster;
+    use mujin_protocol::message::EventKind;
+
+    // A cluster of this test's own, so stopping it leaves the other tests alone.
+    let pg_dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = pg_dir.path().join("pg");
+    let cluster = PrivateCluster::start_for_tests(&data_dir).expect("start PostgreSQL");
+    cluster.create_database("mujin").await.expect("database");
+    let stack = Stack::start_on(cluster.connection_string("mujin")).await;
+    let devices = [
+        stack.add_device("shibuya", "pc-01").await,
+        stack.add_device("shibuya", "pc-02").await,
+    ];
+    let mut agents: Vec<Agent> = devices.iter().map(|device| stack.agent(device)).collect();
+    let mut bookings = Vec::new();
+    for device in &devices {
+        bookings.push(stack.book_now(device, 60).await);
+    }
+
+    cluster.stop().expect("stop PostgreSQL");
+    let outage = std::time::Instant::now();
+    for (agent, booking) in agents.iter_mut().zip(&bookings) {
+        agent.scan(&booking.ticket).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cluster = PrivateCluster::start_for_tests(&data_dir).expect("restart PostgreSQL");
+    println!("PostgreSQL was down for {:?}", outage.elapsed());
+
+    for agent in &agents {
+        agent.wait_screen("ACCEPTED", Duration::from_secs(30)).await;
+    }
+    let recovered_after = outage.elapsed();
+    // The worker carries on by itself: a new booking and scan work as usual.
+    let third = stack.add_device("shibuya", "pc-03").await;
+    let mut agent = stack.agent(&third);
+    let booking = stack.book_now(&third, 60).await;
+    agent.scan(&booking.ticket).await;
+    agent.wait_screen("ACCEPTED", Duration::from_secs(15)).await;
+    bookings.push(booking);
+    agents.push(agent);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (agent, booking) in agents.iter().zip(&bookings) {
+        let shown = agent
+            .screen()
+            .iter()
+            .filter(|line| line.starts_with("ACCEPTED") || line.starts_with("REFUSED"))
+            .count();
+        assert_eq!(shown, 1, "one answer for one scan");
+        assert_eq!(
+            stack.session_count(booking).await,
+            1,
+            "one session for one ticket"
+        );
+    }
+    let started = stack
+        .observer
+        .events()
+        .iter()
+        .filter(|event| matches!(event.kind, EventKind::SessionStarted { .. }))
+        .count();
+    assert_eq!(started, bookings.len(), "each session started once");
+    println!(
+        "checked: {} scans sent during a 10 s outage answered once each, {:?} after it began; the worker then served a new scan",
+        devices.len(),
+        recovered_after
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
+    stack.shutdown().await;
+    drop(cluster);
+}
