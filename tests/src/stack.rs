@@ -72,32 +72,33 @@ impl Stack {
     /// Waits until management decides scans: a malformed probe scan from an unregistered
     /// device is published until its rejection event comes back.
     pub async fn wait_for_management(&self) {
+        self.wait_for_workers(1).await;
+    }
+
+    /// Waits until `workers` management workers decide scans: each subscribed worker answers a
+    /// probe (a malformed scan from an unregistered device) with its own rejection event.
+    pub async fn wait_for_workers(&self, workers: usize) {
         let probe_store = StoreId::parse("probe").expect("store id");
         let probe_device = DeviceId::parse("probe").expect("device id");
         let topic = mujin_protocol::topic::device(&probe_store, &probe_device, DeviceChannel::Scan);
+        let probes = || {
+            self.observer
+                .events()
+                .iter()
+                .filter(|event| event.store == probe_store)
+                .count()
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
+            let before = probes();
             self.observer.publish_raw(&topic, b"probe".to_vec()).await;
-            let answered = tokio::time::timeout(Duration::from_millis(500), async {
-                loop {
-                    if self
-                        .observer
-                        .events()
-                        .iter()
-                        .any(|event| event.store == probe_store)
-                    {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await;
-            if answered.is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if probes() - before >= workers {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "management did not start deciding scans"
+                "{workers} management worker(s) did not start deciding scans"
             );
         }
     }

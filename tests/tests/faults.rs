@@ -263,7 +263,7 @@ async fn two_management_workers_never_double_a_session_a_stop_or_an_event() {
     stack.stop_management().await;
     let first = stack.spawn_management_worker("mujin-management-1");
     let second = stack.spawn_management_worker("mujin-management-2");
-    stack.wait_for_management().await;
+    stack.wait_for_workers(2).await;
     let devices = [
         stack.add_device("shibuya", "pc-01").await,
         stack.add_device("shibuya", "pc-02").await,
@@ -274,13 +274,13 @@ async fn two_management_workers_never_double_a_session_a_stop_or_an_event() {
     let mut bookings = Vec::new();
     for _round in 0..3 {
         for (device, agent) in devices.iter().zip(agents.iter_mut()) {
-            let booking = stack.book_now(device, 2).await;
+            let booking = stack.book_now(device, 3).await;
             agent.scan(&booking.ticket).await;
             // The same ticket again at once: both workers see both readings.
             agent.scan(&booking.ticket).await;
             bookings.push(booking);
         }
-        tokio::time::sleep(Duration::from_millis(2_600)).await;
+        tokio::time::sleep(Duration::from_millis(3_600)).await;
     }
     let last_end = bookings
         .iter()
