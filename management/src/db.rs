@@ -72,3 +72,41 @@ pub enum WorkError {
     #[error("database error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
 }
+
+impl WorkError {
+    /// Whether trying again later can succeed: the database was unreachable, restarting or
+    /// overloaded, or the transaction lost a race. Anything else (a value PostgreSQL refuses, a
+    /// constraint no retry will satisfy) is permanent and must not block the work behind it.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WorkError::Pool(_) => true,
+            WorkError::Postgres(error) => match error.as_db_error() {
+                // Not an answer from the server: the connection broke.
+                None => true,
+                Some(db) => {
+                    let class = &db.code().code()[..2];
+                    // 08 connection, 40 rollback (serialization, deadlock), 53 resources,
+                    // 57 operator intervention (shutdown), 58 system error.
+                    matches!(class, "08" | "40" | "53" | "57" | "58")
+                }
+            },
+        }
+    }
+}
+
+/// Text from a device made safe to store: PostgreSQL refuses NUL characters, and nothing
+/// longer than `max` characters is kept.
+pub fn clean_text(text: &str, max: usize) -> String {
+    text.chars().filter(|c| *c != '\0').take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_text_loses_nul_characters_and_excess_length() {
+        assert_eq!(clean_text("MJ1:\0AB\0C", 100), "MJ1:ABC");
+        assert_eq!(clean_text("abcdef", 3), "abc");
+    }
+}

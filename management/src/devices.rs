@@ -15,7 +15,7 @@ use mujin_protocol::{DeviceId, SessionId, StoreId};
 use tokio::time::Instant;
 
 use crate::audit;
-use crate::db::WorkError;
+use crate::db::{clean_text, WorkError};
 use crate::stop_timer::{end_session, OpenSession};
 
 /// A device is offline when no heartbeat came for this many heartbeat intervals.
@@ -96,6 +96,10 @@ impl Liveness {
         availability: Availability,
         now: Instant,
     ) -> Option<Change> {
+        // The first word from a device since this worker started is always passed on (the
+        // database decides whether it changes anything): a device that went offline while no
+        // worker ran is otherwise never recorded as offline.
+        let first = !self.devices.contains_key(key);
         let entry = self.devices.entry(key.clone()).or_insert(Heartbeat {
             last: now,
             interval: DEFAULT_INTERVAL,
@@ -106,7 +110,7 @@ impl Liveness {
         if online {
             entry.last = now;
         }
-        (entry.online != online).then(|| {
+        (first || entry.online != online).then(|| {
             entry.online = online;
             Change::Availability(availability)
         })
@@ -278,7 +282,7 @@ async fn record_device_stop(
             &device.as_str(),
             &exit.at,
             &cause,
-            &exit.exit,
+            &clean_text(&exit.exit, 200),
         ],
     )
     .await?;
@@ -373,6 +377,17 @@ mod tests {
             "states are ordered on their own"
         );
         assert!(liveness.is_newest(&key(), true, at(11)));
+    }
+
+    #[test]
+    fn the_first_report_of_a_device_is_always_passed_on() {
+        let mut liveness = Liveness::default();
+        let now = Instant::now();
+        assert_eq!(
+            liveness.reported(&key(), Availability::Offline, now),
+            Some(Change::Availability(Availability::Offline))
+        );
+        assert_eq!(liveness.reported(&key(), Availability::Offline, now), None);
     }
 
     #[test]

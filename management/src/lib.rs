@@ -264,6 +264,11 @@ impl Inbox {
                     self.wake_dispatcher.notify_one();
                     return true;
                 }
+                Err(error) if !error.is_transient() => {
+                    // Retrying would fail the same way and hold up every message behind it.
+                    tracing::error!(%error, %store, %device, %channel, "cannot handle a message; dropping it");
+                    return true;
+                }
                 Err(error) => {
                     tracing::warn!(%error, %store, %device, %channel, "cannot handle a message yet; retrying");
                     tokio::select! {

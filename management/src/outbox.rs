@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::audit;
-use crate::db::WorkError;
+use crate::db::{clean_text, WorkError};
 use crate::mqtt::{publish_all, Outbound};
 use crate::scans::command_message;
 
@@ -168,7 +168,7 @@ pub async fn dispatch_due(
         .query(
             "SELECT command_id, store_id, device_id, payload, attempts FROM commands
              WHERE status IN ('queued', 'sent') AND next_attempt_at <= $1
-             ORDER BY created_at LIMIT $2
+             ORDER BY created_at, epoch LIMIT $2
              FOR UPDATE SKIP LOCKED",
             &[&now, &BATCH],
         )
@@ -268,7 +268,7 @@ pub async fn record_ack(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let status = if ack.ok { "acknowledged" } else { "failed" };
-    let detail: String = ack.detail.chars().take(500).collect();
+    let detail = clean_text(&ack.detail, 500);
     let row = tx
         .query_opt(
             "UPDATE commands SET status = $4, settled_at = $5, detail = $6

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::audit;
 use crate::authorize::{authorize_scan, DeviceFacts, ReservationFacts, ScanFacts};
-use crate::db::{sql_state, WorkError};
+use crate::db::{clean_text, sql_state, WorkError};
 use crate::mqtt::Outbound;
 use crate::outbox;
 use crate::stop_timer::{end_session, OpenSession};
@@ -354,7 +354,7 @@ async fn insert_scan(
             (false, Some(reason.as_str()), detail.as_str(), None)
         }
     };
-    let text: String = scan.ticket.chars().take(STORED_TEXT_LIMIT).collect();
+    let text = clean_text(&scan.ticket, STORED_TEXT_LIMIT);
     tx.execute(
         "INSERT INTO scans (scan_id, store_id, device_id, ticket_text, ticket_id, read_at, accepted, reason, detail, session_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",

@@ -426,3 +426,38 @@ async fn the_next_customer_of_a_back_to_back_booking_is_not_refused_while_the_st
     assert_eq!(row.ended_at, Some(at_boundary));
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_postgresql_cannot_store_is_refused_and_the_worker_carries_on() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let (store, dev) = &device;
+    let scan_topic = topic::device(store, dev, DeviceChannel::Scan);
+    // A NUL character: PostgreSQL text refuses it.
+    let poisoned = Scan {
+        scan_id: ScanId::random(),
+        ticket: "MJ1:\u{0}ABC".into(),
+        read_at: Utc::now(),
+    };
+    stack
+        .observer
+        .publish_raw(&scan_topic, message::encode(&poisoned))
+        .await;
+    stack
+        .observer
+        .wait_event("the reading refused", SHORT, |event| match &event.kind {
+            EventKind::ScanRejected {
+                scan_id: Some(id),
+                reason: RejectReason::MalformedTicket,
+                ..
+            } if *id == poisoned.scan_id => Some(()),
+            _ => None,
+        })
+        .await;
+    let mut agent = stack.agent(&device);
+    let booking = stack.book_now(&device, 30).await;
+    agent.scan(&booking.ticket).await;
+    agent.wait_screen("ACCEPTED", SHORT).await;
+    agent.stop().await;
+    stack.shutdown().await;
+}
