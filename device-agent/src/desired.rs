@@ -172,6 +172,9 @@ mod tests {
         let stale = fence.admit(5).unwrap_err();
         assert_eq!(stale, Stale { epoch: 5, seen: 6 });
         assert_eq!(stale.to_string(), "stale: epoch 5 is older than 6");
+        assert!(stale
+            .to_string()
+            .starts_with(mujin_protocol::message::STALE_ACK_PREFIX));
         // A refused epoch does not lower the fence.
         assert_eq!(fence.seen(), 6);
         assert_eq!(fence.admit(9), Ok(()));

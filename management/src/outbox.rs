@@ -1,6 +1,6 @@
 //! The command outbox: every command to a device is a row written in the transaction of the
 //! decision that caused it, then published by the dispatcher and tracked through its lifecycle
-//! (queued → sent → acknowledged / failed / expired), resent with backoff until the device
+//! (queued → sent → acknowledged / failed / expired / superseded), resent with backoff until the device
 //! answers or the command expires. Each command raises the device's epoch; the device's desired
 //! state (retained) is republished with it.
 
@@ -267,7 +267,12 @@ pub async fn record_ack(
     };
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let status = if ack.ok { "acknowledged" } else { "failed" };
+    let superseded = !ack.ok && ack.detail.starts_with(message::STALE_ACK_PREFIX);
+    let status = match (ack.ok, superseded) {
+        (true, _) => "acknowledged",
+        (false, true) => "superseded",
+        (false, false) => "failed",
+    };
     let detail = clean_text(&ack.detail, 500);
     let row = tx
         .query_opt(
@@ -280,6 +285,9 @@ pub async fn record_ack(
     match row {
         None => {
             tracing::debug!(%store, %device, command_id = %ack.command_id, "ack for no pending command")
+        }
+        Some(_) if superseded => {
+            tracing::info!(%store, %device, command_id = %ack.command_id, detail = ack.detail, "command superseded by a newer one")
         }
         Some(row) if !ack.ok => {
             let event = Event {

@@ -338,6 +338,10 @@ pub enum DesiredProgram {
     },
 }
 
+/// How an [`Ack::detail`] begins when the agent refused a command because it had already seen
+/// a newer epoch: the command was superseded, not failed.
+pub const STALE_ACK_PREFIX: &str = "stale:";
+
 /// The device's answer to one command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {

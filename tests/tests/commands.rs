@@ -239,3 +239,51 @@ async fn after_a_broker_restart_desired_states_are_republished_and_the_session_s
     agent.stop().await;
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_overtaken_by_a_stop_is_superseded_not_failed() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-04").await;
+    let booking = stack.book_now(&device, 60).await;
+    let session_id = scan_without_agent(&stack, &device, &booking.ticket).await;
+    wait_for("the start to be resent", SHORT, || async {
+        let commands = stack.commands_of(session_id).await;
+        commands
+            .iter()
+            .any(|(action, status, attempts)| {
+                action == "start" && status == "sent" && *attempts >= 2
+            })
+            .then_some(())
+    })
+    .await;
+    // The operator stops the session before the device was ever reached: the stop has a newer
+    // epoch, and so has the retained desired state (idle) the device finds when it connects.
+    mujin_management::actions::force_stop(&stack.pool, session_id, "test", Utc::now())
+        .await
+        .expect("force stop");
+    let agent = stack.agent(&device);
+    let commands = wait_for(
+        "every command to settle",
+        Duration::from_secs(20),
+        || async {
+            let commands = stack.commands_of(session_id).await;
+            commands
+                .iter()
+                .all(|(_, status, _)| status != "queued" && status != "sent")
+                .then_some(commands)
+        },
+    )
+    .await;
+    assert_ne!(commands[0].1, "failed", "{commands:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let failures = stack
+        .observer
+        .events()
+        .into_iter()
+        .filter(|event| matches!(event.kind, EventKind::CommandFailed { .. }))
+        .count();
+    assert_eq!(failures, 0, "no false command_failed alert");
+    println!("checked: lifecycle {commands:?}, no command_failed event");
+    agent.stop().await;
+    stack.shutdown().await;
+}
