@@ -194,6 +194,9 @@ pub fn decode_publish(topic: &str, payload: &[u8], retained: bool) -> Incoming {
             )),
             Err(err) => Err(err.to_string()),
         },
+        Ok(Topic::Requests { .. } | Topic::Replies { .. }) => {
+            Err("requests and replies are not followed here".to_owned())
+        }
         Err(err) => Err(err.to_string()),
     };
     decoded.unwrap_or_else(|error| Incoming::Malformed {

@@ -171,6 +171,16 @@ slug_id!(
     /// The id of a ticket-signing key, e.g. `k1`; carried inside every ticket.
     KeyId, "key id", 16
 );
+slug_id!(
+    /// An operator (a person at a console, or an integrator), e.g. `alice`; requests and their
+    /// replies travel on topics of the operator's own.
+    OperatorId, "operator id", 32
+);
+uuid_id!(
+    /// One request to management; a request sent again with the same id is answered again
+    /// without being carried out twice.
+    RequestId, "request id"
+);
 uuid_id!(
     /// One reservation's electronic ticket.
     TicketId, "ticket id"

@@ -13,4 +13,7 @@ pub mod message;
 pub mod ticket;
 pub mod topic;
 
-pub use ids::{CommandId, DeviceId, IdError, KeyId, ScanId, SessionId, StoreId, TicketId};
+pub use ids::{
+    CommandId, DeviceId, IdError, KeyId, OperatorId, RequestId, ScanId, SessionId, StoreId,
+    TicketId,
+};

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CommandId, DeviceId, ScanId, SessionId, StoreId, TicketId};
+use crate::ids::{CommandId, DeviceId, RequestId, ScanId, SessionId, StoreId, TicketId};
 
 /// Largest payload any mujin part accepts; anything bigger is refused unread.
 pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
@@ -382,6 +382,52 @@ impl EndReason {
         .into_iter()
         .find(|reason| reason.as_str() == text)
     }
+}
+
+/// A request from an operator (or an integrator) to management, on the operator's `requests`
+/// topic; the reply comes on the operator's `replies` topic with the same `request_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub request_id: RequestId,
+    #[serde(flatten)]
+    pub action: RequestAction,
+}
+
+/// What an operator asks management to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum RequestAction {
+    /// Stop a running session now.
+    ForceStop { session_id: SessionId },
+    /// Move a running session's end by `minutes` (if the device is free until then).
+    Extend { session_id: SessionId, minutes: u32 },
+    /// Take a device out of service or put it back.
+    SetService {
+        store: StoreId,
+        device: DeviceId,
+        in_service: bool,
+    },
+    /// Cancel a booking that has not been used.
+    Cancel { ticket_id: TicketId },
+    /// Book a device from now for `minutes` (a walk-in customer); the reply carries the ticket.
+    IssueTicket {
+        store: StoreId,
+        device: DeviceId,
+        minutes: u32,
+    },
+}
+
+/// Management's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub request_id: RequestId,
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// What was done, or exactly why not (e.g. "the device is booked from 10:30").
+    pub detail: String,
+    /// The ticket text, for `issue_ticket`.
+    #[serde(default)]
+    pub ticket: Option<String>,
 }
 
 /// Something that happened in a store, for consoles, integrators and the audit trail.

@@ -9,11 +9,13 @@
 //! mujin/v1/stores/{store}/devices/{device}/desired      management → agent   QoS 1 retained
 //! mujin/v1/stores/{store}/devices/{device}/ack          agent → management   QoS 1
 //! mujin/v1/stores/{store}/events                        management → all     QoS 1
+//! mujin/v1/operators/{operator}/requests                operator → management QoS 1
+//! mujin/v1/operators/{operator}/replies                 management → operator QoS 1
 //! ```
 
 use std::fmt;
 
-use crate::ids::{DeviceId, IdError, StoreId};
+use crate::ids::{DeviceId, IdError, OperatorId, StoreId};
 
 /// The root every mujin topic lives under; the version changes only with incompatible payloads.
 pub const ROOT: &str = "mujin/v1";
@@ -98,6 +100,14 @@ pub enum Topic {
     Events {
         store: StoreId,
     },
+    /// An operator's (or integrator's) requests to management.
+    Requests {
+        operator: OperatorId,
+    },
+    /// Management's replies to one operator.
+    Replies {
+        operator: OperatorId,
+    },
 }
 
 /// Why a topic string is not a mujin topic.
@@ -131,6 +141,12 @@ impl Topic {
             ["stores", store, "events"] => Ok(Topic::Events {
                 store: StoreId::parse(store)?,
             }),
+            ["operators", operator, "requests"] => Ok(Topic::Requests {
+                operator: OperatorId::parse(operator)?,
+            }),
+            ["operators", operator, "replies"] => Ok(Topic::Replies {
+                operator: OperatorId::parse(operator)?,
+            }),
             ["stores", store, "devices", device, channel] => Ok(Topic::Device {
                 store: StoreId::parse(store)?,
                 device: DeviceId::parse(device)?,
@@ -144,7 +160,7 @@ impl Topic {
     pub fn retained(&self) -> bool {
         match self {
             Topic::Device { channel, .. } => channel.retained(),
-            Topic::Events { .. } => false,
+            Topic::Events { .. } | Topic::Requests { .. } | Topic::Replies { .. } => false,
         }
     }
 
@@ -152,7 +168,7 @@ impl Topic {
     pub fn qos(&self) -> u8 {
         match self {
             Topic::Device { channel, .. } => channel.qos(),
-            Topic::Events { .. } => 1,
+            Topic::Events { .. } | Topic::Requests { .. } | Topic::Replies { .. } => 1,
         }
     }
 }
@@ -166,6 +182,8 @@ impl fmt::Display for Topic {
                 channel,
             } => write!(f, "{ROOT}/stores/{store}/devices/{device}/{channel}"),
             Topic::Events { store } => write!(f, "{ROOT}/stores/{store}/events"),
+            Topic::Requests { operator } => write!(f, "{ROOT}/operators/{operator}/requests"),
+            Topic::Replies { operator } => write!(f, "{ROOT}/operators/{operator}/replies"),
         }
     }
 }
@@ -191,6 +209,11 @@ pub fn every_device(channel: DeviceChannel) -> String {
 /// Subscription filter: one channel of every device of one store.
 pub fn every_device_of(store: &StoreId, channel: DeviceChannel) -> String {
     format!("{ROOT}/stores/{store}/devices/+/{channel}")
+}
+
+/// Subscription filter: the requests of every operator (management's side).
+pub fn every_operator_requests() -> String {
+    format!("{ROOT}/operators/+/requests")
 }
 
 /// Subscription filter: the events of every store.
@@ -239,6 +262,16 @@ mod tests {
             store: store.clone(),
         };
         assert_eq!(Topic::parse(&events.to_string()).unwrap(), events);
+        let operator = OperatorId::parse("alice").unwrap();
+        for topic in [
+            Topic::Requests {
+                operator: operator.clone(),
+            },
+            Topic::Replies { operator },
+        ] {
+            assert_eq!(Topic::parse(&topic.to_string()).unwrap(), topic);
+        }
+        assert_eq!(every_operator_requests(), "mujin/v1/operators/+/requests");
     }
 
     #[test]

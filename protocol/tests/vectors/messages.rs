@@ -5,11 +5,13 @@
 use chrono::{DateTime, Utc};
 use mujin_protocol::message::{
     decode, encode, Ack, Availability, Command, CommandAction, Decision, DesiredProgram,
-    DesiredState, EndReason, Event, EventKind, ProgramExit, ProgramStatus, RejectReason,
-    ReportedState, Scan, ScanResult, StopCause, Telemetry,
+    DesiredState, EndReason, Event, EventKind, ProgramExit, ProgramStatus, RejectReason, Reply,
+    ReportedState, Request, RequestAction, Scan, ScanResult, StopCause, Telemetry,
 };
 use mujin_protocol::topic::{DeviceChannel, Topic};
-use mujin_protocol::{CommandId, DeviceId, ScanId, SessionId, StoreId, TicketId};
+use mujin_protocol::{
+    CommandId, DeviceId, OperatorId, RequestId, ScanId, SessionId, StoreId, TicketId,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -341,7 +343,7 @@ fn events() -> Vec<(String, MessageVector)> {
     vec![
         event(
             "event-reservation-created",
-            "The booking was made. Written to the audit log; not published on MQTT today (bookings are made with the management CLI).",
+            "The booking was made (by the command line or a request); recorded in the audit log and published.",
             time("2027-01-14T12:00:00Z"),
             EventKind::ReservationCreated {
                 ticket_id: ticket_id(),
@@ -488,9 +490,116 @@ fn events() -> Vec<(String, MessageVector)> {
     ]
 }
 
+fn requests() -> Vec<(String, MessageVector)> {
+    let operator = || OperatorId::parse("alice").unwrap();
+    let request_topic = || Topic::Requests {
+        operator: operator(),
+    };
+    let request = |id: &str, action: RequestAction| Request {
+        request_id: RequestId::parse(id).unwrap(),
+        action,
+    };
+    let walk_in = "3f0b6c1e-2a4d-4e8f-9b7c-5d1e3f5a7b9c";
+    vec![
+        vector(
+            "request-force-stop",
+            "An operator stops a running session.",
+            "Request",
+            request_topic(),
+            &request(
+                "7d2e4f60-8a1b-4c3d-9e5f-0a1b2c3d4e5f",
+                RequestAction::ForceStop {
+                    session_id: session_id(),
+                },
+            ),
+        ),
+        vector(
+            "request-extend",
+            "An operator extends a running session by 30 minutes.",
+            "Request",
+            request_topic(),
+            &request(
+                "8e3f5071-9b2c-4d4e-8f60-1b2c3d4e5f60",
+                RequestAction::Extend {
+                    session_id: session_id(),
+                    minutes: 30,
+                },
+            ),
+        ),
+        vector(
+            "request-set-service",
+            "An operator takes a device out of service.",
+            "Request",
+            request_topic(),
+            &request(
+                "9f406182-ac3d-4e5f-9071-2c3d4e5f6071",
+                RequestAction::SetService {
+                    store: store(),
+                    device: device(),
+                    in_service: false,
+                },
+            ),
+        ),
+        vector(
+            "request-cancel",
+            "An operator cancels a booking that was not used.",
+            "Request",
+            request_topic(),
+            &request(
+                "a0517293-bd4e-4f60-8182-3d4e5f607182",
+                RequestAction::Cancel {
+                    ticket_id: ticket_id(),
+                },
+            ),
+        ),
+        vector(
+            "request-issue-ticket",
+            "An operator books a device from now for a walk-in customer.",
+            "Request",
+            request_topic(),
+            &request(
+                walk_in,
+                RequestAction::IssueTicket {
+                    store: store(),
+                    device: device(),
+                    minutes: 60,
+                },
+            ),
+        ),
+        vector(
+            "reply-ticket",
+            "The reply to the walk-in booking, with its ticket.",
+            "Reply",
+            Topic::Replies {
+                operator: operator(),
+            },
+            &Reply {
+                request_id: RequestId::parse(walk_in).unwrap(),
+                ok: true,
+                detail: "booked shibuya/pc-01 until 2027-01-15T09:00:00Z".into(),
+                ticket: Some(tickets::booking_ticket()),
+            },
+        ),
+        vector(
+            "reply-refused",
+            "A refused extension, with the reason.",
+            "Reply",
+            Topic::Replies {
+                operator: operator(),
+            },
+            &Reply {
+                request_id: RequestId::parse("8e3f5071-9b2c-4d4e-8f60-1b2c3d4e5f60").unwrap(),
+                ok: false,
+                detail: "the device is booked from 2027-01-15T09:00:00Z".into(),
+                ticket: None,
+            },
+        ),
+    ]
+}
+
 /// Every message vector by file name, generated from the Rust types.
 pub fn generate() -> Vec<(String, MessageVector)> {
-    [scans(), device_reports(), commands(), events()].concat()
+    [scans(), device_reports(), commands(), events(), requests()].concat()
 }
 
 /// Decodes `payload` as `T` with the one decoder and encodes it again.
@@ -523,6 +632,8 @@ fn decode_as(message: &str, payload: &Value) -> Result<(Option<DeviceChannel>, V
             re_encode::<DesiredState>(payload)?,
         ),
         "Event" => (None, re_encode::<Event>(payload)?),
+        "Request" => (None, re_encode::<Request>(payload)?),
+        "Reply" => (None, re_encode::<Reply>(payload)?),
         other => return Err(format!("unknown message type {other:?}")),
     })
 }
@@ -561,7 +672,9 @@ pub fn check(file: &str, vector: &MessageVector) {
                 vector.message
             )
         }
-        (Topic::Events { .. }, None) => {}
+        (Topic::Events { .. }, None) if vector.message == "Event" => {}
+        (Topic::Requests { .. }, None) if vector.message == "Request" => {}
+        (Topic::Replies { .. }, None) if vector.message == "Reply" => {}
         _ => panic!("{file}: {} on topic {}", vector.message, vector.topic),
     }
     assert_eq!(vector.qos, topic.qos(), "{file}: QoS");
