@@ -5,6 +5,7 @@
 //! - [`authorize`]: the scan rules as a pure function;
 //! - [`scans`]: one transaction per scan, idempotent by scan id;
 //! - [`stop_timer`]: durable stop timers that end sessions on time;
+//! - [`actions`]: operator actions; [`requests`]: the same actions requested over MQTT;
 //! - [`mqtt`]: the broker connection; [`db`]: pool and migrations; [`audit`]: the event log;
 //! - [`postgres`]: a private PostgreSQL cluster for when no database URL is configured.
 //!
@@ -23,6 +24,7 @@ pub mod mqtt;
 pub mod outbox;
 pub mod postgres;
 pub mod qr;
+pub mod requests;
 pub mod scans;
 pub mod stop_timer;
 
@@ -35,9 +37,9 @@ use anyhow::Context;
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use mujin_protocol::message::{self, Availability, ReportedState};
+use mujin_protocol::ticket::SigningKey;
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
-use mujin_protocol::KeyId;
-use mujin_protocol::{DeviceId, StoreId};
+use mujin_protocol::{DeviceId, KeyId, OperatorId, StoreId};
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -82,6 +84,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 topic::every_device(DeviceChannel::Telemetry),
                 QoS::AtMostOnce,
             ),
+            (topic::every_operator_requests(), QoS::AtLeastOnce),
         ],
         stop_mqtt.clone(),
     );
@@ -91,6 +94,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             keyring: keys.keyring,
             early_grace: settings.early_grace,
         },
+        signing_key: keys.signing,
         client: connection.client.clone(),
         wake_timer: Arc::new(Notify::new()),
         wake_dispatcher: Arc::new(Notify::new()),
@@ -173,10 +177,24 @@ async fn watch_heartbeats(
     }
 }
 
-/// Handles what devices send to management: scans, command acks, states and heartbeats.
+/// Where an incoming message goes.
+enum Route {
+    Device {
+        store: StoreId,
+        device: DeviceId,
+        channel: DeviceChannel,
+    },
+    Request {
+        operator: OperatorId,
+    },
+}
+
+/// Handles what devices send to management (scans, command acks, states and heartbeats) and
+/// operators' requests.
 struct Inbox {
     pool: Pool,
     rules: ScanRules,
+    signing_key: SigningKey,
     client: AsyncClient,
     wake_timer: Arc<Notify>,
     wake_dispatcher: Arc<Notify>,
@@ -208,7 +226,7 @@ impl Inbox {
     /// Handles one message, retrying while the database is unavailable. Returns `false` when
     /// shutdown interrupted it.
     async fn handle(&self, publish: &Publish) -> bool {
-        let (store, device, channel) = match Topic::parse(&publish.topic) {
+        let route = match Topic::parse(&publish.topic) {
             Ok(Topic::Device {
                 store,
                 device,
@@ -217,47 +235,21 @@ impl Inbox {
                     | DeviceChannel::Ack
                     | DeviceChannel::State
                     | DeviceChannel::Telemetry),
-            }) => (store, device, channel),
+            }) => Route::Device {
+                store,
+                device,
+                channel,
+            },
+            Ok(Topic::Requests { operator }) => Route::Request { operator },
             other => {
                 tracing::warn!(topic = %publish.topic, ?other, "ignoring a message on an unexpected topic");
                 return true;
             }
         };
+        let topic = &publish.topic;
         let mut backoff = Duration::from_millis(100);
         loop {
-            let now = Utc::now();
-            let handled = match channel {
-                DeviceChannel::Scan => scans::handle_scan(
-                    &self.pool,
-                    &self.rules,
-                    &store,
-                    &device,
-                    &publish.payload,
-                    now,
-                )
-                .await
-                .map(|outcome| {
-                    if outcome.session_started {
-                        self.wake_timer.notify_one();
-                    }
-                    outcome.publish
-                }),
-                DeviceChannel::Ack => {
-                    outbox::record_ack(&self.pool, &store, &device, &publish.payload, now)
-                        .await
-                        .map(|()| Vec::new())
-                }
-                _ => self
-                    .device_report(
-                        &(store.clone(), device.clone()),
-                        channel,
-                        &publish.payload,
-                        now,
-                    )
-                    .await
-                    .map(|()| Vec::new()),
-            };
-            match handled {
+            match self.handle_once(&route, &publish.payload, Utc::now()).await {
                 Ok(messages) => {
                     mqtt::publish_all(&self.client, messages, &self.stop).await;
                     // Its events (and commands) are in the database: the dispatcher sends them.
@@ -266,17 +258,62 @@ impl Inbox {
                 }
                 Err(error) if !error.is_transient() => {
                     // Retrying would fail the same way and hold up every message behind it.
-                    tracing::error!(%error, %store, %device, %channel, "cannot handle a message; dropping it");
+                    tracing::error!(%error, topic, "cannot handle a message; dropping it");
                     return true;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, %store, %device, %channel, "cannot handle a message yet; retrying");
+                    tracing::warn!(%error, topic, "cannot handle a message yet; retrying");
                     tokio::select! {
                         () = self.stop.cancelled() => return false,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+            }
+        }
+    }
+
+    /// One attempt at a message: its effect is committed when this returns the messages to
+    /// publish.
+    async fn handle_once(
+        &self,
+        route: &Route,
+        payload: &[u8],
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Vec<mqtt::Outbound>, db::WorkError> {
+        let (store, device, channel) = match route {
+            Route::Request { operator } => {
+                let reply =
+                    requests::handle_request(&self.pool, &self.signing_key, operator, payload, now)
+                        .await?;
+                // A force stop or extension moved a session's end.
+                self.wake_timer.notify_one();
+                return Ok(reply.into_iter().collect());
+            }
+            Route::Device {
+                store,
+                device,
+                channel,
+            } => (store, device, *channel),
+        };
+        match channel {
+            DeviceChannel::Scan => {
+                let outcome =
+                    scans::handle_scan(&self.pool, &self.rules, store, device, payload, now)
+                        .await?;
+                if outcome.session_started {
+                    self.wake_timer.notify_one();
+                }
+                Ok(outcome.publish)
+            }
+            DeviceChannel::Ack => {
+                outbox::record_ack(&self.pool, store, device, payload, now).await?;
+                Ok(Vec::new())
+            }
+            _ => {
+                let key = (store.clone(), device.clone());
+                self.device_report(&key, channel, payload, now).await?;
+                Ok(Vec::new())
             }
         }
     }

@@ -1,0 +1,421 @@
+//! Operator requests over MQTT, end to end: an operator publishes on its requests topic and
+//! management answers on its replies topic — force stop, extend, service state, cancel and
+//! walk-in tickets, once per request id — over the real broker process, PostgreSQL, management
+//! and `mujin-agent` processes.
+
+use std::time::Duration;
+
+use mujin_protocol::message::{
+    self, EndReason, EventKind, RejectReason, Reply, Request, RequestAction, Scan,
+};
+use mujin_protocol::topic::{self, DeviceChannel, Topic};
+use mujin_protocol::{DeviceId, OperatorId, RequestId, ScanId, SessionId, StoreId};
+use mujin_tests::agent::Agent;
+use mujin_tests::stack::Stack;
+use mujin_tests::{process_alive, wait_for};
+
+const SHORT: Duration = Duration::from_secs(10);
+
+fn operator(name: &str) -> OperatorId {
+    OperatorId::parse(name).expect("operator id")
+}
+
+/// Publishes `request` as `operator` and waits for its (first) reply.
+async fn send(stack: &Stack, operator: &OperatorId, request: &Request) -> Reply {
+    publish(stack, operator, message::encode(request)).await;
+    wait_replies(stack, operator, request.request_id, 1)
+        .await
+        .remove(0)
+}
+
+/// Sends a new request with a fresh id and returns its reply.
+async fn ask(stack: &Stack, operator: &OperatorId, action: RequestAction) -> Reply {
+    let request = Request {
+        request_id: RequestId::random(),
+        action,
+    };
+    send(stack, operator, &request).await
+}
+
+async fn publish(stack: &Stack, operator: &OperatorId, payload: Vec<u8>) {
+    let topic = Topic::Requests {
+        operator: operator.clone(),
+    };
+    stack
+        .observer
+        .publish_raw(&topic.to_string(), payload)
+        .await;
+}
+
+/// Every reply recorded on `operator`'s replies topic, in order.
+fn replies(stack: &Stack, operator: &OperatorId) -> Vec<Reply> {
+    stack
+        .observer
+        .recorded()
+        .into_iter()
+        .filter(
+            |recorded| matches!(&recorded.topic, Topic::Replies { operator: o } if o == operator),
+        )
+        .filter_map(|recorded| message::decode(&recorded.payload).ok())
+        .collect()
+}
+
+/// Waits until `count` replies to `request_id` were published, and returns them.
+async fn wait_replies(
+    stack: &Stack,
+    operator: &OperatorId,
+    request_id: RequestId,
+    count: usize,
+) -> Vec<Reply> {
+    wait_for(
+        &format!("{count} replie(s) to request {request_id}"),
+        SHORT,
+        || {
+            let found: Vec<Reply> = replies(stack, operator)
+                .into_iter()
+                .filter(|reply| reply.request_id == request_id)
+                .collect();
+            async move { (found.len() >= count).then_some(found) }
+        },
+    )
+    .await
+}
+
+/// Scans `ticket` on the agent and returns the session it started and the program's pid.
+async fn start_session(stack: &Stack, agent: &mut Agent, ticket: &str) -> (SessionId, i32) {
+    agent.scan(ticket).await;
+    agent.wait_screen("ACCEPTED", SHORT).await;
+    let pid = agent.program_pid(SHORT).await;
+    let session_id = stack
+        .observer
+        .wait_event("the session to start", SHORT, |event| match event.kind {
+            EventKind::SessionStarted { session_id, .. } => Some(session_id),
+            _ => None,
+        })
+        .await;
+    (session_id, pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_extends_cancels_and_force_stops_over_mqtt() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    stack.set_store_timing(&device.0, 0, 600).await;
+    let alice = operator("alice");
+    let mut agent = stack.agent(&device);
+    let booking = stack.book_now(&device, 60).await;
+    let old_end = booking.claims.not_after;
+    let next = stack
+        .book(
+            &device,
+            old_end - chrono::Utc::now(),
+            chrono::Duration::minutes(5),
+        )
+        .await
+        .expect("the next booking, right after the first");
+    assert_eq!(next.claims.not_before, old_end);
+    let (session_id, pid) = start_session(&stack, &mut agent, &booking.ticket).await;
+
+    let extend = RequestAction::Extend {
+        session_id,
+        minutes: 1,
+    };
+    let refused = ask(&stack, &alice, extend.clone()).await;
+    assert!(!refused.ok);
+    assert!(
+        refused.detail.contains(&format!(
+            "another booking starts at {}",
+            old_end.to_rfc3339()
+        )),
+        "{refused:?}"
+    );
+    println!(
+        "checked: extension into the next booking refused: {}",
+        refused.detail
+    );
+
+    let cancel = RequestAction::Cancel {
+        ticket_id: next.claims.ticket_id,
+    };
+    let cancelled = ask(&stack, &alice, cancel.clone()).await;
+    assert!(cancelled.ok, "{cancelled:?}");
+    let again = ask(&stack, &alice, cancel).await;
+    assert!(
+        !again.ok && again.detail.contains("already cancelled"),
+        "{again:?}"
+    );
+    println!(
+        "checked: cancel → {:?}; cancelling again → {:?}",
+        cancelled.detail, again.detail
+    );
+
+    let extended = ask(&stack, &alice, extend).await;
+    assert!(extended.ok, "{extended:?}");
+    let new_end = old_end + chrono::Duration::minutes(1);
+    let row = stack.session_row(&booking).await.expect("the session");
+    assert_eq!(row.lease_until, new_end);
+    stack
+        .observer
+        .wait_event("the extension event", SHORT, |event| match event.kind {
+            EventKind::SessionExtended {
+                session_id: s,
+                lease_until,
+                ..
+            } if s == session_id && lease_until == new_end => Some(()),
+            _ => None,
+        })
+        .await;
+    println!(
+        "checked: extension once the device is free: {}",
+        extended.detail
+    );
+
+    let stopped = ask(&stack, &alice, RequestAction::ForceStop { session_id }).await;
+    assert!(stopped.ok, "{stopped:?}");
+    let reason = stack
+        .observer
+        .wait_event("the session to end", SHORT, |event| match event.kind {
+            EventKind::SessionEnded {
+                session_id: s,
+                reason,
+                ..
+            } if s == session_id => Some(reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, EndReason::Forced);
+    wait_for("the program to stop", SHORT, || async {
+        (!process_alive(pid)).then_some(())
+    })
+    .await;
+    let twice = ask(&stack, &alice, RequestAction::ForceStop { session_id }).await;
+    assert!(
+        !twice.ok && twice.detail.contains("already ended"),
+        "{twice:?}"
+    );
+    println!(
+        "checked: force stop → {:?}, session ended as forced, program stopped; again → {:?}",
+        stopped.detail, twice.detail
+    );
+    agent.stop().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_state_and_walk_in_tickets_over_mqtt() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-02").await;
+    let (store, dev): (StoreId, DeviceId) = device.clone();
+    let bob = operator("bob");
+    let mut agent = stack.agent(&device);
+    let booking = stack.book_now(&device, 20).await;
+
+    let out = RequestAction::SetService {
+        store: store.clone(),
+        device: dev.clone(),
+        in_service: false,
+    };
+    let taken_out = ask(&stack, &bob, out).await;
+    assert!(taken_out.ok, "{taken_out:?}");
+    assert!(
+        taken_out.detail.contains("now out of service")
+            && taken_out
+                .detail
+                .contains(&booking.claims.ticket_id.to_string()),
+        "{taken_out:?}"
+    );
+    let walk_in = |minutes| RequestAction::IssueTicket {
+        store: store.clone(),
+        device: dev.clone(),
+        minutes,
+    };
+    let no_ticket = ask(&stack, &bob, walk_in(30)).await;
+    assert!(!no_ticket.ok && no_ticket.detail.contains("out of service"));
+    assert_eq!(no_ticket.ticket, None);
+    agent.scan(&booking.ticket).await;
+    let refusal = RejectReason::OutOfService;
+    agent
+        .wait_screen(&format!("REFUSED ({refusal})"), SHORT)
+        .await;
+    println!(
+        "checked: out of service → {:?}; walk-in refused ({:?}); the scan is refused ({refusal})",
+        taken_out.detail, no_ticket.detail
+    );
+
+    let back = RequestAction::SetService {
+        store: store.clone(),
+        device: dev.clone(),
+        in_service: true,
+    };
+    let put_back = ask(&stack, &bob, back).await;
+    assert!(
+        put_back.ok && put_back.detail.contains("now in service"),
+        "{put_back:?}"
+    );
+    let zero = ask(&stack, &bob, walk_in(0)).await;
+    assert_eq!(
+        (zero.ok, zero.detail.as_str()),
+        (false, "minutes must be between 1 and 1440, got 0")
+    );
+    let overlapping = ask(&stack, &bob, walk_in(30)).await;
+    assert!(
+        !overlapping.ok && overlapping.detail.contains("is booked from"),
+        "{overlapping:?}"
+    );
+    let unknown = RequestAction::IssueTicket {
+        store: store.clone(),
+        device: DeviceId::parse("pc-99").expect("device id"),
+        minutes: 30,
+    };
+    let unknown = ask(&stack, &bob, unknown).await;
+    assert!(
+        !unknown.ok && unknown.detail.contains("unknown device"),
+        "{unknown:?}"
+    );
+    println!(
+        "checked: refusals: {:?} / {:?} / {:?}",
+        zero.detail, overlapping.detail, unknown.detail
+    );
+
+    let cancel = RequestAction::Cancel {
+        ticket_id: booking.claims.ticket_id,
+    };
+    assert!(ask(&stack, &bob, cancel).await.ok);
+    let issued = ask(&stack, &bob, walk_in(1)).await;
+    assert!(issued.ok, "{issued:?}");
+    assert!(issued.detail.starts_with("booked shibuya/pc-02 until "));
+    let ticket = issued.ticket.clone().expect("the reply carries the ticket");
+    let (_, pid) = start_session(&stack, &mut agent, &ticket).await;
+    assert!(process_alive(pid));
+    println!(
+        "checked: walk-in ticket issued ({:?}) and accepted by the device",
+        issued.detail
+    );
+    agent.stop().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_twice_is_carried_out_once_and_answered_twice_alike() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-03").await;
+    let carol = operator("carol");
+    let request = Request {
+        request_id: RequestId::random(),
+        action: RequestAction::IssueTicket {
+            store: device.0.clone(),
+            device: device.1.clone(),
+            minutes: 10,
+        },
+    };
+    let first = send(&stack, &carol, &request).await;
+    assert!(first.ok && first.ticket.is_some(), "{first:?}");
+    publish(&stack, &carol, message::encode(&request)).await;
+    let both = wait_replies(&stack, &carol, request.request_id, 2).await;
+    assert_eq!(both[0], both[1]);
+    let client = stack.pool.get().await.expect("db connection");
+    let bookings: i64 = client
+        .query_one(
+            "SELECT count(*) FROM reservations WHERE store_id = $1 AND device_id = $2",
+            &[&device.0.as_str(), &device.1.as_str()],
+        )
+        .await
+        .expect("count bookings")
+        .get(0);
+    assert_eq!(bookings, 1);
+    println!("checked: walk-in request sent twice → one booking, two identical replies");
+
+    // The walk-in ticket starts a session (no agent needed: the scan is published directly);
+    // an extension sent twice moves its end once.
+    let ticket = first.ticket.clone().expect("ticket");
+    let scan = Scan {
+        scan_id: ScanId::random(),
+        ticket,
+        read_at: chrono::Utc::now(),
+    };
+    let scan_topic = topic::device(&device.0, &device.1, DeviceChannel::Scan);
+    stack
+        .observer
+        .publish_raw(&scan_topic, message::encode(&scan))
+        .await;
+    let (session_id, booked_end) = stack
+        .observer
+        .wait_event("the session to start", SHORT, |event| match event.kind {
+            EventKind::SessionStarted {
+                session_id,
+                lease_until,
+                ..
+            } => Some((session_id, lease_until)),
+            _ => None,
+        })
+        .await;
+    let extend = Request {
+        request_id: RequestId::random(),
+        action: RequestAction::Extend {
+            session_id,
+            minutes: 5,
+        },
+    };
+    let extended = send(&stack, &carol, &extend).await;
+    assert!(extended.ok, "{extended:?}");
+    publish(&stack, &carol, message::encode(&extend)).await;
+    let both = wait_replies(&stack, &carol, extend.request_id, 2).await;
+    assert_eq!(both[0], both[1]);
+    let lease_until: chrono::DateTime<chrono::Utc> = client
+        .query_one(
+            "SELECT lease_until FROM sessions WHERE session_id = $1",
+            &[&session_id.as_uuid()],
+        )
+        .await
+        .expect("the session")
+        .get(0);
+    assert_eq!(lease_until, booked_end + chrono::Duration::minutes(5));
+    println!("checked: extension sent twice → the end moved by 5 minutes once, two identical replies: {:?}", extended.detail);
+
+    // Another operator reusing the id gets a refusal, not carol's ticket.
+    let dave = operator("dave");
+    let stolen = send(&stack, &dave, &request).await;
+    assert!(!stolen.ok && stolen.ticket.is_none(), "{stolen:?}");
+    println!(
+        "checked: the same id from another operator → {:?}",
+        stolen.detail
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_do_not_stop_the_next_one() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-04").await;
+    let erin = operator("erin");
+    publish(&stack, &erin, b"not json".to_vec()).await;
+    publish(&stack, &erin, vec![b'{'; 20 * 1024]).await;
+    let salvaged = RequestId::random();
+    let unknown_action = format!(r#"{{"request_id":"{salvaged}","action":"reboot"}}"#);
+    publish(&stack, &erin, unknown_action.into_bytes()).await;
+    let answered = ask(
+        &stack,
+        &erin,
+        RequestAction::SetService {
+            store: device.0.clone(),
+            device: device.1.clone(),
+            in_service: true,
+        },
+    )
+    .await;
+    assert!(answered.ok, "{answered:?}");
+    // Requests are handled in order: everything before the answered one was handled too.
+    let all = replies(&stack, &erin);
+    assert_eq!(all.len(), 2, "{all:?}");
+    let refused = &all[0];
+    assert_eq!(refused.request_id, salvaged);
+    assert!(
+        !refused.ok && refused.detail.contains("unknown variant `reboot`"),
+        "{refused:?}"
+    );
+    println!(
+        "checked: garbage and an oversized payload got no reply, an unknown action with an id got {:?}, the next request was answered: {:?}",
+        refused.detail, answered.detail
+    );
+    stack.shutdown().await;
+}
