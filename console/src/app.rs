@@ -6,8 +6,13 @@
 //! - `ingest`: how MQTT messages change it;
 //! - [`alerts`]: the alerts derived from it;
 //! - `keys`: how keys change the view;
+//! - [`actions`]: the operator's actions, their dialogs, requests and replies;
 //! - [`query`]: which rows each view shows, filtered and sorted.
+//!
+//! What `update` cannot do itself (quit, publish a request) it returns as an [`Effect`] for
+//! `run` to carry out.
 
+pub mod actions;
 pub mod alerts;
 mod ingest;
 mod keys;
@@ -17,8 +22,10 @@ pub mod query;
 use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
-use mujin_protocol::{DeviceId, SessionId, StoreId};
+use mujin_protocol::message::Request;
+use mujin_protocol::{DeviceId, StoreId};
 
+pub use self::actions::{Action, Dialog, MinutesFor, Outcome, RequestRecord};
 pub use self::alerts::{Alert, AlertKey, AlertKind};
 pub use self::ingest::kind_name;
 pub use self::model::{
@@ -33,45 +40,13 @@ pub const EVENT_HISTORY: usize = 2000;
 /// How many sessions the sessions view keeps.
 pub const SESSION_HISTORY: usize = 1000;
 
-/// What the caller should do after an `update`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    /// Keep running (and redraw).
-    Continue,
+/// What the caller should do after an `update`; `None` means keep running (and redraw).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
     /// The operator asked to leave.
     Quit,
-}
-
-/// Operator actions on a device or booking. None is bound to a key yet: each needs a request
-/// topic that management does not serve yet. Once it does, the key handler returns the action
-/// and `run` publishes it; until then the console only watches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    ForceStop {
-        store: StoreId,
-        device: DeviceId,
-        session_id: SessionId,
-    },
-    Extend {
-        store: StoreId,
-        device: DeviceId,
-        session_id: SessionId,
-        by: TimeDelta,
-    },
-    SetOutOfService {
-        store: StoreId,
-        device: DeviceId,
-        out_of_service: bool,
-    },
-    WalkInTicket {
-        store: StoreId,
-        device: DeviceId,
-        duration: TimeDelta,
-    },
-    CancelReservation {
-        store: StoreId,
-        ticket_id: mujin_protocol::TicketId,
-    },
+    /// Publish this request to management (on the operator's requests topic).
+    Send(Request),
 }
 
 /// The state of the broker connection, as the operator must see it.
@@ -184,6 +159,12 @@ pub struct App {
     pub show_help: bool,
     /// Messages that could not be decoded and were ignored.
     pub malformed: u64,
+    /// The open dialog; it takes every key.
+    pub dialog: Option<Dialog>,
+    /// This console's requests, oldest first; the status line shows the newest.
+    pub requests: VecDeque<RequestRecord>,
+    /// A one-off hint for the status line (e.g. why a key did nothing), cleared by the next action.
+    pub note: Option<String>,
 }
 
 impl App {
@@ -211,6 +192,9 @@ impl App {
             scroll: 0,
             show_help: false,
             malformed: 0,
+            dialog: None,
+            requests: VecDeque::new(),
+            note: None,
         }
     }
 
@@ -239,8 +223,8 @@ impl App {
     }
 }
 
-/// Applies one event to the state and says whether to keep going.
-pub fn update(app: &mut App, event: Event) -> Flow {
+/// Applies one event to the state and says what else to do, if anything.
+pub fn update(app: &mut App, event: Event) -> Option<Effect> {
     match event {
         Event::Key(key) => return keys::on_key(app, key),
         Event::Tick(now) => {
@@ -251,8 +235,16 @@ pub fn update(app: &mut App, event: Event) -> Flow {
         Event::Resize(..) => {}
         Event::Mqtt(message) => ingest::on_message(app, message),
         Event::Connection(change) => on_connection(app, change),
+        Event::NotSent { request_id, error } => actions::on_not_sent(app, request_id, error),
     }
-    Flow::Continue
+    None
+}
+
+impl App {
+    /// The newest request, if any.
+    pub fn last_request(&self) -> Option<&RequestRecord> {
+        self.requests.back()
+    }
 }
 
 fn on_connection(app: &mut App, change: ConnectionChange) {
@@ -272,5 +264,7 @@ fn on_connection(app: &mut App, change: ConnectionChange) {
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_actions;
 #[cfg(test)]
 mod tests_views;

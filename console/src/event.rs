@@ -1,10 +1,11 @@
 //! The one `Event` type everything the console reacts to is turned into: keys, the clock,
-//! terminal resizes, decoded MQTT messages and broker connection changes.
+//! terminal resizes, decoded MQTT messages, broker connection changes and requests that could
+//! not be handed to the connection.
 
 use chrono::{DateTime, Utc};
 use crossterm::event::KeyEvent;
-use mujin_protocol::message::{self, Ack, Command, ReportedState, Telemetry};
-use mujin_protocol::{DeviceId, StoreId};
+use mujin_protocol::message::{self, Ack, Command, Reply, ReportedState, Telemetry};
+use mujin_protocol::{DeviceId, RequestId, StoreId};
 
 /// Something that happened; `app::update` turns it into a new state.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +20,11 @@ pub enum Event {
     Mqtt(MqttMessage),
     /// The broker connection came up or went down.
     Connection(ConnectionChange),
+    /// A request could not be handed to the broker connection (e.g. its queue was full).
+    NotSent {
+        request_id: RequestId,
+        error: String,
+    },
 }
 
 /// One MQTT message, already decoded, with the local time it arrived.
@@ -60,6 +66,8 @@ pub enum Incoming {
     },
     /// An event of a store.
     StoreEvent(message::Event),
+    /// Management's answer to one of this operator's requests.
+    Reply(Reply),
     /// A message that could not be understood; counted, never shown as data.
     Malformed { topic: String, error: String },
 }

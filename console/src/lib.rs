@@ -21,11 +21,13 @@ use anyhow::Context;
 use chrono::{Local, Utc};
 use crossterm::event::{Event as TerminalEvent, EventStream};
 use futures::StreamExt;
+use mujin_protocol::OperatorId;
 use ratatui::DefaultTerminal;
 use tokio::sync::mpsc;
 
-use crate::app::{App, Flow};
+use crate::app::{App, Effect};
 use crate::event::Event;
+use crate::mqtt::MqttTask;
 
 /// How the console reaches the broker.
 #[derive(Clone)]
@@ -36,6 +38,9 @@ pub struct Settings {
     pub password: String,
     /// Keep it stable: the broker keeps one session per client id forever.
     pub client_id: String,
+    /// Whose requests these are: they go out on this operator's requests topic and the replies
+    /// come back on its replies topic.
+    pub operator: OperatorId,
 }
 
 impl fmt::Debug for Settings {
@@ -45,6 +50,7 @@ impl fmt::Debug for Settings {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("client_id", &self.client_id)
+            .field("operator", &self.operator)
             .finish()
     }
 }
@@ -60,7 +66,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Ok(mut terminal) => {
             let utc_offset = *Local::now().offset();
             let app = App::new(settings.broker.clone(), Utc::now(), utc_offset);
-            event_loop(&mut terminal, app, receiver).await
+            event_loop(&mut terminal, app, &mqtt, receiver).await
         }
         Err(err) => Err(err).context("could not set up the terminal"),
     };
@@ -73,6 +79,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 async fn event_loop(
     terminal: &mut DefaultTerminal,
     mut app: App,
+    mqtt: &MqttTask,
     mut mqtt_events: mpsc::Receiver<Event>,
 ) -> anyhow::Result<()> {
     let mut keys = EventStream::new();
@@ -93,22 +100,54 @@ async fn event_loop(
                 None => return Ok(()),
             },
         };
-        if apply_with_queued(&mut app, event, &mut mqtt_events) == Flow::Quit {
+        if apply_with_queued(&mut app, event, mqtt, &mut mqtt_events) == Flow::Quit {
             return Ok(());
         }
     }
 }
 
+/// Whether to keep going after a batch of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Quit,
+}
+
 /// Applies one event and then whatever else is already queued from the broker, so that a burst
 /// of messages costs one redraw rather than one per message.
-fn apply_with_queued(app: &mut App, event: Event, mqtt_events: &mut mpsc::Receiver<Event>) -> Flow {
-    if app::update(app, event) == Flow::Quit {
+fn apply_with_queued(
+    app: &mut App,
+    event: Event,
+    mqtt: &MqttTask,
+    mqtt_events: &mut mpsc::Receiver<Event>,
+) -> Flow {
+    if apply(app, event, mqtt) == Flow::Quit {
         return Flow::Quit;
     }
     while let Ok(queued) = mqtt_events.try_recv() {
-        if app::update(app, queued) == Flow::Quit {
+        if apply(app, queued, mqtt) == Flow::Quit {
             return Flow::Quit;
         }
     }
     Flow::Continue
+}
+
+/// Applies one event and carries out its effect.
+fn apply(app: &mut App, event: Event, mqtt: &MqttTask) -> Flow {
+    match app::update(app, event) {
+        None => Flow::Continue,
+        Some(Effect::Quit) => Flow::Quit,
+        Some(Effect::Send(request)) => {
+            if let Err(err) = mqtt.send(&request) {
+                tracing::warn!(%err, "request not sent");
+                let not_sent = Event::NotSent {
+                    request_id: request.request_id,
+                    error: err.to_string(),
+                };
+                // Only records the failure; it has no effect of its own.
+                let _ = app::update(app, not_sent);
+            }
+            Flow::Continue
+        }
+    }
 }

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use mujin_console::Settings;
+use mujin_protocol::OperatorId;
 use tracing_subscriber::EnvFilter;
 
 /// The mujin operator console: every store's devices and events, live.
@@ -24,6 +25,10 @@ struct Flags {
     /// a session per client id.
     #[arg(long, env = "MUJIN_CONSOLE_CLIENT_ID")]
     client_id: Option<String>,
+    /// Who sends the requests (force stop, extend, …) [default: the user name]. Replies come
+    /// back on this operator's own topic.
+    #[arg(long, env = "MUJIN_CONSOLE_OPERATOR")]
+    operator: Option<String>,
 }
 
 #[tokio::main]
@@ -37,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let flags = Flags::parse();
+    let operator = operator_id(flags.operator.as_deref(), &flags.username)?;
     let client_id = flags
         .client_id
         .unwrap_or_else(|| format!("mujin-console-{}", flags.username));
@@ -45,8 +51,38 @@ async fn main() -> anyhow::Result<()> {
         username: flags.username,
         password: flags.password,
         client_id,
+        operator,
     };
     mujin_console::run(settings)
         .await
         .context("mujin-console failed")
+}
+
+/// The operator named by `--operator`, else the user name when it is a valid operator id.
+fn operator_id(flag: Option<&str>, username: &str) -> anyhow::Result<OperatorId> {
+    match flag {
+        Some(name) => {
+            OperatorId::parse(name).with_context(|| format!("invalid --operator {name:?}"))
+        }
+        None => OperatorId::parse(username).with_context(|| {
+            format!(
+                "the user name {username:?} is not a valid operator id: pass --operator NAME \
+                 (lower-case letters, digits and dashes)"
+            )
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operator_defaults_to_the_user_name_when_it_is_a_valid_id() {
+        assert_eq!(operator_id(None, "alice").unwrap().as_str(), "alice");
+        assert_eq!(operator_id(Some("bob"), "alice").unwrap().as_str(), "bob");
+        let error = format!("{:#}", operator_id(None, "Alice Smith").unwrap_err());
+        assert!(error.contains("pass --operator NAME"), "{error}");
+        assert!(operator_id(Some("Bob!"), "alice").is_err());
+    }
 }

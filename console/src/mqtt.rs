@@ -1,14 +1,15 @@
 //! The broker connection: one task that polls the rumqttc event loop, renews the subscriptions
 //! on every ConnAck, backs off between reconnects, and forwards decoded messages and connection
 //! changes to the console as `Event`s. It never waits on anything but the event loop and the
-//! console's channel.
+//! console's channel. The operator's requests go out through [`MqttTask::send`], which never
+//! waits either.
 
 use std::time::Duration;
 
 use chrono::Utc;
-use mujin_protocol::message::{self, Ack, Command, ReportedState, Telemetry};
+use mujin_protocol::message::{self, Ack, Command, Reply, ReportedState, Request, Telemetry};
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
-use mujin_protocol::{DeviceId, StoreId};
+use mujin_protocol::{DeviceId, OperatorId, StoreId};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -54,14 +55,36 @@ pub fn broker_address(text: &str) -> Result<(String, u16), AddressError> {
     Ok((host.to_owned(), port))
 }
 
+/// Why a request could not be handed to the connection.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection's queue refused the request: {0}")]
+pub struct SendError(#[from] rumqttc::ClientError);
+
 /// The running connection task.
 #[derive(Debug)]
 pub struct MqttTask {
+    client: AsyncClient,
+    operator: OperatorId,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
 
 impl MqttTask {
+    /// Queues a request on the operator's requests topic (QoS 1) without waiting: the console's
+    /// loop must never block on the connection.
+    pub fn send(&self, request: &Request) -> Result<(), SendError> {
+        let topic = Topic::Requests {
+            operator: self.operator.clone(),
+        };
+        self.client.try_publish(
+            topic.to_string(),
+            QoS::AtLeastOnce,
+            topic.retained(),
+            message::encode(request),
+        )?;
+        Ok(())
+    }
+
     /// Disconnects cleanly (bounded in time) and waits for the task to end.
     pub async fn stop(self) {
         // The task may already have ended because the console dropped its receiver.
@@ -88,13 +111,23 @@ pub fn spawn(settings: &Settings, events: mpsc::Sender<Event>) -> Result<MqttTas
         .set_max_packet_size(MAX_INCOMING_PACKET, 16 * 1024);
     let (client, eventloop) = AsyncClient::new(options, 16);
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(drive(client, eventloop, events, stopped));
-    Ok(MqttTask { stop, task })
+    let filters = subscriptions(&settings.operator);
+    let task = tokio::spawn(drive(client.clone(), eventloop, events, filters, stopped));
+    Ok(MqttTask {
+        client,
+        operator: settings.operator.clone(),
+        stop,
+        task,
+    })
 }
 
-/// The filters the console listens to.
-pub fn subscriptions() -> Vec<SubscribeFilter> {
+/// The filters the console listens to, `operator`'s replies among them.
+pub fn subscriptions(operator: &OperatorId) -> Vec<SubscribeFilter> {
+    let replies = Topic::Replies {
+        operator: operator.clone(),
+    };
     vec![
+        SubscribeFilter::new(replies.to_string(), QoS::AtLeastOnce),
         SubscribeFilter::new(topic::every_device(DeviceChannel::State), QoS::AtLeastOnce),
         SubscribeFilter::new(
             topic::every_device(DeviceChannel::Telemetry),
@@ -115,6 +148,7 @@ async fn drive(
     client: AsyncClient,
     mut eventloop: EventLoop,
     events: mpsc::Sender<Event>,
+    filters: Vec<SubscribeFilter>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -128,7 +162,7 @@ async fn drive(
                 backoff = BACKOFF_MIN;
                 // Clean session: the broker forgot our subscriptions, so renew them each time.
                 // `try_` because awaiting the request channel from this task could deadlock.
-                if let Err(err) = client.try_subscribe_many(subscriptions()) {
+                if let Err(err) = client.try_subscribe_many(filters.clone()) {
                     tracing::error!(%err, "could not subscribe");
                 }
                 Event::Connection(ConnectionChange::Up)
@@ -194,9 +228,11 @@ pub fn decode_publish(topic: &str, payload: &[u8], retained: bool) -> Incoming {
             )),
             Err(err) => Err(err.to_string()),
         },
-        Ok(Topic::Requests { .. } | Topic::Replies { .. }) => {
-            Err("requests and replies are not followed here".to_owned())
-        }
+        // Only this operator's replies topic is subscribed to.
+        Ok(Topic::Replies { .. }) => message::decode::<Reply>(payload)
+            .map(Incoming::Reply)
+            .map_err(|err| err.to_string()),
+        Ok(Topic::Requests { .. }) => Err("requests are not followed here".to_owned()),
         Err(err) => Err(err.to_string()),
     };
     decoded.unwrap_or_else(|error| Incoming::Malformed {

@@ -11,11 +11,11 @@ use chrono::Utc;
 use mujin_console::event::{ConnectionChange, Event, Incoming};
 use mujin_console::{mqtt, Settings};
 use mujin_protocol::message::{
-    self, Ack, Availability, Command, CommandAction, EndReason, EventKind, ProgramStatus,
-    ReportedState, Telemetry,
+    self, Ack, Availability, Command, CommandAction, EndReason, EventKind, ProgramStatus, Reply,
+    ReportedState, Request, RequestAction, Telemetry,
 };
-use mujin_protocol::topic::{self, DeviceChannel};
-use mujin_protocol::{CommandId, DeviceId, SessionId, StoreId};
+use mujin_protocol::topic::{self, DeviceChannel, Topic};
+use mujin_protocol::{CommandId, DeviceId, OperatorId, RequestId, SessionId, StoreId};
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio::sync::mpsc;
@@ -89,6 +89,7 @@ fn settings(port: u16, password: &str) -> Settings {
         username: USER.into(),
         password: password.into(),
         client_id: format!("mujin-console-test-{port}-{password}"),
+        operator: mujin_protocol::OperatorId::parse("alice").unwrap(),
     }
 }
 
@@ -363,6 +364,81 @@ async fn wrong_credentials_never_look_connected() {
             "attempt {attempt}: {event:?}"
         );
     }
+    console.stop().await;
+    broker.stop();
+}
+
+#[tokio::test]
+async fn requests_go_out_on_the_operators_topic_and_replies_come_back() {
+    let port = free_port();
+    let broker = TestBroker::start(port);
+    // Management's side: takes every operator's requests.
+    let (management, mut management_packets) = publisher(port, "management").await;
+    management
+        .subscribe(topic::every_operator_requests(), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !matches!(
+        timeout_at(deadline, management_packets.recv()).await,
+        Ok(Some(Packet::SubAck(_)))
+    ) {
+        assert!(Instant::now() < deadline, "management never subscribed");
+    }
+
+    let (sender, mut events) = mpsc::channel(64);
+    let console = mqtt::spawn(&settings(port, PASSWORD), sender).unwrap();
+    next_matching(&mut events, "connection up", is_up).await;
+    let request = Request {
+        request_id: RequestId::random(),
+        action: RequestAction::ForceStop {
+            session_id: SessionId::random(),
+        },
+    };
+    let reply = Reply {
+        request_id: request.request_id,
+        ok: true,
+        detail: "stopped".into(),
+        ticket: None,
+    };
+    let replies_topic = Topic::Replies {
+        operator: OperatorId::parse("alice").unwrap(),
+    }
+    .to_string();
+    // The replies subscription may land just after the ConnAck: answer until the reply is seen.
+    console.send(&request).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let received = loop {
+        match timeout_at(deadline, management_packets.recv()).await {
+            Ok(Some(Packet::Publish(publish))) => break publish,
+            Ok(Some(_)) => {}
+            _ => panic!("management never got the request"),
+        }
+    };
+    assert_eq!(
+        Topic::parse(&received.topic),
+        Ok(Topic::Requests {
+            operator: OperatorId::parse("alice").unwrap()
+        })
+    );
+    assert_eq!(message::decode::<Request>(&received.payload), Ok(request));
+    let seen = loop {
+        management
+            .publish(
+                &replies_topic,
+                QoS::AtLeastOnce,
+                false,
+                message::encode(&reply),
+            )
+            .await
+            .unwrap();
+        let polled = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
+        if let Ok(Some(Event::Mqtt(message))) = polled {
+            break message.incoming;
+        }
+        assert!(Instant::now() < deadline, "no reply at the console");
+    };
+    assert_eq!(seen, Incoming::Reply(reply));
     console.stop().await;
     broker.stop();
 }

@@ -57,6 +57,10 @@ pub fn on_message(app: &mut App, message: MqttMessage) {
             };
             key
         }
+        Incoming::Reply(reply) => {
+            super::actions::on_reply(app, reply);
+            return;
+        }
         Incoming::Malformed { .. } => {
             app.malformed += 1;
             return;
@@ -184,7 +188,10 @@ fn on_device_event(row: &mut DeviceRow, event: &message::Event, received_at: Dat
         EventKind::DeviceAvailability { availability, .. } => {
             row.availability = Some(*availability);
         }
-        EventKind::DeviceService { in_service, .. } => row.out_of_service = !in_service,
+        EventKind::DeviceService { in_service, .. } => {
+            row.out_of_service = !in_service;
+            row.service_known = true;
+        }
         EventKind::ScanAccepted { session_id, .. } => {
             let outcome = ScanOutcome::Accepted {
                 session_id: *session_id,

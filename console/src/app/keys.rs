@@ -1,32 +1,40 @@
 //! What each key does: switching views and panes, moving the selection, scrolling, sorting,
-//! the filter line, pausing the event tail, help and quitting.
+//! the filter line, pausing the event tail, help and quitting; the action keys and the open
+//! dialog are handed to `actions`.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use super::{App, Flow, Pane, View};
+use super::{actions, App, Effect, Pane, View};
 
 /// Rows moved by PageUp / PageDown.
 const PAGE: isize = 10;
 
-pub fn on_key(app: &mut App, key: KeyEvent) -> Flow {
+pub fn on_key(app: &mut App, key: KeyEvent) -> Option<Effect> {
     // Some terminals also report releases and repeats; act on presses only.
     if key.kind != KeyEventKind::Press {
-        return Flow::Continue;
+        return None;
     }
     if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
-        return Flow::Quit;
+        return Some(Effect::Quit);
+    }
+    if app.dialog.is_some() {
+        // `q` too: typed into a dialog it must not quit by surprise.
+        return actions::on_dialog_key(app, key.code);
     }
     if app.editing_filter {
         edit_filter(app, key.code);
-        return Flow::Continue;
+        return None;
     }
     if app.show_help && key.code != KeyCode::Char('q') {
         // Any key closes the help; it never acts behind the overlay.
         app.show_help = false;
-        return Flow::Continue;
+        return None;
+    }
+    if actions::on_action_key(app, key.code) {
+        return None;
     }
     match key.code {
-        KeyCode::Char('q') => return Flow::Quit,
+        KeyCode::Char('q') => return Some(Effect::Quit),
         KeyCode::Char('?') => app.show_help = true,
         KeyCode::Char('1') => switch_view(app, View::Overview),
         KeyCode::Char('2') => switch_view(app, View::Store),
@@ -56,7 +64,7 @@ pub fn on_key(app: &mut App, key: KeyEvent) -> Flow {
         }
         _ => {}
     }
-    Flow::Continue
+    None
 }
 
 fn edit_filter(app: &mut App, code: KeyCode) {

@@ -93,6 +93,8 @@ pub struct DeviceRow {
     pub last_seen: Option<DateTime<Utc>>,
     /// Taken out of service (from `device_service` events).
     pub out_of_service: bool,
+    /// A `device_service` event was seen, so `out_of_service` is known rather than assumed.
+    pub service_known: bool,
     /// The session management says is running here (from `session_started`/`ended` events).
     pub event_session: Option<SessionId>,
     /// Newest last.

@@ -7,7 +7,7 @@ use mujin_protocol::message::{
     self, Availability, EventKind, ProgramStatus, ReportedState, Telemetry,
 };
 use mujin_protocol::message::{EndReason, RejectReason};
-use mujin_protocol::TicketId;
+use mujin_protocol::{SessionId, TicketId};
 
 pub(crate) fn t(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).unwrap().to_utc()
@@ -82,7 +82,7 @@ fn a_state_message_makes_a_device_appear() {
             "2025-06-01T09:59:58Z",
         ),
     );
-    assert_eq!(action, Flow::Continue);
+    assert_eq!(action, None);
     let row = row(&app, "shibuya", "pc-01");
     assert_eq!(row.status(), DeviceStatus::Idle);
     assert_eq!(row.last_seen, Some(t("2025-06-01T09:59:58Z")));

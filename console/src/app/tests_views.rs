@@ -9,7 +9,7 @@ use mujin_protocol::message::{
     Ack, Command, CommandAction, EndReason, EventKind, ProgramStatus, RejectReason, ReportedState,
     Telemetry,
 };
-use mujin_protocol::{CommandId, TicketId};
+use mujin_protocol::{CommandId, SessionId, TicketId};
 
 fn idle(app: &mut App, s: &str, d: &str) {
     update(
@@ -257,10 +257,13 @@ fn p_pauses_the_tail_and_counts_what_arrives_meanwhile() {
 #[test]
 fn q_and_ctrl_c_quit_esc_does_not_and_help_closes_on_any_key() {
     let mut app = new_app();
-    assert_eq!(update(&mut app, key(KeyCode::Char('q'))), Flow::Quit);
+    assert_eq!(
+        update(&mut app, key(KeyCode::Char('q'))),
+        Some(Effect::Quit)
+    );
     let ctrl_c = Event::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
-    assert_eq!(update(&mut app, ctrl_c), Flow::Quit);
-    assert_eq!(update(&mut app, key(KeyCode::Esc)), Flow::Continue);
+    assert_eq!(update(&mut app, ctrl_c), Some(Effect::Quit));
+    assert_eq!(update(&mut app, key(KeyCode::Esc)), None);
     press(&mut app, &[KeyCode::Char('?')]);
     assert!(app.show_help);
     press(&mut app, &[KeyCode::Char('4')]);

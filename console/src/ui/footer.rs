@@ -22,7 +22,7 @@ pub fn view(app: &App, frame: &mut Frame, area: Rect) {
     let keys = if app.editing_filter {
         filter_line(app)
     } else {
-        view_keys(app)
+        view_keys(app, area.width)
     };
     let ignored = if app.malformed > 0 {
         Line::from(Span::styled(
@@ -39,7 +39,10 @@ pub fn view(app: &App, frame: &mut Frame, area: Rect) {
     frame.render_widget(Paragraph::new(ignored), ignored_area);
 }
 
-fn view_keys(app: &App) -> Line<'static> {
+/// From this width on the footer names the action keys.
+const WIDE: u16 = 110;
+
+fn view_keys(app: &App, width: u16) -> Line<'static> {
     let grey = Style::new().fg(Color::Gray);
     let mut spans = vec![Span::raw(" ")];
     for (key, view) in VIEW_KEYS {
@@ -52,6 +55,15 @@ fn view_keys(app: &App) -> Line<'static> {
         };
         spans.push(Span::styled(format!("{key} {}", view.title()), style));
         spans.push(Span::raw(" "));
+    }
+    if matches!(app.view, View::Store | View::Device) {
+        // The action keys only where a device is selected; named when there is room.
+        let actions = if width >= WIDE {
+            "│ x stop · e extend · o service · w walk-in "
+        } else {
+            "│ x e o w "
+        };
+        spans.push(Span::styled(actions, grey));
     }
     spans.push(Span::styled("│ ? help · q quit", grey));
     Line::from(spans)

@@ -7,7 +7,7 @@ use ratatui::widgets::{Block, BorderType, Clear, Paragraph};
 use ratatui::Frame;
 
 /// (keys, what they do), in the order shown.
-const KEYS: [(&str, &str); 15] = [
+const KEYS: [(&str, &str); 20] = [
     ("1 2 3 4 5", "stores · devices · sessions · events · alerts"),
     ("Enter", "open the store / the device's detail"),
     ("Esc", "clear the filter, else go back"),
@@ -20,6 +20,11 @@ const KEYS: [(&str, &str); 15] = [
     ("/", "filter: words, store: device: kind:"),
     ("  Enter Esc", "  keep / clear the filter being typed"),
     ("p", "pause / resume the event tail"),
+    ("x", "force stop the selected device's session"),
+    ("e", "extend the selected device's session"),
+    ("o", "out of service / back in service"),
+    ("w", "walk-in ticket (QR) for the selected device"),
+    ("c", "cancel a booking by ticket id"),
     ("?", "this help (any key closes it)"),
     ("q Ctrl-C", "quit"),
     ("", "alerts open and close by themselves"),

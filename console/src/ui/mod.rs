@@ -7,6 +7,7 @@
 mod alerts;
 mod banner;
 mod detail;
+mod dialog;
 pub mod events;
 mod footer;
 pub mod format;
@@ -14,7 +15,9 @@ mod header;
 mod help;
 mod overview;
 mod sessions;
+mod status;
 mod store;
+pub mod ticket;
 
 use std::ops::Range;
 
@@ -29,10 +32,12 @@ use crate::app::{App, View};
 /// Draws the whole screen.
 pub fn view(app: &App, frame: &mut Frame) {
     let banner_height = u16::from(banner::is_shown(app));
-    let [header_area, banner_area, body, footer_area] = Layout::vertical([
+    let status_height = u16::from(status::is_shown(app));
+    let [header_area, banner_area, body, status_area, footer_area] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(banner_height),
         Constraint::Min(0),
+        Constraint::Length(status_height),
         Constraint::Length(1),
     ])
     .areas(frame.area());
@@ -46,9 +51,13 @@ pub fn view(app: &App, frame: &mut Frame) {
         View::Events => events::view(app, frame, body),
         View::Alerts => alerts::view(app, frame, body),
     }
+    status::view(app, frame, status_area);
     footer::view(app, frame, footer_area);
     if app.show_help {
         help::view(frame, body);
+    }
+    if let Some(dialog) = &app.dialog {
+        dialog::view(app, dialog, frame);
     }
 }
 
@@ -104,3 +113,5 @@ pub(crate) fn window(len: usize, selected: Option<usize>, height: usize) -> Rang
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_dialogs;
