@@ -24,6 +24,8 @@ use crate::observer::Observer;
 pub const MANAGEMENT: (&str, &str) = ("management", "management-secret");
 pub const AGENT: (&str, &str) = ("agent", "agent-secret");
 pub const OBSERVER: (&str, &str) = ("observer", "observer-secret");
+/// An operator at a console (its user name is its operator id).
+pub const OPERATOR: (&str, &str) = ("alice", "alice-secret");
 
 /// The running parts of one test.
 pub struct Stack {
@@ -303,7 +305,7 @@ fn key_dir(dir: &tempfile::TempDir) -> PathBuf {
 /// Starts `mujin-broker` on `port` and waits until it says it listens.
 async fn start_broker(credentials: &std::path::Path, port: u16) -> Child {
     let mut file = String::new();
-    for (username, password) in [MANAGEMENT, AGENT, OBSERVER] {
+    for (username, password) in [MANAGEMENT, AGENT, OBSERVER, OPERATOR] {
         file.push_str(&format!(
             "[[client]]\nusername = \"{username}\"\npassword = \"{password}\"\n\n"
         ));
