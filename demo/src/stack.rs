@@ -115,6 +115,7 @@ async fn run_console(running: Running, interrupt: &mut Interrupt) -> anyhow::Res
         username: CONSOLE_USER.to_owned(),
         password: running.console_password,
         client_id: "mujin-demo-console".to_owned(),
+        operator: mujin_protocol::OperatorId::parse(CONSOLE_USER).context("operator id")?,
     };
     tokio::select! {
         result = mujin_console::run(settings) => result,
