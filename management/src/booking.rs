@@ -85,6 +85,60 @@ pub async fn add_device(
     Ok(())
 }
 
+/// A store's session rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Minutes before the end of a session its customer is warned (0: no warning).
+    pub warn_minutes: i32,
+    /// How long after its start a booking nobody scanned is given up as a no-show.
+    pub no_show_grace_seconds: i32,
+}
+
+/// Why store settings could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreSettingsError {
+    #[error("unknown store {0}")]
+    UnknownStore(StoreId),
+    #[error("{0} must be between 0 and {1}")]
+    OutOfRange(&'static str, i32),
+    #[error(transparent)]
+    Db(#[from] BookingError),
+}
+
+/// Changes the given settings of a store (the others stay) and returns them all.
+pub async fn update_store_settings(
+    pool: &Pool,
+    store: &StoreId,
+    warn_minutes: Option<i32>,
+    no_show_grace_seconds: Option<i32>,
+) -> Result<StoreSettings, StoreSettingsError> {
+    if warn_minutes.is_some_and(|minutes| !(0..=24 * 60).contains(&minutes)) {
+        return Err(StoreSettingsError::OutOfRange("warn minutes", 24 * 60));
+    }
+    if no_show_grace_seconds.is_some_and(|seconds| !(0..=24 * 3600).contains(&seconds)) {
+        return Err(StoreSettingsError::OutOfRange(
+            "no-show grace seconds",
+            24 * 3600,
+        ));
+    }
+    let client = pool.get().await.map_err(BookingError::from)?;
+    let row = client
+        .query_opt(
+            "UPDATE stores SET warn_minutes = coalesce($2, warn_minutes),
+                               no_show_grace_seconds = coalesce($3, no_show_grace_seconds)
+             WHERE store_id = $1
+             RETURNING warn_minutes, no_show_grace_seconds",
+            &[&store.as_str(), &warn_minutes, &no_show_grace_seconds],
+        )
+        .await
+        .map_err(BookingError::from)?
+        .ok_or_else(|| StoreSettingsError::UnknownStore(store.clone()))?;
+    Ok(StoreSettings {
+        warn_minutes: row.get(0),
+        no_show_grace_seconds: row.get(1),
+    })
+}
+
 /// The devices of every store, ordered.
 pub async fn list_devices(pool: &Pool) -> Result<Vec<(StoreId, DeviceId)>, BookingError> {
     let client = pool.get().await?;

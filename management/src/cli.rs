@@ -58,6 +58,17 @@ pub enum CliCommand {
     },
     /// List registered devices.
     Devices,
+    /// Show a store's session rules, changing those given.
+    StoreSettings {
+        #[arg(long, value_parser = StoreId::parse)]
+        store: StoreId,
+        /// Minutes before the end of a session its customer is warned (0: no warning).
+        #[arg(long)]
+        warn_minutes: Option<i32>,
+        /// Seconds after its start a booking nobody scanned frees the device (no-show).
+        #[arg(long)]
+        no_show_grace_secs: Option<i32>,
+    },
     /// Book a device and print its ticket and QR code.
     Reserve(ReserveArgs),
     /// List open sessions: id, device, start, end and whether the customer was warned.
@@ -285,6 +296,21 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
             for (store, device) in booking::list_devices(&pool).await? {
                 println!("{store}/{device}");
             }
+            Ok(())
+        }
+        CliCommand::StoreSettings {
+            store,
+            warn_minutes,
+            no_show_grace_secs,
+        } => {
+            let pool = ready_pool(database_url).await?;
+            let settings =
+                booking::update_store_settings(&pool, store, *warn_minutes, *no_show_grace_secs)
+                    .await?;
+            println!(
+                "store {store}: warn {} min before the end, no-show after {} s",
+                settings.warn_minutes, settings.no_show_grace_seconds
+            );
             Ok(())
         }
         CliCommand::Reserve(args) => reserve(global, database_url, args).await,

@@ -354,3 +354,47 @@ async fn operator_actions_from_the_command_line() {
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn store_settings_are_shown_and_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(
+        management(&data, &["device-add", "--store", "s", "--device", "d"])
+            .status
+            .success()
+    );
+    let shown = management(&data, &["store-settings", "--store", "s"]);
+    assert_eq!(
+        stdout(&shown).trim(),
+        "store s: warn 5 min before the end, no-show after 600 s"
+    );
+    let changed = management(
+        &data,
+        &["store-settings", "--store", "s", "--warn-minutes", "2"],
+    );
+    assert_eq!(
+        stdout(&changed).trim(),
+        "store s: warn 2 min before the end, no-show after 600 s"
+    );
+    let unknown = management(
+        &data,
+        &["store-settings", "--store", "x", "--warn-minutes", "2"],
+    );
+    assert!(
+        stderr(&unknown).contains("unknown store x"),
+        "{}",
+        stderr(&unknown)
+    );
+    let bad = management(
+        &data,
+        &[
+            "store-settings",
+            "--store",
+            "s",
+            "--no-show-grace-secs",
+            "-5",
+        ],
+    );
+    assert!(!bad.status.success());
+}
