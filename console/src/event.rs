@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use crossterm::event::KeyEvent;
-use mujin_protocol::message::{self, Ack, Command, Reply, ReportedState, Telemetry};
+use mujin_protocol::message::{self, Ack, Command, DesiredState, Reply, ReportedState, Telemetry};
 use mujin_protocol::{DeviceId, RequestId, StoreId};
 
 /// Something that happened; `app::update` turns it into a new state.
@@ -63,6 +63,13 @@ pub enum Incoming {
         store: StoreId,
         device: DeviceId,
         ack: Ack,
+    },
+    /// What management wants the device to run (retained: on every (re)connection the broker
+    /// replays each device's current one, which is how the console catches up with management).
+    Desired {
+        store: StoreId,
+        device: DeviceId,
+        desired: DesiredState,
     },
     /// An event of a store.
     StoreEvent(message::Event),

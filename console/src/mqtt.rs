@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use mujin_protocol::message::{self, Ack, Command, Reply, ReportedState, Request, Telemetry};
+use mujin_protocol::message::{
+    self, Ack, Command, DesiredState, Reply, ReportedState, Request, Telemetry,
+};
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
 use mujin_protocol::{DeviceId, OperatorId, StoreId};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter};
@@ -141,6 +143,12 @@ pub fn subscriptions(operator: &OperatorId) -> Vec<SubscribeFilter> {
             QoS::AtLeastOnce,
         ),
         SubscribeFilter::new(topic::every_device(DeviceChannel::Ack), QoS::AtLeastOnce),
+        // Retained: after every (re)connection, management's view of every device (which
+        // session runs where) arrives at once, not only what happens next.
+        SubscribeFilter::new(
+            topic::every_device(DeviceChannel::Desired),
+            QoS::AtLeastOnce,
+        ),
     ]
 }
 
@@ -269,6 +277,11 @@ fn decode_device(
             store,
             device,
             ack: decode::<Ack>(payload)?,
+        },
+        DeviceChannel::Desired => Incoming::Desired {
+            store,
+            device,
+            desired: decode::<DesiredState>(payload)?,
         },
         other => return Err(format!("unexpected channel {other}")),
     };

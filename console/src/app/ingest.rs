@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use mujin_protocol::message::{
-    self, Ack, Availability, Command, EventKind, ProgramStatus, ReportedState, Telemetry,
+    self, Ack, Availability, Command, DesiredProgram, DesiredState, EventKind, ProgramStatus,
+    ReportedState, Telemetry,
 };
 use mujin_protocol::{DeviceId, SessionId, StoreId};
 
@@ -51,6 +52,14 @@ pub fn on_message(app: &mut App, message: MqttMessage) {
             on_ack(app.device_mut(&store, &device), ack);
             (store, device)
         }
+        Incoming::Desired {
+            store,
+            device,
+            desired,
+        } => {
+            on_desired(app.device_mut(&store, &device), &desired);
+            (store, device)
+        }
         Incoming::StoreEvent(event) => {
             let Some(key) = on_store_event(app, event, received_at) else {
                 return;
@@ -82,6 +91,14 @@ fn on_state(row: &mut DeviceRow, state: ReportedState, retained: bool, received_
         state.at.or(row.last_seen)
     } else {
         Some(received_at)
+    };
+}
+
+/// Management's current view of the device: the session it runs, or none.
+fn on_desired(row: &mut DeviceRow, desired: &DesiredState) {
+    row.event_session = match desired.program {
+        DesiredProgram::Running { session_id, .. } => Some(session_id),
+        DesiredProgram::Idle => None,
     };
 }
 

@@ -314,3 +314,46 @@ fn a_disconnect_is_remembered_from_its_first_failure() {
         }
     );
 }
+
+#[test]
+fn the_retained_desired_state_tells_a_reconnected_console_which_session_runs_where() {
+    use mujin_protocol::message::{DesiredProgram, DesiredState};
+
+    let mut app = new_app();
+    let session_id = SessionId::random();
+    let desired = |program| {
+        Event::Mqtt(MqttMessage {
+            received_at: t("2025-06-01T10:00:01Z"),
+            incoming: Incoming::Desired {
+                store: store("s"),
+                device: device("d"),
+                desired: DesiredState {
+                    epoch: 4,
+                    issued_at: t("2025-06-01T09:59:00Z"),
+                    program,
+                },
+            },
+        })
+    };
+    update(
+        &mut app,
+        desired(DesiredProgram::Running {
+            session_id,
+            lease_until: t("2025-06-01T10:30:00Z"),
+            remaining_ms: 1_800_000,
+        }),
+    );
+    assert_eq!(row(&app, "s", "d").event_session, Some(session_id));
+    // Its device is offline: with management's session known, that is an alert at once.
+    update(
+        &mut app,
+        state_msg("s", "d", ReportedState::offline(), "2025-06-01T10:00:02Z"),
+    );
+    assert_eq!(
+        app.alert_counts().get(&store("s")),
+        Some(&1),
+        "offline during a session"
+    );
+    update(&mut app, desired(DesiredProgram::Idle));
+    assert_eq!(row(&app, "s", "d").event_session, None);
+}
