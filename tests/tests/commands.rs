@@ -41,6 +41,20 @@ async fn scan_without_agent(
         .await
 }
 
+/// Waits until the session's start has been sent at least twice (nobody answered the first).
+async fn wait_for_resent_start(stack: &Stack, session_id: SessionId) {
+    wait_for("the start to be resent", SHORT, || async {
+        let commands = stack.commands_of(session_id).await;
+        commands
+            .iter()
+            .any(|(action, status, attempts)| {
+                action == "start" && status == "sent" && *attempts >= 2
+            })
+            .then_some(())
+    })
+    .await;
+}
+
 /// Waits until the session's commands have the given (action, status) lifecycle.
 async fn wait_for_lifecycle(
     stack: &Stack,
@@ -128,16 +142,7 @@ async fn a_start_is_resent_until_the_device_comes_online_and_answers() {
     let booking = stack.book_now(&device, 20).await;
     let session_id = scan_without_agent(&stack, &device, &booking.ticket).await;
     // Nobody listens: the start is sent again and again.
-    wait_for("the start to be resent", SHORT, || async {
-        let commands = stack.commands_of(session_id).await;
-        commands
-            .iter()
-            .any(|(action, status, attempts)| {
-                action == "start" && status == "sent" && *attempts >= 2
-            })
-            .then_some(())
-    })
-    .await;
+    wait_for_resent_start(&stack, session_id).await;
     let agent = stack.agent(&device);
     let pid = agent.program_pid(Duration::from_secs(20)).await;
     assert!(process_alive(pid));
@@ -246,16 +251,7 @@ async fn a_start_overtaken_by_a_stop_is_superseded_not_failed() {
     let device = stack.add_device("shibuya", "pc-04").await;
     let booking = stack.book_now(&device, 60).await;
     let session_id = scan_without_agent(&stack, &device, &booking.ticket).await;
-    wait_for("the start to be resent", SHORT, || async {
-        let commands = stack.commands_of(session_id).await;
-        commands
-            .iter()
-            .any(|(action, status, attempts)| {
-                action == "start" && status == "sent" && *attempts >= 2
-            })
-            .then_some(())
-    })
-    .await;
+    wait_for_resent_start(&stack, session_id).await;
     // The operator stops the session before the device was ever reached: the stop has a newer
     // epoch, and so has the retained desired state (idle) the device finds when it connects.
     mujin_management::actions::force_stop(&stack.pool, session_id, "test", Utc::now())
