@@ -240,7 +240,8 @@ impl Supervisor {
                 .map_err(spawn_error)?;
             Ok(Stdio::from(fd))
         };
-        Command::new(&self.spec.program)
+        let mut command = Command::new(&self.spec.program);
+        command
             .args(&self.spec.args)
             .env("MUJIN_SESSION_ID", session_id.to_string())
             .env("MUJIN_LEASE_UNTIL", lease_until.to_rfc3339())
@@ -252,9 +253,9 @@ impl Supervisor {
             // Its own process group, so that a stop reaches every process it started and a
             // Ctrl-C on the agent's terminal does not reach it.
             .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(spawn_error)
+            .kill_on_drop(false);
+        end_with_the_agent(&mut command);
+        command.spawn().map_err(spawn_error)
     }
 
     /// Waits until the running program exits by itself; pending forever when none runs.
@@ -319,6 +320,28 @@ impl Supervisor {
             exit,
             at: Utc::now(),
         })
+    }
+}
+
+/// Asks the kernel to send the program SIGTERM if the agent dies without stopping it (a crash,
+/// `kill -9`): nobody would enforce its lease any more, and a restarted agent resumes the
+/// session from the desired state with a program of its own. The signal follows the thread
+/// that spawned the program; the agent spawns from its runtime's worker threads, which live as
+/// long as the agent.
+fn end_with_the_agent(command: &mut Command) {
+    let agent = nix::unistd::getpid();
+    #[allow(unsafe_code)]
+    // SAFETY: the hook runs in the forked child before exec and only calls prctl(2) and
+    // getppid(2), which are async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            // The agent may have died before the prctl: then no signal would ever come.
+            if nix::unistd::getppid() != agent {
+                return Err(std::io::Error::from(nix::errno::Errno::ESRCH));
+            }
+            Ok(())
+        });
     }
 }
 

@@ -433,3 +433,43 @@ async fn scans_during_a_database_outage_are_answered_once_after_it_and_the_worke
     stack.shutdown().await;
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_agent_takes_its_program_down_and_a_restarted_one_resumes_the_session() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let mut agent = stack.agent(&device);
+    let booking = stack.book_now(&device, 30).await;
+    agent.scan(&booking.ticket).await;
+    agent.wait_screen("ACCEPTED", Duration::from_secs(10)).await;
+    let first = agent.program_pid(Duration::from_secs(10)).await;
+
+    let agent_pid = Pid::from_raw(agent.pid().expect("agent pid") as i32);
+    kill(agent_pid, Signal::SIGKILL).expect("kill -9 the agent");
+    wait_for(
+        "the orphaned program to end",
+        Duration::from_secs(5),
+        || async { (!mujin_tests::process_alive(first)).then_some(()) },
+    )
+    .await;
+    let pid_file = agent.pid_file.clone();
+    agent.stop().await;
+    std::fs::remove_file(&pid_file).expect("remove the pid file");
+
+    // A new agent finds management's retained desired state and runs the session again.
+    let restarted = stack.agent(&device);
+    let second = restarted.program_pid(Duration::from_secs(10)).await;
+    assert_ne!(first, second);
+    assert!(mujin_tests::process_alive(second));
+    assert_eq!(
+        stack.session_count(&booking).await,
+        1,
+        "still the one session"
+    );
+    println!("checked: the program of a SIGKILLed agent ended with it; the restarted agent resumed the session");
+    restarted.stop().await;
+    stack.shutdown().await;
+}
