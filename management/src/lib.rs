@@ -189,6 +189,18 @@ enum Route {
     },
 }
 
+impl Route {
+    fn is_heartbeat(&self) -> bool {
+        matches!(
+            self,
+            Route::Device {
+                channel: DeviceChannel::Telemetry,
+                ..
+            }
+        )
+    }
+}
+
 /// Handles what devices send to management (scans, command acks, states and heartbeats) and
 /// operators' requests.
 struct Inbox {
@@ -253,7 +265,12 @@ impl Inbox {
                 Ok(messages) => {
                     mqtt::publish_all(&self.client, messages, &self.stop).await;
                     // Its events (and commands) are in the database: the dispatcher sends them.
-                    self.wake_dispatcher.notify_one();
+                    // A heartbeat records something only on a change, and wakes it then itself
+                    // (heartbeats are the bulk of the traffic: one dispatch pass each would be
+                    // thousands of transactions a second for a large fleet).
+                    if !route.is_heartbeat() {
+                        self.wake_dispatcher.notify_one();
+                    }
                     return true;
                 }
                 Err(error) if !error.is_transient() => {
@@ -379,6 +396,7 @@ impl Inbox {
                     devices::record_skew(&self.pool, key, skew_ms, now).await?
                 }
             }
+            self.wake_dispatcher.notify_one();
         }
         Ok(())
     }
