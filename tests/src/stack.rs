@@ -10,8 +10,9 @@ use deadpool_postgres::Pool;
 use mujin_management::booking::{self, Booking, BookingError};
 use mujin_management::keys::{self, TicketKeys};
 use mujin_management::{db, MqttSettings, Settings};
+use mujin_protocol::message::EventKind;
 use mujin_protocol::topic::DeviceChannel;
-use mujin_protocol::{DeviceId, KeyId, StoreId};
+use mujin_protocol::{DeviceId, KeyId, SessionId, StoreId};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -19,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
 use crate::observer::Observer;
+
+/// How long the harness waits for one step of a session.
+const SHORT: Duration = Duration::from_secs(10);
 
 /// Usernames and passwords the test broker accepts.
 pub const MANAGEMENT: (&str, &str) = ("management", "management-secret");
@@ -237,6 +241,29 @@ impl Stack {
             .iter()
             .map(|row| (row.get(0), row.get(1), row.get(2)))
             .collect()
+    }
+
+    /// Scans `ticket` on the agent and returns the session it started and the program's pid.
+    pub async fn start_session(&self, agent: &mut Agent, ticket: &str) -> (SessionId, i32) {
+        let ticket_id = mujin_protocol::ticket::parse_unverified(ticket)
+            .expect("a ticket")
+            .claims
+            .ticket_id;
+        agent.scan(ticket).await;
+        agent.wait_screen("ACCEPTED", SHORT).await;
+        let pid = agent.program_pid(SHORT).await;
+        let session_id = self
+            .observer
+            .wait_event("the session to start", SHORT, |event| match event.kind {
+                EventKind::SessionStarted {
+                    session_id,
+                    ticket_id: started,
+                    ..
+                } if started == ticket_id => Some(session_id),
+                _ => None,
+            })
+            .await;
+        (session_id, pid)
     }
 
     /// Starts a real agent process that reaches the broker through `port` (e.g. a proxy's).

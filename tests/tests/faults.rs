@@ -32,6 +32,21 @@ fn program_stops(stack: &Stack) -> HashMap<SessionId, DateTime<Utc>> {
         .collect()
 }
 
+/// Waits until every booking has ended (and a little more, for the stops to be reported).
+async fn wait_until_over(bookings: &[mujin_management::booking::Booking]) {
+    let last_end = bookings
+        .iter()
+        .map(|b| b.claims.not_after)
+        .max()
+        .expect("bookings");
+    wait_for(
+        "every booking to be over",
+        Duration::from_secs(20),
+        || async { (Utc::now() > last_end + chrono::Duration::seconds(3)).then_some(()) },
+    )
+    .await;
+}
+
 /// Scan ids the agents printed (`SCANNED <id>`).
 fn scanned_ids(agents: &[Agent]) -> Vec<ScanId> {
     agents
@@ -77,17 +92,7 @@ async fn killing_management_mid_run_loses_no_scan_doubles_no_session_and_every_s
         }
         tokio::time::sleep(Duration::from_millis(3_600)).await;
     }
-    let last_end = bookings
-        .iter()
-        .map(|b| b.claims.not_after)
-        .max()
-        .expect("bookings");
-    wait_for(
-        "every booking to be over",
-        Duration::from_secs(20),
-        || async { (Utc::now() > last_end + chrono::Duration::seconds(3)).then_some(()) },
-    )
-    .await;
+    wait_until_over(&bookings).await;
 
     // No scan lost: every reading the agents sent was decided.
     let scan_ids = scanned_ids(&agents);
@@ -282,17 +287,7 @@ async fn two_management_workers_never_double_a_session_a_stop_or_an_event() {
         }
         tokio::time::sleep(Duration::from_millis(3_600)).await;
     }
-    let last_end = bookings
-        .iter()
-        .map(|b| b.claims.not_after)
-        .max()
-        .expect("bookings");
-    wait_for(
-        "every booking to be over",
-        Duration::from_secs(20),
-        || async { (Utc::now() > last_end + chrono::Duration::seconds(3)).then_some(()) },
-    )
-    .await;
+    wait_until_over(&bookings).await;
 
     let client = stack.pool.get().await.expect("db");
     let count = |sql: &'static str| {

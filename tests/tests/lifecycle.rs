@@ -9,27 +9,11 @@ use mujin_management::actions::{self, ExtendError, NewEnd, SessionError};
 use mujin_management::booking;
 use mujin_protocol::message::{EndReason, EventKind, RejectReason};
 use mujin_protocol::{DeviceId, SessionId, StoreId};
-use mujin_tests::agent::Agent;
 use mujin_tests::stack::Stack;
 use mujin_tests::{process_alive, wait_for};
 
 const SHORT: Duration = Duration::from_secs(10);
 const OPERATOR: &str = "lifecycle-test";
-
-/// Scans `ticket` on the agent and returns the session it started and the program's pid.
-async fn start_session(stack: &Stack, agent: &mut Agent, ticket: &str) -> (SessionId, i32) {
-    agent.scan(ticket).await;
-    agent.wait_screen("ACCEPTED", SHORT).await;
-    let pid = agent.program_pid(SHORT).await;
-    let session_id = stack
-        .observer
-        .wait_event("the session to start", SHORT, |event| match event.kind {
-            EventKind::SessionStarted { session_id, .. } => Some(session_id),
-            _ => None,
-        })
-        .await;
-    (session_id, pid)
-}
 
 /// Waits until a command of `action` for the session reached one of the `statuses`.
 async fn command_settled(
@@ -88,7 +72,7 @@ async fn the_customer_is_warned_before_the_end_and_an_operator_can_stop_the_sess
     stack.set_store_timing(&device.0, 1, 600).await;
     let mut agent = stack.agent(&device);
     let booking = stack.book_now(&device, 63).await;
-    let (session_id, pid) = start_session(&stack, &mut agent, &booking.ticket).await;
+    let (session_id, pid) = stack.start_session(&mut agent, &booking.ticket).await;
 
     let warned_until = stack
         .observer
@@ -147,7 +131,7 @@ async fn an_extension_is_refused_into_the_next_booking_and_otherwise_moves_the_s
     )
     .await
     .expect("the next booking, right after the first");
-    let (session_id, pid) = start_session(&stack, &mut agent, &booking.ticket).await;
+    let (session_id, pid) = stack.start_session(&mut agent, &booking.ticket).await;
 
     let three_more = NewEnd::AfterCurrent(chrono::Duration::seconds(3));
     let refused = actions::extend(&stack.pool, session_id, three_more, OPERATOR, Utc::now()).await;
@@ -270,7 +254,7 @@ async fn a_device_out_of_service_refuses_scans_and_lists_the_bookings_ahead() {
     )
     .await
     .expect("back in service");
-    let (_, pid) = start_session(&stack, &mut agent, &now_booking.ticket).await;
+    let (_, pid) = stack.start_session(&mut agent, &now_booking.ticket).await;
     assert!(process_alive(pid));
     println!("checked: back in service, the same ticket starts the session");
     agent.stop().await;
@@ -315,7 +299,7 @@ async fn a_booking_nobody_scans_becomes_a_no_show_and_frees_the_device() {
     agent
         .wait_screen(&format!("REFUSED ({})", RejectReason::Cancelled), SHORT)
         .await;
-    let (_, pid) = start_session(&stack, &mut agent, &again.ticket).await;
+    let (_, pid) = stack.start_session(&mut agent, &again.ticket).await;
     assert!(process_alive(pid));
     println!("checked: no-show {after_start} after the start; the old ticket is refused (cancelled), the window booked again and started");
     agent.stop().await;

@@ -9,8 +9,7 @@ use mujin_protocol::message::{
     self, EndReason, EventKind, RejectReason, Reply, Request, RequestAction, Scan,
 };
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
-use mujin_protocol::{DeviceId, OperatorId, RequestId, ScanId, SessionId, StoreId};
-use mujin_tests::agent::Agent;
+use mujin_protocol::{DeviceId, OperatorId, RequestId, ScanId, StoreId};
 use mujin_tests::stack::Stack;
 use mujin_tests::{process_alive, wait_for};
 
@@ -81,21 +80,6 @@ async fn wait_replies(
     .await
 }
 
-/// Scans `ticket` on the agent and returns the session it started and the program's pid.
-async fn start_session(stack: &Stack, agent: &mut Agent, ticket: &str) -> (SessionId, i32) {
-    agent.scan(ticket).await;
-    agent.wait_screen("ACCEPTED", SHORT).await;
-    let pid = agent.program_pid(SHORT).await;
-    let session_id = stack
-        .observer
-        .wait_event("the session to start", SHORT, |event| match event.kind {
-            EventKind::SessionStarted { session_id, .. } => Some(session_id),
-            _ => None,
-        })
-        .await;
-    (session_id, pid)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_extends_cancels_and_force_stops_over_mqtt() {
     let stack = Stack::start().await;
@@ -114,7 +98,7 @@ async fn an_operator_extends_cancels_and_force_stops_over_mqtt() {
         .await
         .expect("the next booking, right after the first");
     assert_eq!(next.claims.not_before, old_end);
-    let (session_id, pid) = start_session(&stack, &mut agent, &booking.ticket).await;
+    let (session_id, pid) = stack.start_session(&mut agent, &booking.ticket).await;
 
     let extend = RequestAction::Extend {
         session_id,
@@ -285,7 +269,7 @@ async fn service_state_and_walk_in_tickets_over_mqtt() {
     assert!(issued.ok, "{issued:?}");
     assert!(issued.detail.starts_with("booked shibuya/pc-02 until "));
     let ticket = issued.ticket.clone().expect("the reply carries the ticket");
-    let (_, pid) = start_session(&stack, &mut agent, &ticket).await;
+    let (_, pid) = stack.start_session(&mut agent, &ticket).await;
     assert!(process_alive(pid));
     println!(
         "checked: walk-in ticket issued ({:?}) and accepted by the device",
