@@ -64,6 +64,7 @@ fn big_app() -> App {
                     session_id: SessionId::random(),
                     started_at: now() - TimeDelta::minutes(30),
                     lease_until: now() + TimeDelta::minutes((d % 60) as i64),
+                    provisional: false,
                 }
             } else {
                 ProgramStatus::Idle
@@ -122,6 +123,7 @@ fn add_events(app: &mut App) {
                 session_id: SessionId::random(),
                 ticket_id: TicketId::random(),
                 lease_until: now() + TimeDelta::hours(1),
+                offline: false,
             }
         };
         let event = message::Event {

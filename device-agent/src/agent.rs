@@ -408,6 +408,7 @@ pub(crate) fn scan_message(scan_id: ScanId, mut ticket: String) -> Scan {
             scan_id,
             ticket,
             read_at: Utc::now(),
+            offline: None,
         };
         if encode(&scan).len() <= MAX_PAYLOAD_BYTES || scan.ticket.is_empty() {
             return scan;

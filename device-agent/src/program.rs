@@ -169,6 +169,7 @@ impl Supervisor {
                 session_id: run.session_id,
                 started_at: run.started_at,
                 lease_until: run.lease_until,
+                provisional: false,
             },
             None => ProgramStatus::Idle,
         }

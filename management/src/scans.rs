@@ -224,6 +224,7 @@ async fn start_session(
                 session_id,
                 ticket_id,
                 lease_until,
+                offline: false,
             },
         ],
     })

@@ -211,6 +211,7 @@ async fn operator_actions_from_the_command_line() {
         scan_id: ScanId::random(),
         ticket: ticket.clone(),
         read_at: chrono::Utc::now(),
+        offline: None,
     };
     let (store, device) = (
         StoreId::parse("shibuya").unwrap(),

@@ -3,7 +3,8 @@
 //! - [`ids`]: validated identifiers (`StoreId`, `DeviceId`, `TicketId`, …);
 //! - [`topic`]: the versioned topic tree, its builders and its parser;
 //! - [`message`]: the JSON payloads on those topics and their one encoder/decoder;
-//! - [`ticket`]: the signed electronic ticket and its QR-friendly text form.
+//! - [`ticket`]: the signed electronic ticket and its QR-friendly text form;
+//! - [`trust`]: the store's trust list and the rules a device applies to start offline.
 //!
 //! This crate has no runtime dependencies (no tokio, no database) so that every part —
 //! and golden vectors for other languages — can share it.
@@ -12,6 +13,7 @@ pub mod ids;
 pub mod message;
 pub mod ticket;
 pub mod topic;
+pub mod trust;
 
 pub use ids::{
     CommandId, DeviceId, IdError, KeyId, OperatorId, RequestId, ScanId, SessionId, StoreId,

@@ -44,6 +44,22 @@ pub struct Scan {
     /// The text exactly as the scanner produced it.
     pub ticket: String,
     pub read_at: DateTime<Utc>,
+    /// Set when the device did not hear from management in time and started a provisional
+    /// session on its own check of the ticket (see [`crate::trust`]); management records it,
+    /// or refuses it and the device stops the program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline: Option<OfflineStart>,
+}
+
+/// A provisional session a device started while management did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineStart {
+    /// Chosen by the device; management adopts it when it accepts the scan.
+    pub session_id: SessionId,
+    /// The device's clock when the program started.
+    pub started_at: DateTime<Utc>,
+    /// The ticket's end, which the device enforces.
+    pub lease_until: DateTime<Utc>,
 }
 
 /// Management's answer to one scan, shown to the customer by the device.
@@ -173,6 +189,9 @@ pub enum ProgramStatus {
         session_id: SessionId,
         started_at: DateTime<Utc>,
         lease_until: DateTime<Utc>,
+        /// Started offline and not yet confirmed by management (its scan is still unanswered).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        provisional: bool,
     },
 }
 
@@ -200,6 +219,8 @@ pub enum StopCause {
     AgentShutdown,
     /// Management's desired state says the device should not run this session.
     DesiredState,
+    /// Management refused the scan of a session the device had started offline.
+    Refused,
 }
 
 /// Whether the agent is connected. The retained state's last will says `offline`.
@@ -466,6 +487,9 @@ pub enum EventKind {
         session_id: SessionId,
         ticket_id: TicketId,
         lease_until: DateTime<Utc>,
+        /// The device started it offline and management recorded it afterwards.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        offline: bool,
     },
     SessionEnded {
         session_id: SessionId,

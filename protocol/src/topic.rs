@@ -9,6 +9,7 @@
 //! mujin/v1/stores/{store}/devices/{device}/desired      management → agent   QoS 1 retained
 //! mujin/v1/stores/{store}/devices/{device}/ack          agent → management   QoS 1
 //! mujin/v1/stores/{store}/events                        management → all     QoS 1
+//! mujin/v1/stores/{store}/trust                         management → agents  QoS 1 retained
 //! mujin/v1/operators/{operator}/requests                operator → management QoS 1
 //! mujin/v1/operators/{operator}/replies                 management → operator QoS 1
 //! ```
@@ -100,6 +101,10 @@ pub enum Topic {
     Events {
         store: StoreId,
     },
+    /// The store's retained trust list: ticket keys, refused tickets, offline-start policy.
+    Trust {
+        store: StoreId,
+    },
     /// An operator's (or integrator's) requests to management.
     Requests {
         operator: OperatorId,
@@ -141,6 +146,9 @@ impl Topic {
             ["stores", store, "events"] => Ok(Topic::Events {
                 store: StoreId::parse(store)?,
             }),
+            ["stores", store, "trust"] => Ok(Topic::Trust {
+                store: StoreId::parse(store)?,
+            }),
             ["operators", operator, "requests"] => Ok(Topic::Requests {
                 operator: OperatorId::parse(operator)?,
             }),
@@ -160,6 +168,7 @@ impl Topic {
     pub fn retained(&self) -> bool {
         match self {
             Topic::Device { channel, .. } => channel.retained(),
+            Topic::Trust { .. } => true,
             Topic::Events { .. } | Topic::Requests { .. } | Topic::Replies { .. } => false,
         }
     }
@@ -168,7 +177,10 @@ impl Topic {
     pub fn qos(&self) -> u8 {
         match self {
             Topic::Device { channel, .. } => channel.qos(),
-            Topic::Events { .. } | Topic::Requests { .. } | Topic::Replies { .. } => 1,
+            Topic::Events { .. }
+            | Topic::Trust { .. }
+            | Topic::Requests { .. }
+            | Topic::Replies { .. } => 1,
         }
     }
 }
@@ -182,6 +194,7 @@ impl fmt::Display for Topic {
                 channel,
             } => write!(f, "{ROOT}/stores/{store}/devices/{device}/{channel}"),
             Topic::Events { store } => write!(f, "{ROOT}/stores/{store}/events"),
+            Topic::Trust { store } => write!(f, "{ROOT}/stores/{store}/trust"),
             Topic::Requests { operator } => write!(f, "{ROOT}/operators/{operator}/requests"),
             Topic::Replies { operator } => write!(f, "{ROOT}/operators/{operator}/replies"),
         }
@@ -196,6 +209,14 @@ pub fn device(store: &StoreId, device: &DeviceId, channel: DeviceChannel) -> Str
 /// The event topic of one store.
 pub fn events(store: &StoreId) -> String {
     Topic::Events {
+        store: store.clone(),
+    }
+    .to_string()
+}
+
+/// The retained trust-list topic of one store.
+pub fn trust(store: &StoreId) -> String {
+    Topic::Trust {
         store: store.clone(),
     }
     .to_string()
@@ -262,6 +283,12 @@ mod tests {
             store: store.clone(),
         };
         assert_eq!(Topic::parse(&events.to_string()).unwrap(), events);
+        let trust = Topic::Trust {
+            store: store.clone(),
+        };
+        assert_eq!(trust.to_string(), "mujin/v1/stores/shibuya/trust");
+        assert_eq!(Topic::parse(&trust.to_string()).unwrap(), trust);
+        assert!(trust.retained());
         let operator = OperatorId::parse("alice").unwrap();
         for topic in [
             Topic::Requests {

@@ -22,6 +22,7 @@ async fn scan_without_agent(
         scan_id: ScanId::random(),
         ticket: ticket.to_owned(),
         read_at: Utc::now(),
+        offline: None,
     };
     let scan_topic = topic::device(store, device, DeviceChannel::Scan);
     stack

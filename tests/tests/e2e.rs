@@ -230,6 +230,7 @@ async fn the_same_scan_delivered_twice_gives_one_session_and_the_same_answer() {
         scan_id: ScanId::random(),
         ticket: booking.ticket.clone(),
         read_at: Utc::now(),
+        offline: None,
     };
     let (store, dev) = &device;
     let scan_topic = topic::device(store, dev, DeviceChannel::Scan);
@@ -390,6 +391,7 @@ async fn the_next_customer_of_a_back_to_back_booking_is_not_refused_while_the_st
             scan_id: ScanId::random(),
             ticket: ticket.to_owned(),
             read_at: Utc::now(),
+            offline: None,
         })
     };
     // Decided "in the future", at the very second the second booking starts: the first
@@ -438,6 +440,7 @@ async fn a_reading_postgresql_cannot_store_is_refused_and_the_worker_carries_on(
         scan_id: ScanId::random(),
         ticket: "MJ1:\u{0}ABC".into(),
         read_at: Utc::now(),
+        offline: None,
     };
     stack
         .observer

@@ -316,6 +316,7 @@ async fn a_request_sent_twice_is_carried_out_once_and_answered_twice_alike() {
         scan_id: ScanId::random(),
         ticket,
         read_at: chrono::Utc::now(),
+        offline: None,
     };
     let scan_topic = topic::device(&device.0, &device.1, DeviceChannel::Scan);
     stack

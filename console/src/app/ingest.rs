@@ -183,6 +183,7 @@ fn on_device_event(row: &mut DeviceRow, event: &message::Event, received_at: Dat
                 session_id: *session_id,
                 started_at: event.at,
                 lease_until: *lease_until,
+                provisional: false,
             };
             row.event_session = Some(*session_id);
         }

@@ -124,6 +124,7 @@ fn session_started_makes_the_device_run_with_time_left() {
                 session_id,
                 ticket_id: TicketId::random(),
                 lease_until: t("2025-06-01T11:00:00Z"),
+                offline: false,
             },
             "2025-06-01T10:00:00Z",
         ),
@@ -147,6 +148,7 @@ fn session_ended_frees_the_device_only_for_its_own_session() {
         session_id,
         ticket_id: TicketId::random(),
         lease_until: t("2025-06-01T11:00:00Z"),
+        offline: false,
     };
     update(
         &mut app,
@@ -183,6 +185,7 @@ fn the_last_will_marks_the_device_offline_and_keeps_what_was_known() {
         session_id: SessionId::random(),
         started_at: t("2025-06-01T09:00:00Z"),
         lease_until: t("2025-06-01T11:00:00Z"),
+        provisional: false,
     };
     update(
         &mut app,

@@ -20,6 +20,7 @@ fn app_on_running_device() -> App {
         session_id: session(),
         started_at: t("2025-06-01T09:30:00Z"),
         lease_until: t("2025-06-01T10:30:00Z"),
+        provisional: false,
     };
     let at = "2025-06-01T09:59:59Z";
     update(&mut app, state_msg("shibuya", "pc-01", online(running), at));

@@ -35,6 +35,7 @@ fn running(session_id: SessionId, lease_until: &str) -> ProgramStatus {
         session_id,
         started_at: t("2025-06-01T09:00:00Z"),
         lease_until: t(lease_until),
+        provisional: false,
     }
 }
 
@@ -291,6 +292,7 @@ fn offline_during_a_session_opens_an_alert_that_closes_when_the_session_ends() {
         session_id,
         ticket_id: TicketId::random(),
         lease_until: t("2025-06-01T11:00:00Z"),
+        offline: false,
     };
     update(
         &mut app,
@@ -443,6 +445,7 @@ fn sessions_are_listed_newest_first_and_counted_per_day() {
             session_id: SessionId::random(),
             ticket_id: TicketId::random(),
             lease_until: t("2025-06-01T12:00:00Z"),
+            offline: false,
         };
         update(&mut app, event_msg("s", Some(device), started, at));
     }

@@ -78,6 +78,7 @@ fn info(app: &App, ids: (&StoreId, &DeviceId, &DeviceRow), frame: &mut Frame, ar
         session_id,
         started_at,
         lease_until,
+        ..
     } = &row.program
     else {
         frame.render_widget(Paragraph::new("no session"), session_line);

@@ -92,6 +92,7 @@ fn device_row<'a>(app: &App, device: &'a DeviceId, row: &DeviceRow) -> Row<'a> {
             session_id,
             started_at,
             lease_until,
+            ..
         } => {
             let left = app.time_left(*lease_until);
             let fraction = format::fraction_left(*started_at, *lease_until, app.now);

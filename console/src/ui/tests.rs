@@ -32,6 +32,7 @@ fn running(n: u8, lease_until: &str) -> ProgramStatus {
         session_id: session(n),
         started_at: t("2025-06-01T09:00:00Z"),
         lease_until: t(lease_until),
+        provisional: false,
     }
 }
 
@@ -98,6 +99,7 @@ fn add_events(app: &mut App) {
                 session_id: session(4),
                 ticket_id: ticket(),
                 lease_until: t("2025-06-01T10:30:00Z"),
+                offline: false,
             },
         ),
         (
@@ -131,6 +133,7 @@ fn add_events(app: &mut App) {
                 session_id: session(1),
                 ticket_id: ticket(),
                 lease_until: t("2025-06-01T10:59:07Z"),
+                offline: false,
             },
         ),
         (

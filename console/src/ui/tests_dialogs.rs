@@ -28,6 +28,7 @@ fn app_on_running_device() -> App {
         session_id: SessionId::parse("6a2f41a3-c54c-4c8b-9f2d-8e1a7b3c5d4e").unwrap(),
         started_at: t("2025-06-01T09:30:00Z"),
         lease_until: t("2025-06-01T10:30:00Z"),
+        provisional: false,
     };
     let at = "2025-06-01T09:59:59Z";
     update(&mut app, state_msg("shibuya", "pc-01", online(running), at));

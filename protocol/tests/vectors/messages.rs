@@ -5,10 +5,12 @@
 use chrono::{DateTime, Utc};
 use mujin_protocol::message::{
     decode, encode, Ack, Availability, Command, CommandAction, Decision, DesiredProgram,
-    DesiredState, EndReason, Event, EventKind, ProgramExit, ProgramStatus, RejectReason, Reply,
-    ReportedState, Request, RequestAction, Scan, ScanResult, StopCause, Telemetry,
+    DesiredState, EndReason, Event, EventKind, OfflineStart, ProgramExit, ProgramStatus,
+    RejectReason, Reply, ReportedState, Request, RequestAction, Scan, ScanResult, StopCause,
+    Telemetry,
 };
 use mujin_protocol::topic::{DeviceChannel, Topic};
+use mujin_protocol::trust::{RefusedTicket, TrustList, TrustedKey};
 use mujin_protocol::{
     CommandId, DeviceId, OperatorId, RequestId, ScanId, SessionId, StoreId, TicketId,
 };
@@ -91,6 +93,7 @@ fn running() -> ProgramStatus {
         session_id: session_id(),
         started_at: time("2027-01-15T08:00:05.505Z"),
         lease_until: lease_until(),
+        provisional: false,
     }
 }
 
@@ -133,6 +136,15 @@ fn scans() -> Vec<(String, MessageVector)> {
         scan_id: scan_id(),
         ticket: tickets::booking_ticket(),
         read_at: time("2027-01-15T08:00:05.250Z"),
+        offline: None,
+    };
+    let offline = Scan {
+        offline: Some(OfflineStart {
+            session_id: session_id(),
+            started_at: time("2027-01-15T08:00:08.300Z"),
+            lease_until: lease_until(),
+        }),
+        ..scan.clone()
     };
     let accepted = ScanResult {
         scan_id: scan_id(),
@@ -152,6 +164,8 @@ fn scans() -> Vec<(String, MessageVector)> {
     vec![
         vector("scan", "A reading of the ticket of tickets.json's one_hour_booking; the agent draws a fresh scan_id per reading.",
             "Scan", device_topic(DeviceChannel::Scan), &scan),
+        vector("scan-offline", "The same reading sent again after management did not answer within the agent's offline-after time: the store allows offline starts, the ticket checked out against the trust list, and the device started a provisional session under the ticket's window.",
+            "Scan", device_topic(DeviceChannel::Scan), &offline),
         vector("scan-result-accepted", "Management's answer to that scan: a session until the end of the booking.",
             "ScanResult", device_topic(DeviceChannel::ScanResult), &accepted),
         vector("scan-result-rejected", "The answer to an earlier reading of the same ticket, five minutes before the booking (the early grace is one minute).",
@@ -178,6 +192,17 @@ fn device_reports() -> Vec<(String, MessageVector)> {
         last_exit: None,
         at: Some(time("2027-01-15T08:00:05.510Z")),
     };
+    let online_provisional = ReportedState {
+        availability: Availability::Online,
+        program: ProgramStatus::Running {
+            session_id: session_id(),
+            started_at: time("2027-01-15T08:00:08.300Z"),
+            lease_until: lease_until(),
+            provisional: true,
+        },
+        last_exit: None,
+        at: Some(time("2027-01-15T08:00:08.310Z")),
+    };
     let online_idle = ReportedState {
         availability: Availability::Online,
         program: ProgramStatus::Idle,
@@ -198,6 +223,8 @@ fn device_reports() -> Vec<(String, MessageVector)> {
             "Telemetry", telemetry(), &telemetry_idle),
         vector("state-online-running", "The reported state right after the program started.",
             "ReportedState", state(), &online_running),
+        vector("state-online-provisional", "The reported state of a session started offline (scan-offline.json) while its scan is still unanswered.",
+            "ReportedState", state(), &online_provisional),
         vector("state-online-idle", "The reported state after the stop command ended the program.",
             "ReportedState", state(), &online_idle),
         vector("state-offline-last-will", "The last will the agent registers when it connects; also what it publishes when it shuts down cleanly (then with `at`).",
@@ -379,6 +406,18 @@ fn events() -> Vec<(String, MessageVector)> {
                 session_id: session_id(),
                 ticket_id: ticket_id(),
                 lease_until: lease_until(),
+                offline: false,
+            },
+        ),
+        event(
+            "event-session-started-offline",
+            "A session the device started offline (scan-offline.json), recorded by management when the scan reached it: the device's session id is kept.",
+            session_start(),
+            EventKind::SessionStarted {
+                session_id: session_id(),
+                ticket_id: ticket_id(),
+                lease_until: lease_until(),
+                offline: true,
             },
         ),
         event(
@@ -598,8 +637,37 @@ fn requests() -> Vec<(String, MessageVector)> {
 }
 
 /// Every message vector by file name, generated from the Rust types.
+fn trust() -> Vec<(String, MessageVector)> {
+    let list = TrustList {
+        issued_at: time("2027-01-15T07:00:00Z"),
+        offline_start: true,
+        keys: vec![TrustedKey::from(&tickets::booking_key())],
+        refused_tickets: vec![RefusedTicket {
+            ticket_id: TicketId::parse("0b7e9a52-6c1d-4f3e-8a2b-9c8d7e6f5a4b").unwrap(),
+            reason: RejectReason::Cancelled,
+        }],
+        truncated: false,
+    };
+    let topic = Topic::Trust { store: store() };
+    vec![vector(
+        "trust-list",
+        "The store's retained trust list: offline starts allowed, the key of tickets.json's k1, one cancelled booking whose window is still open.",
+        "TrustList",
+        topic,
+        &list,
+    )]
+}
+
 pub fn generate() -> Vec<(String, MessageVector)> {
-    [scans(), device_reports(), commands(), events(), requests()].concat()
+    [
+        scans(),
+        device_reports(),
+        commands(),
+        events(),
+        requests(),
+        trust(),
+    ]
+    .concat()
 }
 
 /// Decodes `payload` as `T` with the one decoder and encodes it again.
@@ -634,6 +702,7 @@ fn decode_as(message: &str, payload: &Value) -> Result<(Option<DeviceChannel>, V
         "Event" => (None, re_encode::<Event>(payload)?),
         "Request" => (None, re_encode::<Request>(payload)?),
         "Reply" => (None, re_encode::<Reply>(payload)?),
+        "TrustList" => (None, re_encode::<TrustList>(payload)?),
         other => return Err(format!("unknown message type {other:?}")),
     })
 }
@@ -675,6 +744,7 @@ pub fn check(file: &str, vector: &MessageVector) {
         (Topic::Events { .. }, None) if vector.message == "Event" => {}
         (Topic::Requests { .. }, None) if vector.message == "Request" => {}
         (Topic::Replies { .. }, None) if vector.message == "Reply" => {}
+        (Topic::Trust { .. }, None) if vector.message == "TrustList" => {}
         _ => panic!("{file}: {} on topic {}", vector.message, vector.topic),
     }
     assert_eq!(vector.qos, topic.qos(), "{file}: QoS");

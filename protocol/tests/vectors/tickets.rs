@@ -186,6 +186,11 @@ pub fn booking_claims() -> TicketClaims {
     }
 }
 
+/// The public key of the key that signed [`booking_ticket`].
+pub fn booking_key() -> mujin_protocol::ticket::PublicKey {
+    K1.signing_key().public_key()
+}
+
 /// The text of the first valid ticket, as scanned in the message vectors.
 pub fn booking_ticket() -> String {
     K1.signing_key().issue(&booking_claims())
