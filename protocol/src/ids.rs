@@ -176,6 +176,10 @@ slug_id!(
     /// replies travel on topics of the operator's own.
     OperatorId, "operator id", 32
 );
+slug_id!(
+    /// One management worker, e.g. `mujin-management-2` (its MQTT client id).
+    WorkerId, "worker id", 64
+);
 uuid_id!(
     /// One request to management; a request sent again with the same id is answered again
     /// without being carried out twice.

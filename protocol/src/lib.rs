@@ -3,6 +3,7 @@
 //! - [`ids`]: validated identifiers (`StoreId`, `DeviceId`, `TicketId`, …);
 //! - [`topic`]: the versioned topic tree, its builders and its parser;
 //! - [`message`]: the JSON payloads on those topics and their one encoder/decoder;
+//! - [`presence`]: which management workers are connected;
 //! - [`ticket`]: the signed electronic ticket and its QR-friendly text form;
 //! - [`trust`]: the store's trust list and the rules a device applies to start offline.
 //!
@@ -11,11 +12,12 @@
 
 pub mod ids;
 pub mod message;
+pub mod presence;
 pub mod ticket;
 pub mod topic;
 pub mod trust;
 
 pub use ids::{
     CommandId, DeviceId, IdError, KeyId, OperatorId, RequestId, ScanId, SessionId, StoreId,
-    TicketId,
+    TicketId, WorkerId,
 };

@@ -10,13 +10,14 @@
 //! mujin/v1/stores/{store}/devices/{device}/ack          agent → management   QoS 1
 //! mujin/v1/stores/{store}/events                        management → all     QoS 1
 //! mujin/v1/stores/{store}/trust                         management → agents  QoS 1 retained
+//! mujin/v1/management/{worker}/status                   management → all     QoS 1 retained, LWT offline
 //! mujin/v1/operators/{operator}/requests                operator → management QoS 1
 //! mujin/v1/operators/{operator}/replies                 management → operator QoS 1
 //! ```
 
 use std::fmt;
 
-use crate::ids::{DeviceId, IdError, OperatorId, StoreId};
+use crate::ids::{DeviceId, IdError, OperatorId, StoreId, WorkerId};
 
 /// The root every mujin topic lives under; the version changes only with incompatible payloads.
 pub const ROOT: &str = "mujin/v1";
@@ -105,6 +106,10 @@ pub enum Topic {
     Trust {
         store: StoreId,
     },
+    /// Whether one management worker is connected (retained; its last will says offline).
+    Worker {
+        worker: WorkerId,
+    },
     /// An operator's (or integrator's) requests to management.
     Requests {
         operator: OperatorId,
@@ -149,6 +154,9 @@ impl Topic {
             ["stores", store, "trust"] => Ok(Topic::Trust {
                 store: StoreId::parse(store)?,
             }),
+            ["management", worker, "status"] => Ok(Topic::Worker {
+                worker: WorkerId::parse(worker)?,
+            }),
             ["operators", operator, "requests"] => Ok(Topic::Requests {
                 operator: OperatorId::parse(operator)?,
             }),
@@ -168,7 +176,7 @@ impl Topic {
     pub fn retained(&self) -> bool {
         match self {
             Topic::Device { channel, .. } => channel.retained(),
-            Topic::Trust { .. } => true,
+            Topic::Trust { .. } | Topic::Worker { .. } => true,
             Topic::Events { .. } | Topic::Requests { .. } | Topic::Replies { .. } => false,
         }
     }
@@ -179,6 +187,7 @@ impl Topic {
             Topic::Device { channel, .. } => channel.qos(),
             Topic::Events { .. }
             | Topic::Trust { .. }
+            | Topic::Worker { .. }
             | Topic::Requests { .. }
             | Topic::Replies { .. } => 1,
         }
@@ -195,6 +204,7 @@ impl fmt::Display for Topic {
             } => write!(f, "{ROOT}/stores/{store}/devices/{device}/{channel}"),
             Topic::Events { store } => write!(f, "{ROOT}/stores/{store}/events"),
             Topic::Trust { store } => write!(f, "{ROOT}/stores/{store}/trust"),
+            Topic::Worker { worker } => write!(f, "{ROOT}/management/{worker}/status"),
             Topic::Requests { operator } => write!(f, "{ROOT}/operators/{operator}/requests"),
             Topic::Replies { operator } => write!(f, "{ROOT}/operators/{operator}/replies"),
         }
@@ -220,6 +230,29 @@ pub fn trust(store: &StoreId) -> String {
         store: store.clone(),
     }
     .to_string()
+}
+
+/// The retained status topic of one management worker.
+pub fn worker_status(worker: &WorkerId) -> String {
+    Topic::Worker {
+        worker: worker.clone(),
+    }
+    .to_string()
+}
+
+/// Subscription filter: the status of every management worker.
+pub fn every_worker_status() -> String {
+    format!("{ROOT}/management/+/status")
+}
+
+/// The group management workers share their subscriptions in: each scan, ack and request goes
+/// to one connected worker.
+pub const MANAGEMENT_GROUP: &str = "mujin-management";
+
+/// A shared-subscription filter (MQTT 5 `$share`, also understood by rumqttd and Mosquitto for
+/// 3.1.1 clients) for the management workers' group.
+pub fn shared(filter: &str) -> String {
+    format!("$share/{MANAGEMENT_GROUP}/{filter}")
 }
 
 /// Subscription filter: one channel of every device of every store.
@@ -289,6 +322,19 @@ mod tests {
         assert_eq!(trust.to_string(), "mujin/v1/stores/shibuya/trust");
         assert_eq!(Topic::parse(&trust.to_string()).unwrap(), trust);
         assert!(trust.retained());
+        let worker = Topic::Worker {
+            worker: WorkerId::parse("mujin-management-2").unwrap(),
+        };
+        assert_eq!(
+            worker.to_string(),
+            "mujin/v1/management/mujin-management-2/status"
+        );
+        assert_eq!(Topic::parse(&worker.to_string()).unwrap(), worker);
+        assert!(worker.retained());
+        assert_eq!(
+            shared(&every_operator_requests()),
+            "$share/mujin-management/mujin/v1/operators/+/requests"
+        );
         let operator = OperatorId::parse("alice").unwrap();
         for topic in [
             Topic::Requests {

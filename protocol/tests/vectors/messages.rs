@@ -9,6 +9,7 @@ use mujin_protocol::message::{
     RejectReason, Reply, ReportedState, Request, RequestAction, Scan, ScanResult, StopCause,
     Telemetry,
 };
+use mujin_protocol::presence::WorkerStatus;
 use mujin_protocol::topic::{DeviceChannel, Topic};
 use mujin_protocol::trust::{RefusedTicket, TrustList, TrustedKey};
 use mujin_protocol::{
@@ -649,13 +650,36 @@ fn trust() -> Vec<(String, MessageVector)> {
         truncated: false,
     };
     let topic = Topic::Trust { store: store() };
-    vec![vector(
-        "trust-list",
-        "The store's retained trust list: offline starts allowed, the key of tickets.json's k1, one cancelled booking whose window is still open.",
-        "TrustList",
-        topic,
-        &list,
-    )]
+    let worker = || Topic::Worker {
+        worker: mujin_protocol::WorkerId::parse("mujin-management").unwrap(),
+    };
+    let online = WorkerStatus {
+        availability: Availability::Online,
+        at: Some(time("2027-01-15T07:00:00.120Z")),
+    };
+    vec![
+        vector(
+            "trust-list",
+            "The store's retained trust list: offline starts allowed, the key of tickets.json's k1, one cancelled booking whose window is still open.",
+            "TrustList",
+            topic,
+            &list,
+        ),
+        vector(
+            "worker-online",
+            "A management worker's retained status, published once its subscriptions are in place.",
+            "WorkerStatus",
+            worker(),
+            &online,
+        ),
+        vector(
+            "worker-offline-last-will",
+            "The last will a management worker registers when it connects.",
+            "WorkerStatus",
+            worker(),
+            &WorkerStatus::offline(),
+        ),
+    ]
 }
 
 pub fn generate() -> Vec<(String, MessageVector)> {
@@ -703,6 +727,7 @@ fn decode_as(message: &str, payload: &Value) -> Result<(Option<DeviceChannel>, V
         "Request" => (None, re_encode::<Request>(payload)?),
         "Reply" => (None, re_encode::<Reply>(payload)?),
         "TrustList" => (None, re_encode::<TrustList>(payload)?),
+        "WorkerStatus" => (None, re_encode::<WorkerStatus>(payload)?),
         other => return Err(format!("unknown message type {other:?}")),
     })
 }
@@ -745,6 +770,7 @@ pub fn check(file: &str, vector: &MessageVector) {
         (Topic::Requests { .. }, None) if vector.message == "Request" => {}
         (Topic::Replies { .. }, None) if vector.message == "Reply" => {}
         (Topic::Trust { .. }, None) if vector.message == "TrustList" => {}
+        (Topic::Worker { .. }, None) if vector.message == "WorkerStatus" => {}
         _ => panic!("{file}: {} on topic {}", vector.message, vector.topic),
     }
     assert_eq!(vector.qos, topic.qos(), "{file}: QoS");
