@@ -400,6 +400,7 @@ async fn requests_go_out_on_the_operators_topic_and_replies_come_back() {
         ok: true,
         detail: "stopped".into(),
         ticket: None,
+        snapshot: None,
     };
     let replies_topic = Topic::Replies {
         operator: OperatorId::parse("alice").unwrap(),

@@ -42,6 +42,7 @@ pub async fn handle_request(
                 ok: false,
                 detail: error.to_string().chars().take(DETAIL_LIMIT).collect(),
                 ticket: None,
+                snapshot: None,
             };
             return Ok(Some(reply_message(operator, &reply)));
         }
@@ -114,6 +115,7 @@ async fn decide_once(
         ok: decided.ok,
         detail: decided.detail,
         ticket: decided.ticket,
+        snapshot: None,
     })
 }
 
@@ -137,6 +139,7 @@ async fn recorded_reply(
             ok: false,
             detail: format!("request id {request_id} was already used by another operator"),
             ticket: None,
+            snapshot: None,
         });
     }
     tracing::info!(%operator, %request_id, "request seen before; sending its recorded reply");
@@ -145,6 +148,7 @@ async fn recorded_reply(
         ok: row.get(1),
         detail: row.get(2),
         ticket: row.get(3),
+        snapshot: None,
     })
 }
 
@@ -214,6 +218,7 @@ async fn act(
             Err(refusal) => Ok(refusal),
             Ok(minutes) => issue_ticket(pool, signing_key, store, device, minutes, now).await,
         },
+        RequestAction::Snapshot { .. } => Ok(Decided::refused("not implemented yet")),
     }
 }
 

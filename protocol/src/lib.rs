@@ -4,6 +4,7 @@
 //! - [`topic`]: the versioned topic tree, its builders and its parser;
 //! - [`message`]: the JSON payloads on those topics and their one encoder/decoder;
 //! - [`presence`]: which management workers are connected;
+//! - [`snapshot`]: the paged snapshot queries a console catches up with;
 //! - [`ticket`]: the signed electronic ticket and its QR-friendly text form;
 //! - [`trust`]: the store's trust list and the rules a device applies to start offline.
 //!
@@ -13,6 +14,7 @@
 pub mod ids;
 pub mod message;
 pub mod presence;
+pub mod snapshot;
 pub mod ticket;
 pub mod topic;
 pub mod trust;

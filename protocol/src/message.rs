@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{CommandId, DeviceId, RequestId, ScanId, SessionId, StoreId, TicketId};
+use crate::snapshot::{SnapshotPage, SnapshotPart};
 
 /// Largest payload any mujin part accepts; anything bigger is refused unread.
 pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
@@ -436,6 +437,17 @@ pub enum RequestAction {
         device: DeviceId,
         minutes: u32,
     },
+    /// One page of management's view (read-only, answered every time it is asked; see
+    /// [`crate::snapshot`]): the first page without `after`, the next ones with the previous
+    /// page's `next`.
+    Snapshot {
+        part: SnapshotPart,
+        /// Only this store; all stores when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        store: Option<StoreId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
 }
 
 /// Management's answer to one request.
@@ -449,6 +461,9 @@ pub struct Reply {
     /// The ticket text, for `issue_ticket`.
     #[serde(default)]
     pub ticket: Option<String>,
+    /// The page, for `snapshot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotPage>,
 }
 
 /// Something that happened in a store, for consoles, integrators and the audit trail.

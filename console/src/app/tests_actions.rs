@@ -59,6 +59,7 @@ fn reply(request_id: RequestId, ok: bool, detail: &str, ticket: Option<&str>) ->
             ok,
             detail: detail.to_owned(),
             ticket: ticket.map(str::to_owned),
+            snapshot: None,
         }),
     })
 }

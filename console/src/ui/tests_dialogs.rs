@@ -53,6 +53,7 @@ fn reply(app: &mut App, effect: Option<Effect>, detail: &str, ticket: Option<&st
                 ok: true,
                 detail: detail.to_owned(),
                 ticket: ticket.map(str::to_owned),
+                snapshot: None,
             }),
         }),
     );

@@ -10,6 +10,9 @@ use mujin_protocol::message::{
     Telemetry,
 };
 use mujin_protocol::presence::WorkerStatus;
+use mujin_protocol::snapshot::{
+    BookingSummary, SessionSummary, SnapshotItems, SnapshotPage, SnapshotPart,
+};
 use mujin_protocol::topic::{DeviceChannel, Topic};
 use mujin_protocol::trust::{RefusedTicket, TrustList, TrustedKey};
 use mujin_protocol::{
@@ -618,6 +621,7 @@ fn requests() -> Vec<(String, MessageVector)> {
                 ok: true,
                 detail: "booked shibuya/pc-01 until 2027-01-15T09:00:00Z".into(),
                 ticket: Some(tickets::booking_ticket()),
+                snapshot: None,
             },
         ),
         vector(
@@ -632,6 +636,87 @@ fn requests() -> Vec<(String, MessageVector)> {
                 ok: false,
                 detail: "the device is booked from 2027-01-15T09:00:00Z".into(),
                 ticket: None,
+                snapshot: None,
+            },
+        ),
+    ]
+}
+
+/// A console catching up: the first page of upcoming bookings and the reply that carries it.
+fn snapshots() -> Vec<(String, MessageVector)> {
+    let operator = || OperatorId::parse("alice").unwrap();
+    let request_id = "b1628304-ce5f-4071-9293-4e5f60718293";
+    let booking = |ticket: TicketId, from: &str, until: &str| BookingSummary {
+        ticket_id: ticket,
+        store: store(),
+        device: device(),
+        not_before: time(from),
+        not_after: time(until),
+    };
+    let later = TicketId::parse("c2739415-df60-4182-a3a4-5f6071829304").unwrap();
+    vec![
+        vector(
+            "request-snapshot",
+            "A console asks for the next page of upcoming bookings of one store.",
+            "Request",
+            Topic::Requests {
+                operator: operator(),
+            },
+            &Request {
+                request_id: RequestId::parse(request_id).unwrap(),
+                action: RequestAction::Snapshot {
+                    part: SnapshotPart::Bookings,
+                    store: Some(store()),
+                    after: Some("1799996400000000:0b7e9a52-6c1d-4f3e-8a2b-9c8d7e6f5a4b".into()),
+                },
+            },
+        ),
+        vector(
+            "reply-snapshot-bookings",
+            "A page of upcoming bookings, ordered by start, with the cursor of the next page.",
+            "Reply",
+            Topic::Replies {
+                operator: operator(),
+            },
+            &Reply {
+                request_id: RequestId::parse(request_id).unwrap(),
+                ok: true,
+                detail: "bookings snapshot".into(),
+                ticket: None,
+                snapshot: Some(SnapshotPage {
+                    items: SnapshotItems::Bookings(vec![
+                        booking(ticket_id(), "2027-01-15T08:00:00Z", "2027-01-15T09:00:00Z"),
+                        booking(later, "2027-01-15T09:00:00Z", "2027-01-15T09:30:00Z"),
+                    ]),
+                    next: Some("1800003600000000:c2739415-df60-4182-a3a4-5f6071829304".into()),
+                }),
+            },
+        ),
+        vector(
+            "reply-snapshot-sessions",
+            "The last page of recent sessions: one that ended when its booking did.",
+            "Reply",
+            Topic::Replies {
+                operator: operator(),
+            },
+            &Reply {
+                request_id: RequestId::parse("d384a526-e071-4293-b4b5-60718293a415").unwrap(),
+                ok: true,
+                detail: "sessions snapshot".into(),
+                ticket: None,
+                snapshot: Some(SnapshotPage {
+                    items: SnapshotItems::Sessions(vec![SessionSummary {
+                        session_id: session_id(),
+                        ticket_id: ticket_id(),
+                        store: store(),
+                        device: device(),
+                        started_at: session_start(),
+                        lease_until: lease_until(),
+                        ended_at: Some(session_end()),
+                        end_reason: Some(EndReason::BookingEnded),
+                    }]),
+                    next: None,
+                }),
             },
         ),
     ]
@@ -689,6 +774,7 @@ pub fn generate() -> Vec<(String, MessageVector)> {
         commands(),
         events(),
         requests(),
+        snapshots(),
         trust(),
     ]
     .concat()
