@@ -1,6 +1,9 @@
 //! The agent's state and its reactions: commands (fenced by epoch), the retained desired state,
-//! scan results, scanned lines, program exits, the lease deadline, telemetry and shutdown. IO
-//! is limited to the link (non-blocking publishes), the supervisor and the screen.
+//! program exits, the lease deadline, telemetry and shutdown; scans, their answers, the trust
+//! list and offline starts are in [`scans`]. IO is limited to the link (non-blocking
+//! publishes), the supervisor and the screen.
+
+mod scans;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -8,14 +11,17 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use mujin_protocol::message::{
     decode, encode, Ack, Availability, Command, CommandAction, DesiredState, ProgramExit,
-    ReportedState, Scan, ScanResult, StopCause, Telemetry, MAX_PAYLOAD_BYTES,
+    ReportedState, ScanResult, StopCause, Telemetry,
 };
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
+use mujin_protocol::trust::TrustList;
 use mujin_protocol::{CommandId, DeviceId, ScanId, SessionId, StoreId};
 use tokio::time::Instant;
 
 use crate::desired::{converge, Convergence, EndedSessions, EpochFence};
 use crate::mqtt::{Link, LinkEvent};
+use crate::offline::{Provisional, StartedTickets};
+use crate::pending::PendingScans;
 use crate::program::{
     decide_start, decide_stop, lease_duration, StartDecision, StopDecision, Supervisor,
 };
@@ -44,6 +50,14 @@ pub(crate) struct Agent {
     answered_scans: VecDeque<ScanId>,
     epochs: EpochFence,
     ended: EndedSessions,
+    /// Readings not answered yet, sent again until they are.
+    pending: PendingScans,
+    /// The newest valid trust list of the store, once one arrived.
+    trust: Option<TrustList>,
+    /// The session started offline whose scan is still unanswered, while it runs.
+    provisional: Option<Provisional>,
+    /// Tickets that started a session here, so that one ticket cannot start two offline.
+    started_tickets: StartedTickets,
 }
 
 impl Agent {
@@ -52,6 +66,7 @@ impl Agent {
         device: DeviceId,
         link: Link,
         supervisor: Supervisor,
+        offline_after: Duration,
     ) -> Self {
         Self {
             store,
@@ -65,6 +80,10 @@ impl Agent {
             answered_scans: VecDeque::new(),
             epochs: EpochFence::default(),
             ended: EndedSessions::default(),
+            pending: PendingScans::new(offline_after),
+            trust: None,
+            provisional: None,
+            started_tickets: StartedTickets::default(),
         }
     }
 
@@ -96,6 +115,9 @@ impl Agent {
             LinkEvent::Connected => {
                 self.connected = true;
                 self.report_state();
+                // Scans are not queued while disconnected (the queue would fill up): send every
+                // waiting one now.
+                self.send_pending_scans();
             }
             LinkEvent::Disconnected => self.connected = false,
             LinkEvent::Message { topic, payload } => self.on_message(&topic, &payload).await,
@@ -109,6 +131,10 @@ impl Agent {
                 device,
                 channel,
             }) if store == self.store && device == self.device => channel,
+            Ok(Topic::Trust { store }) if store == self.store => {
+                self.on_trust_list(payload);
+                return;
+            }
             _ => {
                 tracing::debug!(topic, "ignoring a message on a foreign topic");
                 return;
@@ -124,12 +150,7 @@ impl Agent {
                 Err(err) => tracing::warn!(%err, "ignoring a malformed desired state"),
             },
             DeviceChannel::ScanResult => match decode::<ScanResult>(payload) {
-                Ok(result) if self.first_answer(result.scan_id) => {
-                    screen::show(&screen::scan_result(&result))
-                }
-                Ok(result) => {
-                    tracing::debug!(scan_id = %result.scan_id, "scan answered again; already shown")
-                }
+                Ok(result) => self.on_scan_result(result).await,
                 Err(err) => tracing::warn!(%err, "ignoring a malformed scan result"),
             },
             other => {
@@ -310,6 +331,17 @@ impl Agent {
             Utc::now(),
         );
         tracing::info!(epoch = desired.epoch, ?decision, "desired state");
+        let provisional = self
+            .provisional
+            .filter(|provisional| provisional.protects(self.supervisor.running_session()));
+        if let (Some(provisional), Convergence::Stop | Convergence::Replace { .. }) =
+            (provisional, decision)
+        {
+            // Management may not have seen the scan yet (it republishes "idle" when it comes
+            // back, before reading the resent scan); its answer to the scan decides.
+            tracing::info!(scan_id = %provisional.scan_id, "provisional session kept until its scan is answered");
+            return;
+        }
         match decision {
             Convergence::InPlace | Convergence::Skip(_) => {}
             Convergence::Stop => {
@@ -346,6 +378,7 @@ impl Agent {
         let exit = self.supervisor.stop(cause).await?;
         tracing::info!(session_id = %exit.session_id, ?cause, exit = %exit.exit, "program stopped");
         self.ended.remember(exit.session_id);
+        self.provisional = None;
         self.last_exit = Some(exit.clone());
         self.report_state();
         Some(exit)
@@ -361,20 +394,9 @@ impl Agent {
         if let Some(exit) = self.supervisor.record_exit(status) {
             tracing::info!(session_id = %exit.session_id, exit = %exit.exit, "program ended by itself");
             self.ended.remember(exit.session_id);
+            self.provisional = None;
             self.last_exit = Some(exit);
             self.report_state();
-        }
-    }
-
-    pub(crate) fn on_scanned(&mut self, ticket: String) {
-        let scan = scan_message(ScanId::random(), ticket);
-        let topic = topic::device(&self.store, &self.device, DeviceChannel::Scan);
-        match self.link.publish(topic, DeviceChannel::Scan, encode(&scan)) {
-            Ok(()) => screen::show(&screen::scanned(scan.scan_id)),
-            Err(err) => {
-                tracing::warn!(%err, "scan dropped");
-                screen::show("SCAN FAILED: please scan again.");
-            }
         }
     }
 
@@ -400,28 +422,6 @@ impl Agent {
     }
 }
 
-/// Builds the scan message, cutting the ticket text until the payload fits the size every
-/// mujin part accepts (escaped control characters can make the JSON much longer than the text).
-pub(crate) fn scan_message(scan_id: ScanId, mut ticket: String) -> Scan {
-    loop {
-        let scan = Scan {
-            scan_id,
-            ticket,
-            read_at: Utc::now(),
-            offline: None,
-        };
-        if encode(&scan).len() <= MAX_PAYLOAD_BYTES || scan.ticket.is_empty() {
-            return scan;
-        }
-        ticket = scan.ticket;
-        let mut cut = ticket.len() / 2;
-        while !ticket.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        ticket.truncate(cut);
-    }
-}
-
 /// The one-minute load average, where /proc/loadavg exists.
 fn read_load() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
@@ -441,16 +441,5 @@ mod tests {
         assert_eq!(parse_load("0.52 0.58 0.59 1/467 12345\n"), Some(0.52));
         assert_eq!(parse_load(""), None);
         assert_eq!(parse_load("abc"), None);
-    }
-
-    #[test]
-    fn scans_always_fit_in_a_payload() {
-        let ticket = "\u{1}".repeat(crate::scanner::MAX_LINE_BYTES);
-        let scan = scan_message(ScanId::random(), ticket);
-        assert!(encode(&scan).len() <= MAX_PAYLOAD_BYTES);
-        assert!(!scan.ticket.is_empty());
-
-        let plain = "MJ1:ABC".to_owned();
-        assert_eq!(scan_message(ScanId::random(), plain.clone()).ticket, plain);
     }
 }

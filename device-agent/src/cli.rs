@@ -51,6 +51,11 @@ pub struct Args {
     /// Milliseconds a program gets to exit after SIGTERM before SIGKILL.
     #[arg(long, env = "MUJIN_AGENT_STOP_GRACE_MS", default_value_t = 3000)]
     pub stop_grace_ms: u64,
+    /// Milliseconds a scan may go unanswered by management before the device checks the ticket
+    /// itself against the store's trust list and, if the store allows it, starts the program
+    /// provisionally (management confirms or refuses it when it answers).
+    #[arg(long, env = "MUJIN_AGENT_OFFLINE_AFTER_MS", default_value_t = 3000)]
+    pub offline_after_ms: u64,
     /// The operating program and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub program: Vec<OsString>,
@@ -90,6 +95,7 @@ impl Args {
             read_stdin: !self.no_stdin,
             telemetry_interval: Duration::from_millis(self.telemetry_interval_ms),
             stop_grace: Duration::from_millis(self.stop_grace_ms),
+            offline_after: Duration::from_millis(self.offline_after_ms),
         }
     }
 }
@@ -163,7 +169,16 @@ mod tests {
             ("10.0.0.1", 1884)
         );
         assert_eq!(settings.stop_grace, Duration::from_secs(3));
+        assert_eq!(settings.offline_after, Duration::from_secs(3));
         assert!(settings.read_stdin);
+    }
+
+    #[test]
+    fn the_offline_after_time_is_a_flag() {
+        let settings = parse(&["--offline-after-ms", "1500", "--", "true"])
+            .unwrap()
+            .into_settings();
+        assert_eq!(settings.offline_after, Duration::from_millis(1500));
     }
 
     #[test]

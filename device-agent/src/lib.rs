@@ -2,6 +2,11 @@
 //! starts and stops the device's operating program on management's commands, stops it by
 //! itself when its lease runs out (even with the network gone), and reports state and telemetry.
 //!
+//! Each reading is sent again until management answers it. When no answer comes within the
+//! offline-after time, the device checks the ticket itself against the store's retained trust
+//! list and, where the store allows it, starts a provisional session that management's answer
+//! to the scan later confirms or stops.
+//!
 //! Commands carry an epoch: one older than the newest seen (in a command or a desired state) is
 //! refused as stale. Management's retained desired state is converged to on every
 //! (re)subscription, so an agent restarted mid-session resumes it, and a stop lost while the
@@ -10,6 +15,8 @@
 //! - [`cli`]: the `mujin-agent` command line, also callable from another binary;
 //! - [`desired`]: the epoch fence and the pure desired-state convergence decision;
 //! - [`mqtt`]: the connection task (poll, resubscribe, back off, forward);
+//! - [`offline`]: the pure offline-start decision and the merge with management's answer;
+//! - [`pending`]: the scans waiting for an answer and their resend schedule;
 //! - [`program`]: the program supervisor and its pure start/stop/lease decisions;
 //! - [`scanner`]: stdin and named-pipe readers;
 //! - [`screen`]: the customer-facing lines on stdout;
@@ -19,6 +26,8 @@ mod agent;
 pub mod cli;
 pub mod desired;
 pub mod mqtt;
+pub mod offline;
+pub mod pending;
 pub mod program;
 pub mod scanner;
 pub mod screen;
@@ -55,6 +64,8 @@ pub struct Settings {
     pub telemetry_interval: Duration,
     /// How long a program gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// How long a scan may go unanswered before the device checks the ticket offline.
+    pub offline_after: Duration,
 }
 
 impl fmt::Debug for Settings {
@@ -73,6 +84,7 @@ impl fmt::Debug for Settings {
             .field("read_stdin", &self.read_stdin)
             .field("telemetry_interval", &self.telemetry_interval)
             .field("stop_grace", &self.stop_grace)
+            .field("offline_after", &self.offline_after)
             .finish()
     }
 }
@@ -108,7 +120,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         },
         settings.stop_grace,
     );
-    let mut agent = agent::Agent::new(settings.store, settings.device, link, supervisor);
+    let mut agent = agent::Agent::new(
+        settings.store,
+        settings.device,
+        link,
+        supervisor,
+        settings.offline_after,
+    );
     let mut telemetry =
         tokio::time::interval(settings.telemetry_interval.max(Duration::from_millis(10)));
     telemetry.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -117,12 +135,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 
     loop {
         let lease_deadline = agent.supervisor.lease_deadline();
+        let scans_deadline = agent.pending_deadline();
         tokio::select! {
             () = &mut shutdown => break,
             Some(event) = link_events.recv() => agent.on_link_event(event).await,
             Some(ticket) = scans.recv() => agent.on_scanned(ticket),
             status = agent.supervisor.exited() => agent.on_program_exit(status),
             () = sleep_until(lease_deadline) => agent.on_lease_end().await,
+            () = sleep_until(scans_deadline) => agent.on_scans_due(),
             _ = telemetry.tick() => agent.on_telemetry_tick(),
         }
     }

@@ -84,20 +84,17 @@ impl Link {
     pub fn start(settings: &LinkSettings) -> (Link, mpsc::UnboundedReceiver<LinkEvent>) {
         let (client, event_loop) = AsyncClient::new(options(settings), REQUEST_CAPACITY);
         // Unbounded so the polling task never waits on the main loop (which may be busy stopping
-        // a program); the agent subscribes to three low-traffic topics only.
+        // a program); the agent subscribes to four low-traffic topics only.
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let subscriptions = [
+        let mut subscriptions: Vec<String> = [
             DeviceChannel::Command,
             DeviceChannel::ScanResult,
             DeviceChannel::Desired,
         ]
-        .map(|channel| topic::device(&settings.store, &settings.device, channel));
-        let task = tokio::spawn(poll(
-            event_loop,
-            client.clone(),
-            subscriptions.to_vec(),
-            events_tx,
-        ));
+        .map(|channel| topic::device(&settings.store, &settings.device, channel))
+        .to_vec();
+        subscriptions.push(topic::trust(&settings.store));
+        let task = tokio::spawn(poll(event_loop, client.clone(), subscriptions, events_tx));
         (Link { client, task }, events_rx)
     }
 

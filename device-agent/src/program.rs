@@ -126,6 +126,8 @@ struct Run {
     started_at: DateTime<Utc>,
     lease_until: DateTime<Utc>,
     lease_deadline: Instant,
+    /// Started offline; management has not confirmed it yet.
+    provisional: bool,
 }
 
 /// Why the program could not be started.
@@ -169,7 +171,7 @@ impl Supervisor {
                 session_id: run.session_id,
                 started_at: run.started_at,
                 lease_until: run.lease_until,
-                provisional: false,
+                provisional: run.provisional,
             },
             None => ProgramStatus::Idle,
         }
@@ -211,8 +213,32 @@ impl Supervisor {
             started_at: wall_now,
             lease_until,
             lease_deadline: deadline_after(lease),
+            provisional: false,
         });
         Ok(())
+    }
+
+    /// When the running program started, on the wall clock.
+    pub fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.run.as_ref().map(|run| run.started_at)
+    }
+
+    /// Marks the running program as started offline, until [`Self::confirm`].
+    pub fn mark_provisional(&mut self) {
+        if let Some(run) = self.run.as_mut() {
+            run.provisional = true;
+        }
+    }
+
+    /// Makes the running program a normal session under `session_id` (management's id for it,
+    /// normally the one the device chose); the program keeps running. `false` when none runs.
+    pub fn confirm(&mut self, session_id: SessionId) -> bool {
+        let Some(run) = self.run.as_mut() else {
+            return false;
+        };
+        run.session_id = session_id;
+        run.provisional = false;
+        true
     }
 
     /// Moves the running program's lease to end `lease` from now (sooner or later than before)

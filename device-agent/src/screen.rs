@@ -6,8 +6,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
-use mujin_protocol::message::{Decision, ScanResult};
-use mujin_protocol::ScanId;
+use mujin_protocol::message::{Decision, RejectReason, ScanResult};
+use mujin_protocol::{ScanId, SessionId};
 
 /// Writes one line to stdout. A closed or broken stdout must not bring the agent down (the
 /// program it supervises still has to be stopped on time), so write errors are only logged.
@@ -21,6 +21,30 @@ pub fn show(line: &str) {
 /// The line shown once a reading was sent.
 pub fn scanned(scan_id: ScanId) -> String {
     format!("SCANNED {scan_id}")
+}
+
+/// The line shown while a reading waits for management's answer.
+pub const CHECKING: &str = "CHECKING your ticket...";
+
+/// The line shown when management did not answer in time and the device did not start on its
+/// own: the reading is still being sent.
+pub const NOT_ANSWERING: &str =
+    "NOT ANSWERING: the store's system does not answer yet; still trying, please wait.";
+
+/// The line shown when the device started the program on its own check of the ticket.
+pub fn started_offline(session_id: SessionId, lease_until: DateTime<Utc>) -> String {
+    format!(
+        "STARTED OFFLINE: enjoy! session {session_id} until {} (to be confirmed)",
+        lease_until.to_rfc3339_opts(SecondsFormat::Secs, true)
+    )
+}
+
+/// The line shown when the device's own check of the ticket refused it.
+pub fn refused_offline(reason: RejectReason) -> String {
+    format!(
+        "REFUSED (checked offline, {reason}): {}",
+        reason.customer_message()
+    )
 }
 
 /// The line shown when the lease ran out and the agent stopped the program by itself.
@@ -67,8 +91,26 @@ pub fn scan_result(result: &ScanResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mujin_protocol::message::RejectReason;
-    use mujin_protocol::{SessionId, TicketId};
+    use mujin_protocol::TicketId;
+
+    #[test]
+    fn offline_lines_say_they_were_checked_offline() {
+        assert_eq!(
+            refused_offline(RejectReason::Cancelled),
+            "REFUSED (checked offline, cancelled): This booking was cancelled."
+        );
+        let session_id = SessionId::random();
+        assert_eq!(
+            started_offline(
+                session_id,
+                DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+            ),
+            format!(
+                "STARTED OFFLINE: enjoy! session {session_id} until 2023-11-14T22:13:20Z \
+                 (to be confirmed)"
+            )
+        );
+    }
 
     #[test]
     fn refusals_show_the_reason_and_the_customer_message() {
