@@ -92,6 +92,16 @@ pub struct StoreSettings {
     pub warn_minutes: i32,
     /// How long after its start a booking nobody scanned is given up as a no-show.
     pub no_show_grace_seconds: i32,
+    /// Whether its devices may start a provisional session when management does not answer.
+    pub offline_start: bool,
+}
+
+/// The store settings to change (`None`: keep).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreSettingsChange {
+    pub warn_minutes: Option<i32>,
+    pub no_show_grace_seconds: Option<i32>,
+    pub offline_start: Option<bool>,
 }
 
 /// Why store settings could not be changed.
@@ -109,9 +119,13 @@ pub enum StoreSettingsError {
 pub async fn update_store_settings(
     pool: &Pool,
     store: &StoreId,
-    warn_minutes: Option<i32>,
-    no_show_grace_seconds: Option<i32>,
+    change: StoreSettingsChange,
 ) -> Result<StoreSettings, StoreSettingsError> {
+    let StoreSettingsChange {
+        warn_minutes,
+        no_show_grace_seconds,
+        offline_start,
+    } = change;
     if warn_minutes.is_some_and(|minutes| !(0..=24 * 60).contains(&minutes)) {
         return Err(StoreSettingsError::OutOfRange("warn minutes", 24 * 60));
     }
@@ -125,10 +139,16 @@ pub async fn update_store_settings(
     let row = client
         .query_opt(
             "UPDATE stores SET warn_minutes = coalesce($2, warn_minutes),
-                               no_show_grace_seconds = coalesce($3, no_show_grace_seconds)
+                               no_show_grace_seconds = coalesce($3, no_show_grace_seconds),
+                               offline_start = coalesce($4, offline_start)
              WHERE store_id = $1
-             RETURNING warn_minutes, no_show_grace_seconds",
-            &[&store.as_str(), &warn_minutes, &no_show_grace_seconds],
+             RETURNING warn_minutes, no_show_grace_seconds, offline_start",
+            &[
+                &store.as_str(),
+                &warn_minutes,
+                &no_show_grace_seconds,
+                &offline_start,
+            ],
         )
         .await
         .map_err(BookingError::from)?
@@ -136,6 +156,7 @@ pub async fn update_store_settings(
     Ok(StoreSettings {
         warn_minutes: row.get(0),
         no_show_grace_seconds: row.get(1),
+        offline_start: row.get(2),
     })
 }
 

@@ -68,6 +68,10 @@ pub enum CliCommand {
         /// Seconds after its start a booking nobody scanned frees the device (no-show).
         #[arg(long)]
         no_show_grace_secs: Option<i32>,
+        /// Let the store's devices start a provisional session on their own check of a ticket
+        /// when management does not answer (`on` or `off`; off for new stores).
+        #[arg(long, value_parser = parse_on_off)]
+        offline_start: Option<bool>,
     },
     /// Book a device and print its ticket and QR code.
     Reserve(ReserveArgs),
@@ -302,14 +306,20 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
             store,
             warn_minutes,
             no_show_grace_secs,
+            offline_start,
         } => {
             let pool = ready_pool(database_url).await?;
-            let settings =
-                booking::update_store_settings(&pool, store, *warn_minutes, *no_show_grace_secs)
-                    .await?;
+            let change = booking::StoreSettingsChange {
+                warn_minutes: *warn_minutes,
+                no_show_grace_seconds: *no_show_grace_secs,
+                offline_start: *offline_start,
+            };
+            let settings = booking::update_store_settings(&pool, store, change).await?;
             println!(
-                "store {store}: warn {} min before the end, no-show after {} s",
-                settings.warn_minutes, settings.no_show_grace_seconds
+                "store {store}: warn {} min before the end, no-show after {} s, offline start {}",
+                settings.warn_minutes,
+                settings.no_show_grace_seconds,
+                if settings.offline_start { "on" } else { "off" }
             );
             Ok(())
         }
@@ -519,9 +529,25 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// `on`/`off` (also `true`/`false`, `yes`/`no`) for a switch.
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, not {text:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switches_parse() {
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert_eq!(parse_on_off("OFF"), Ok(false));
+        assert!(parse_on_off("maybe").unwrap_err().contains("maybe"));
+    }
 
     #[test]
     fn booking_starts_parse() {

@@ -236,7 +236,14 @@ pub async fn reconcile(
             end_session(&tx, session, EndReason::ProgramExited, now).await?;
         }
     }
-    if let ProgramStatus::Running { session_id, .. } = &state.program {
+    // A provisional session (started offline) is settled by its scan, which the device sends
+    // until it is answered: it is not a conflict before that.
+    if let ProgramStatus::Running {
+        session_id,
+        provisional: false,
+        ..
+    } = &state.program
+    {
         let expected = open
             .as_ref()
             .is_some_and(|session| session.session_id == *session_id);

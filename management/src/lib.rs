@@ -5,6 +5,7 @@
 //! - [`authorize`]: the scan rules as a pure function;
 //! - [`scans`]: one transaction per scan, idempotent by scan id;
 //! - [`stop_timer`]: durable stop timers that end sessions on time;
+//! - [`trust`]: the stores' trust lists, for devices that start offline;
 //! - [`actions`]: operator actions; [`requests`]: the same actions requested over MQTT;
 //! - [`mqtt`]: the broker connection; [`db`]: pool and migrations; [`audit`]: the event log;
 //! - [`postgres`]: a private PostgreSQL cluster for when no database URL is configured.
@@ -27,6 +28,7 @@ pub mod qr;
 pub mod requests;
 pub mod scans;
 pub mod stop_timer;
+pub mod trust;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -71,23 +73,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let stop = CancellationToken::new();
     // The connection outlives the workers so their last publishes and acks still go out.
     let stop_mqtt = CancellationToken::new();
-    let connection = mqtt::connect(
-        &settings.mqtt,
-        vec![
-            // Not shared subscriptions: rumqttd 0.20's router panics when a persistent session
-            // holds one (routing.rs, "group must exists"), and the persistent session is what
-            // keeps scans for a restarting worker.
-            (topic::every_device(DeviceChannel::Scan), QoS::AtLeastOnce),
-            (topic::every_device(DeviceChannel::Ack), QoS::AtLeastOnce),
-            (topic::every_device(DeviceChannel::State), QoS::AtLeastOnce),
-            (
-                topic::every_device(DeviceChannel::Telemetry),
-                QoS::AtMostOnce,
-            ),
-            (topic::every_operator_requests(), QoS::AtLeastOnce),
-        ],
-        stop_mqtt.clone(),
-    );
+    let connection = mqtt::connect(&settings.mqtt, subscriptions(), stop_mqtt.clone())?;
+    let trust_task = tokio::spawn(trust::run(
+        pool.clone(),
+        connection.client.clone(),
+        keys.keyring.keys().to_vec(),
+        connection.connected.clone(),
+        stop.clone(),
+    ));
     let inbox = Inbox {
         pool: pool.clone(),
         rules: ScanRules {
@@ -135,11 +128,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         timer_task,
         dispatcher_task,
         liveness_task,
-        lifecycle_task
+        lifecycle_task,
+        trust_task
     );
     // Let queued publishes and acks go out before the connection closes; a full queue (broker
     // gone) must not hold shutdown.
-    let _ = tokio::time::timeout(Duration::from_secs(2), connection.client.disconnect()).await;
+    mqtt::close(
+        &connection.client,
+        &connection.status_topic,
+        Duration::from_secs(2),
+    )
+    .await;
     let mut mqtt_task = connection.task;
     if tokio::time::timeout(Duration::from_secs(2), &mut mqtt_task)
         .await
@@ -150,6 +149,31 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
     pool.close();
     Ok(())
+}
+
+/// What a worker subscribes to. Scans, acks and requests are shared by the workers' group: one
+/// worker handles each. States and heartbeats reach every worker: each keeps its own view of
+/// which devices are alive, and retained states are delivered only to plain subscriptions.
+fn subscriptions() -> Vec<(String, QoS)> {
+    vec![
+        (
+            topic::shared("scan", &topic::every_device(DeviceChannel::Scan)),
+            QoS::AtLeastOnce,
+        ),
+        (
+            topic::shared("ack", &topic::every_device(DeviceChannel::Ack)),
+            QoS::AtLeastOnce,
+        ),
+        (
+            topic::shared("requests", &topic::every_operator_requests()),
+            QoS::AtLeastOnce,
+        ),
+        (topic::every_device(DeviceChannel::State), QoS::AtLeastOnce),
+        (
+            topic::every_device(DeviceChannel::Telemetry),
+            QoS::AtMostOnce,
+        ),
+    ]
 }
 
 /// Marks devices offline when their heartbeats stop.

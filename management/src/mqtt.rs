@@ -1,10 +1,25 @@
 //! Management's MQTT connection: one task that only polls the rumqttc event loop, resubscribes
 //! on every CONNACK, backs off between failed attempts and forwards incoming publishes.
 //! Incoming QoS 1 messages are acknowledged by the worker only after its database commit.
+//!
+//! The session is clean: scans, acks and requests come through shared subscriptions (one worker
+//! of the group gets each), and rumqttd 0.20's router panics when a persistent session holds a
+//! shared subscription. What a worker misses while it is away is sent again by its senders —
+//! agents resend unanswered scans, consoles unanswered requests, the dispatcher unacknowledged
+//! commands (and agents ack them again) — and states are retained.
+//! Once its subscriptions are acknowledged the worker says it is online on its retained status
+//! topic; its last will says offline.
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
+use chrono::Utc;
+use mujin_protocol::message::{self, Availability};
+use mujin_protocol::presence::WorkerStatus;
+use mujin_protocol::topic;
+use mujin_protocol::WorkerId;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +31,8 @@ pub struct MqttSettings {
     pub port: u16,
     pub username: String,
     pub password: String,
-    /// Stable, so the broker keeps the persistent session (and unacknowledged scans) for us.
+    /// Stable and unique per worker (one connection each; also the worker's name on its status
+    /// topic, so it must be a valid id: lower-case letters, digits and `-`).
     pub client_id: String,
 }
 
@@ -64,44 +80,120 @@ pub struct Connection {
     /// `true` while connected to the broker.
     pub connected: watch::Receiver<bool>,
     pub task: JoinHandle<()>,
+    /// This worker's retained status topic.
+    pub status_topic: String,
 }
+
+/// Says the worker is offline on `status_topic` (a clean disconnect does not send the last
+/// will) and disconnects, waiting at most `timeout` for a broker that may be gone.
+pub async fn close(client: &AsyncClient, status_topic: &str, timeout: Duration) {
+    let offline = WorkerStatus {
+        availability: Availability::Offline,
+        at: Some(Utc::now()),
+    };
+    let payload = message::encode(&offline);
+    let close = async {
+        let _ = client
+            .publish(status_topic, QoS::AtLeastOnce, true, payload)
+            .await;
+        let _ = client.disconnect().await;
+    };
+    let _ = tokio::time::timeout(timeout, close).await;
+}
+
+/// Why management cannot connect as configured.
+#[derive(Debug, thiserror::Error)]
+#[error("the MQTT client id {0:?} cannot name a worker: {1}")]
+pub struct BadClientId(String, mujin_protocol::IdError);
 
 /// Connects (in the background) and subscribes to `filters` after every CONNACK.
 pub fn connect(
     settings: &MqttSettings,
     filters: Vec<(String, QoS)>,
     stop: CancellationToken,
-) -> Connection {
+) -> Result<Connection, BadClientId> {
+    let worker = WorkerId::parse(&settings.client_id)
+        .map_err(|error| BadClientId(settings.client_id.clone(), error))?;
+    let status_topic = topic::worker_status(&worker);
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options
         .set_credentials(&settings.username, &settings.password)
         .set_keep_alive(Duration::from_secs(5))
-        .set_clean_session(false)
+        .set_clean_session(true)
         .set_manual_acks(true)
-        .set_max_packet_size(64 * 1024, 64 * 1024);
+        .set_max_packet_size(64 * 1024, 64 * 1024)
+        .set_last_will(LastWill::new(
+            &status_topic,
+            message::encode(&WorkerStatus::offline()),
+            QoS::AtLeastOnce,
+            true,
+        ));
     let (client, eventloop) = AsyncClient::new(options, 1024);
     let (forward, incoming) = mpsc::unbounded_channel();
     let (connected_tx, connected) = watch::channel(false);
     let task = tokio::spawn(poll(
         eventloop,
-        client.clone(),
-        filters,
+        Subscriber {
+            client: client.clone(),
+            filters,
+            status_topic: status_topic.clone(),
+            acked: 0,
+        },
         forward,
         connected_tx,
         stop,
     ));
-    Connection {
+    Ok(Connection {
         client,
         incoming,
         connected,
         task,
+        status_topic,
+    })
+}
+
+/// Subscribes after every CONNACK and announces the worker once every SUBACK is in.
+struct Subscriber {
+    client: AsyncClient,
+    filters: Vec<(String, QoS)>,
+    status_topic: String,
+    acked: usize,
+}
+
+impl Subscriber {
+    fn on_connack(&mut self) {
+        self.acked = 0;
+        for (filter, qos) in &self.filters {
+            // try_subscribe never waits, so this task cannot block on its own queue.
+            if let Err(error) = self.client.try_subscribe(filter, *qos) {
+                tracing::error!(%error, filter, "cannot queue subscription");
+            }
+        }
+    }
+
+    fn on_suback(&mut self) {
+        self.acked += 1;
+        if self.acked != self.filters.len() {
+            return;
+        }
+        tracing::info!("subscribed; deciding scans");
+        let online = WorkerStatus {
+            availability: Availability::Online,
+            at: Some(Utc::now()),
+        };
+        let payload = message::encode(&online);
+        if let Err(error) =
+            self.client
+                .try_publish(&self.status_topic, QoS::AtLeastOnce, true, payload)
+        {
+            tracing::error!(%error, "cannot queue the worker's status");
+        }
     }
 }
 
 async fn poll(
     mut eventloop: EventLoop,
-    client: AsyncClient,
-    filters: Vec<(String, QoS)>,
+    mut subscriber: Subscriber,
     forward: mpsc::UnboundedSender<Publish>,
     connected: watch::Sender<bool>,
     stop: CancellationToken,
@@ -120,16 +212,12 @@ async fn poll(
                 );
                 backoff = Duration::from_millis(200);
                 connected.send_replace(true);
-                for (filter, qos) in &filters {
-                    // try_subscribe never waits, so this task cannot block on its own queue.
-                    if let Err(error) = client.try_subscribe(filter, *qos) {
-                        tracing::error!(%error, filter, "cannot queue subscription");
-                    }
-                }
+                subscriber.on_connack();
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => subscriber.on_suback(),
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                // Once the worker has stopped, a message stays unacknowledged: the broker
-                // delivers it again to the next session.
+                // Once the worker has stopped, a message stays unacknowledged; its sender sends
+                // it again.
                 let _ = forward.send(publish);
             }
             // Everything queued before the disconnect request has been written.

@@ -89,12 +89,18 @@ async fn decide_and_record(
         tx.commit().await?;
         return Ok(outcome);
     }
+    // A session the device started offline is judged as of when it started (the device's
+    // clock, never later than now): the customer used the ticket then.
+    let at = scan
+        .offline
+        .as_ref()
+        .map_or(now, |offline| offline.started_at.min(now));
     let device_facts = device_facts(&tx, store, device).await?;
     // A session whose booking is over but whose stop timer has not fired yet (the next
     // customer scanning in the first instant of a back-to-back booking) is ended here, so the
     // device is not refused as busy.
     let device_facts = match device_facts {
-        Some(facts) if facts.busy && end_overdue_session(&tx, store, device, now).await? => {
+        Some(facts) if facts.busy && end_overdue_session(&tx, store, device, at).await? => {
             Some(DeviceFacts {
                 busy: false,
                 ..facts
@@ -112,7 +118,7 @@ async fn decide_and_record(
         device_facts,
         ticket,
         reservation,
-        now,
+        now: at,
         early_grace: rules.early_grace,
     };
     let ticket_id = ticket.as_ref().ok().map(|claims| claims.ticket_id);
@@ -123,9 +129,8 @@ async fn decide_and_record(
             };
             let started = start_session(
                 &tx,
-                store,
-                device,
-                scan.scan_id,
+                (store, device),
+                scan,
                 ticket_id,
                 approval.lease_until,
                 now,
@@ -135,16 +140,30 @@ async fn decide_and_record(
         }
         Err(refusal) => {
             tracing::info!(%store, %device, scan_id = %scan.scan_id, reason = %refusal.reason, detail = refusal.detail, "scan refused");
-            let event = EventKind::ScanRejected {
+            let mut events = vec![EventKind::ScanRejected {
                 scan_id: Some(scan.scan_id),
                 reason: refusal.reason,
                 detail: refusal.detail.clone(),
-            };
+            }];
+            if let Some(offline) = &scan.offline {
+                let detail = format!(
+                    "the device started this session offline at {} on ticket {}, which management refuses ({}: {}); the device stops it",
+                    offline.started_at.to_rfc3339(),
+                    ticket_id.map_or("(unreadable)".to_owned(), |id| id.to_string()),
+                    refusal.reason,
+                    refusal.detail,
+                );
+                tracing::warn!(%store, %device, session_id = %offline.session_id, detail, "offline session refused");
+                events.push(EventKind::SessionConflict {
+                    session_id: offline.session_id,
+                    detail,
+                });
+            }
             let decision = Decision::Rejected {
                 reason: refusal.reason,
                 detail: refusal.detail,
             };
-            (decision, vec![event], false)
+            (decision, events, false)
         }
     };
     insert_scan(&tx, store, device, scan, ticket_id, &decision).await?;
@@ -174,17 +193,21 @@ struct StartedSession {
     events: Vec<EventKind>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Records the session an accepted scan starts and queues its start command. A session the
+/// device already started offline keeps the device's session id and start time.
 async fn start_session(
     tx: &impl GenericClient,
-    store: &StoreId,
-    device: &DeviceId,
-    scan_id: ScanId,
+    (store, device): (&StoreId, &DeviceId),
+    scan: &Scan,
     ticket_id: TicketId,
     lease_until: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<StartedSession, WorkError> {
-    let session_id = SessionId::random();
+    let scan_id = scan.scan_id;
+    let (session_id, started_at) = match &scan.offline {
+        Some(offline) => (offline.session_id, offline.started_at.min(now)),
+        None => (SessionId::random(), now),
+    };
     let command_id = CommandId::random();
     tx.execute(
         "INSERT INTO sessions (session_id, ticket_id, scan_id, store_id, device_id, started_at, lease_until, start_command_id)
@@ -195,7 +218,7 @@ async fn start_session(
             &scan_id.as_uuid(),
             &store.as_str(),
             &device.as_str(),
-            &now,
+            &started_at,
             &lease_until,
             &command_id.as_uuid(),
         ],
@@ -207,7 +230,8 @@ async fn start_session(
         remaining_ms: (lease_until - now).num_milliseconds().max(0) as u64,
     };
     outbox::enqueue(tx, store, device, command_id, start, lease_until, now).await?;
-    tracing::info!(%store, %device, %scan_id, %session_id, %lease_until, "scan accepted, session started");
+    let offline = scan.offline.is_some();
+    tracing::info!(%store, %device, %scan_id, %session_id, %lease_until, offline, "scan accepted, session started");
     Ok(StartedSession {
         decision: Decision::Accepted {
             session_id,
@@ -224,7 +248,7 @@ async fn start_session(
                 session_id,
                 ticket_id,
                 lease_until,
-                offline: false,
+                offline,
             },
         ],
     })

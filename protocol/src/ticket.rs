@@ -163,6 +163,11 @@ impl Keyring {
         }
     }
 
+    /// The trusted keys.
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
     pub fn add(&mut self, key: PublicKey) {
         self.keys.retain(|known| known.key_id != key.key_id);
         self.keys.push(key);

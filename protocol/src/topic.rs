@@ -245,14 +245,16 @@ pub fn every_worker_status() -> String {
     format!("{ROOT}/management/+/status")
 }
 
-/// The group management workers share their subscriptions in: each scan, ack and request goes
-/// to one connected worker.
+/// The prefix of the groups management workers share their subscriptions in: each scan, ack
+/// and request goes to one connected worker.
 pub const MANAGEMENT_GROUP: &str = "mujin-management";
 
 /// A shared-subscription filter (MQTT 5 `$share`, also understood by rumqttd and Mosquitto for
-/// 3.1.1 clients) for the management workers' group.
-pub fn shared(filter: &str) -> String {
-    format!("$share/{MANAGEMENT_GROUP}/{filter}")
+/// 3.1.1 clients) for the management workers, in the group `mujin-management-{part}`. Each
+/// filter needs a group of its own: rumqttd 0.20 keys a group by its name alone, so two filters
+/// in one group share one delivery cursor and lose messages.
+pub fn shared(part: &str, filter: &str) -> String {
+    format!("$share/{MANAGEMENT_GROUP}-{part}/{filter}")
 }
 
 /// Subscription filter: one channel of every device of every store.
@@ -332,8 +334,8 @@ mod tests {
         assert_eq!(Topic::parse(&worker.to_string()).unwrap(), worker);
         assert!(worker.retained());
         assert_eq!(
-            shared(&every_operator_requests()),
-            "$share/mujin-management/mujin/v1/operators/+/requests"
+            shared("requests", &every_operator_requests()),
+            "$share/mujin-management-requests/mujin/v1/operators/+/requests"
         );
         let operator = OperatorId::parse("alice").unwrap();
         for topic in [

@@ -10,8 +10,9 @@ use deadpool_postgres::Pool;
 use mujin_management::booking::{self, Booking, BookingError};
 use mujin_management::keys::{self, TicketKeys};
 use mujin_management::{db, MqttSettings, Settings};
-use mujin_protocol::message::EventKind;
-use mujin_protocol::topic::DeviceChannel;
+use mujin_protocol::message::{self, Availability, EventKind};
+use mujin_protocol::presence::WorkerStatus;
+use mujin_protocol::topic::Topic;
 use mujin_protocol::{DeviceId, KeyId, SessionId, StoreId};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -75,38 +76,37 @@ impl Stack {
         stack
     }
 
-    /// Waits until management decides scans: a malformed probe scan from an unregistered
-    /// device is published until its rejection event comes back.
+    /// Waits until management decides scans (its worker says it is online).
     pub async fn wait_for_management(&self) {
         self.wait_for_workers(1).await;
     }
 
-    /// Waits until `workers` management workers decide scans: each subscribed worker answers a
-    /// probe (a malformed scan from an unregistered device) with its own rejection event.
+    /// Waits until `workers` management workers are online: each announces itself on its
+    /// retained status topic once its subscriptions are in place.
     pub async fn wait_for_workers(&self, workers: usize) {
-        let probe_store = StoreId::parse("probe").expect("store id");
-        let probe_device = DeviceId::parse("probe").expect("device id");
-        let topic = mujin_protocol::topic::device(&probe_store, &probe_device, DeviceChannel::Scan);
-        let probes = || {
-            self.observer
-                .events()
-                .iter()
-                .filter(|event| event.store == probe_store)
+        let online = || {
+            let mut latest = std::collections::HashMap::new();
+            for recorded in self.observer.recorded() {
+                if let Topic::Worker { worker } = recorded.topic {
+                    if let Ok(status) = message::decode::<WorkerStatus>(&recorded.payload) {
+                        latest.insert(worker, status.availability);
+                    }
+                }
+            }
+            latest
+                .values()
+                .filter(|availability| **availability == Availability::Online)
                 .count()
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let before = probes();
-            self.observer.publish_raw(&topic, b"probe".to_vec()).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if probes() - before >= workers {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{workers} management worker(s) did not start deciding scans"
-            );
-        }
+        crate::wait_for(
+            &format!("{workers} management worker(s) online"),
+            Duration::from_secs(20),
+            || {
+                let ready = (online() >= workers).then_some(());
+                async move { ready }
+            },
+        )
+        .await;
     }
 
     /// Starts management in-process (again, after [`Stack::stop_management`]).

@@ -1,0 +1,214 @@
+//! Publishes every store's trust list (retained on `mujin/v1/stores/{store}/trust`): the keys
+//! tickets are signed with, the tickets still inside their window that must be refused anyway
+//! (cancelled, or already used), and whether the store allows offline starts. Devices use it to
+//! check a ticket by themselves when management does not answer.
+//!
+//! The lists are rebuilt from PostgreSQL every [`REFRESH`] and published when they changed, and
+//! all again after every (re)connection (the broker keeps nothing across restarts).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use mujin_protocol::message::{self, RejectReason};
+use mujin_protocol::ticket::PublicKey;
+use mujin_protocol::topic::Topic;
+use mujin_protocol::trust::{RefusedTicket, TrustList, TrustedKey, MAX_REFUSED_TICKETS};
+use mujin_protocol::{StoreId, TicketId};
+use rumqttc::AsyncClient;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::WorkError;
+use crate::mqtt::{publish_all, Outbound};
+
+/// How often the lists are rebuilt: a cancelled or used ticket reaches the devices' lists
+/// within this time.
+pub const REFRESH: Duration = Duration::from_secs(2);
+
+/// Builds every store's trust list from the database.
+pub async fn build_lists(
+    pool: &Pool,
+    keys: &[PublicKey],
+    now: DateTime<Utc>,
+) -> Result<Vec<(StoreId, TrustList)>, WorkError> {
+    let client = pool.get().await?;
+    let stores = client
+        .query(
+            "SELECT store_id, offline_start FROM stores ORDER BY store_id",
+            &[],
+        )
+        .await?;
+    // Tickets whose window is still open but which cannot start a session any more; the ones
+    // ending soonest first, since a truncated list keeps those.
+    let refused = client
+        .query(
+            "SELECT r.store_id, r.ticket_id, r.cancelled_at IS NOT NULL
+             FROM reservations r
+             WHERE upper(r.period) > $1
+               AND (r.cancelled_at IS NOT NULL
+                    OR EXISTS (SELECT 1 FROM sessions s WHERE s.ticket_id = r.ticket_id))
+             ORDER BY upper(r.period), r.ticket_id",
+            &[&now],
+        )
+        .await?;
+    let mut by_store: HashMap<String, Vec<RefusedTicket>> = HashMap::new();
+    for row in &refused {
+        let reason = if row.get::<_, bool>(2) {
+            RejectReason::Cancelled
+        } else {
+            RejectReason::AlreadyUsed
+        };
+        by_store.entry(row.get(0)).or_default().push(RefusedTicket {
+            ticket_id: TicketId::from_uuid(row.get(1)),
+            reason,
+        });
+    }
+    let keys: Vec<TrustedKey> = keys.iter().map(TrustedKey::from).collect();
+    let mut lists = Vec::with_capacity(stores.len());
+    for row in &stores {
+        let Ok(store) = StoreId::parse(row.get(0)) else {
+            continue;
+        };
+        let mut refused_tickets = by_store.remove(store.as_str()).unwrap_or_default();
+        let truncated = refused_tickets.len() > MAX_REFUSED_TICKETS;
+        refused_tickets.truncate(MAX_REFUSED_TICKETS);
+        lists.push((
+            store,
+            TrustList {
+                issued_at: now,
+                offline_start: row.get(1),
+                keys: keys.clone(),
+                refused_tickets,
+                truncated,
+            },
+        ));
+    }
+    Ok(lists)
+}
+
+/// The part of a list that matters for deciding whether to publish it again.
+fn content(list: &TrustList) -> TrustList {
+    TrustList {
+        issued_at: DateTime::<Utc>::UNIX_EPOCH,
+        ..list.clone()
+    }
+}
+
+/// Publishes the trust lists while connected, until `stop` is cancelled.
+pub async fn run(
+    pool: Pool,
+    client: AsyncClient,
+    keys: Vec<PublicKey>,
+    mut connected: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    let mut published: HashMap<StoreId, TrustList> = HashMap::new();
+    loop {
+        if *connected.borrow_and_update() {
+            match build_lists(&pool, &keys, Utc::now()).await {
+                Ok(lists) => {
+                    let messages = changed(&mut published, lists);
+                    publish_all(&client, messages, &stop).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot build the stores' trust lists; retrying")
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            changed = connected.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // After every (re)connection every list goes out again.
+                published.clear();
+            }
+            () = tokio::time::sleep(REFRESH) => {}
+        }
+    }
+}
+
+/// The lists that differ from what was last published, as messages; remembers them.
+fn changed(
+    published: &mut HashMap<StoreId, TrustList>,
+    lists: Vec<(StoreId, TrustList)>,
+) -> Vec<Outbound> {
+    let mut messages = Vec::new();
+    for (store, list) in lists {
+        let content = content(&list);
+        if published.get(&store) == Some(&content) {
+            continue;
+        }
+        let payload = message::encode(&list);
+        if payload.len() > message::MAX_PAYLOAD_BYTES {
+            tracing::error!(%store, bytes = payload.len(), "trust list too large to publish");
+            continue;
+        }
+        tracing::debug!(%store, refused = list.refused_tickets.len(), offline_start = list.offline_start, "publishing trust list");
+        messages.push(Outbound::new(
+            &Topic::Trust {
+                store: store.clone(),
+            },
+            payload,
+        ));
+        published.insert(store, content);
+    }
+    messages
+}
+
+#[cfg(test)]
+mod tests {
+    use mujin_protocol::ticket::SigningKey;
+    use mujin_protocol::KeyId;
+
+    use super::*;
+
+    fn list(offline_start: bool, refused: usize) -> TrustList {
+        let key = SigningKey::from_seed(KeyId::parse("k1").unwrap(), &[3; 32]).unwrap();
+        TrustList {
+            issued_at: Utc::now(),
+            offline_start,
+            keys: vec![TrustedKey::from(&key.public_key())],
+            refused_tickets: (0..refused)
+                .map(|_| RefusedTicket {
+                    ticket_id: TicketId::random(),
+                    reason: RejectReason::AlreadyUsed,
+                })
+                .collect(),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn only_changed_lists_are_published_again() {
+        let store = StoreId::parse("shibuya").unwrap();
+        let mut published = HashMap::new();
+        let first = list(false, 0);
+        assert_eq!(
+            changed(&mut published, vec![(store.clone(), first.clone())]).len(),
+            1
+        );
+        let same_later = TrustList {
+            issued_at: first.issued_at + chrono::Duration::seconds(2),
+            ..first.clone()
+        };
+        assert!(changed(&mut published, vec![(store.clone(), same_later)]).is_empty());
+        let switched_on = TrustList {
+            offline_start: true,
+            ..first
+        };
+        let messages = changed(&mut published, vec![(store, switched_on)]);
+        assert_eq!(messages.len(), 1);
+        assert!(messages[0].retain);
+        assert_eq!(messages[0].topic, "mujin/v1/stores/shibuya/trust");
+    }
+
+    #[test]
+    fn a_full_list_fits_in_a_payload() {
+        let full = list(true, MAX_REFUSED_TICKETS);
+        assert!(message::encode(&full).len() <= message::MAX_PAYLOAD_BYTES);
+    }
+}
