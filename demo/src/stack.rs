@@ -340,6 +340,14 @@ impl Stack {
         for (device, (_, name)) in devices.iter().zip(DEVICES) {
             booking::add_device(pool, store, device, name).await?;
         }
+        // The demo store lets its devices start offline when management does not answer.
+        let offline = booking::StoreSettingsChange {
+            offline_start: Some(true),
+            ..booking::StoreSettingsChange::default()
+        };
+        booking::update_store_settings(pool, store, offline)
+            .await
+            .context("cannot allow offline starts in the demo store")?;
         Ok(database_url)
     }
 
