@@ -157,7 +157,8 @@ pub struct RunArgs {
     pub username: String,
     #[arg(long, env = "MUJIN_MQTT_PASSWORD", hide_env_values = true)]
     pub password: String,
-    /// Stable MQTT client id (the broker keeps unacknowledged scans under it).
+    /// MQTT client id, unique per worker; also the worker's name on its status topic
+    /// (lower-case letters, digits and `-`).
     #[arg(long, env = "MUJIN_MQTT_CLIENT_ID", default_value = "mujin-management")]
     pub client_id: String,
     /// Seconds before its window a ticket is already accepted.
