@@ -255,3 +255,23 @@ pub async fn publish_all(client: &AsyncClient, messages: Vec<Outbound>, stop: &C
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_id_that_cannot_name_a_worker_is_refused_before_connecting() {
+        let settings = MqttSettings {
+            host: "127.0.0.1".into(),
+            port: 1,
+            username: "management".into(),
+            password: "secret".into(),
+            client_id: "Management #1".into(),
+        };
+        let error = connect(&settings, Vec::new(), CancellationToken::new())
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("Management #1"), "{error}");
+    }
+}
