@@ -7,13 +7,19 @@
 //! - [`alerts`]: the alerts derived from it;
 //! - `keys`: how keys change the view;
 //! - [`actions`]: the operator's actions, their dialogs, requests and replies;
+//! - [`delivery`]: requests published again until answered, or given up;
+//! - [`catch_up`]: the snapshot asked for on every (re)connection, and how it is merged;
+//! - [`bookings`]: the upcoming bookings;
 //! - [`query`]: which rows each view shows, filtered and sorted.
 //!
-//! What `update` cannot do itself (quit, publish a request) it returns as an [`Effect`] for
+//! What `update` cannot do itself (quit, publish requests) it returns as an [`Effect`] for
 //! `run` to carry out.
 
 pub mod actions;
 pub mod alerts;
+pub mod bookings;
+pub mod catch_up;
+pub mod delivery;
 mod ingest;
 mod keys;
 pub mod model;
@@ -27,13 +33,14 @@ use mujin_protocol::{DeviceId, StoreId};
 
 pub use self::actions::{Action, Dialog, MinutesFor, Outcome, RequestRecord};
 pub use self::alerts::{Alert, AlertKey, AlertKind};
+pub use self::catch_up::{CatchUp, PartLoad, PartState};
 pub use self::ingest::kind_name;
 pub use self::model::{
     CommandRecord, DeviceKey, DeviceRow, DeviceStatus, EventRecord, ScanOutcome, ScanRecord,
     SessionRecord, Store, TelemetrySample,
 };
-pub use self::query::{Filter, SortColumn};
-use crate::event::{ConnectionChange, Event};
+pub use self::query::{Filter, SessionsRow, SortColumn};
+use crate::event::{ConnectionChange, Event, Incoming, MqttMessage};
 
 /// How many store events the tail keeps; older ones are dropped.
 pub const EVENT_HISTORY: usize = 2000;
@@ -45,8 +52,8 @@ pub const SESSION_HISTORY: usize = 1000;
 pub enum Effect {
     /// The operator asked to leave.
     Quit,
-    /// Publish this request to management (on the operator's requests topic).
-    Send(Request),
+    /// Publish these requests to management (on the operator's requests topic), in order.
+    Send(Vec<Request>),
 }
 
 /// The state of the broker connection, as the operator must see it.
@@ -136,8 +143,12 @@ pub struct App {
     /// Store events in arrival order, oldest first.
     pub events: VecDeque<EventRecord>,
     pub next_event_seq: u64,
-    /// Sessions seen in the events, oldest first.
+    /// Sessions seen in the events and the snapshots, by start, oldest first.
     pub sessions: VecDeque<SessionRecord>,
+    /// Upcoming bookings, by start.
+    pub bookings: bookings::Bookings,
+    /// The catch-up of the current connection (`None` before the first one).
+    pub catch_up: Option<CatchUp>,
     pub alerts: BTreeMap<AlertKey, Alert>,
     pub view: View,
     pub pane: Pane,
@@ -154,7 +165,7 @@ pub struct App {
     pub editing_filter: bool,
     /// The event tail is paused: it shows only events numbered below this.
     pub paused_at: Option<u64>,
-    /// Lines scrolled back in list views and side panes.
+    /// Lines scrolled back in list views and side panes; in the sessions view, the selected row.
     pub scroll: usize,
     pub show_help: bool,
     /// Messages that could not be decoded and were ignored.
@@ -179,6 +190,8 @@ impl App {
             events: VecDeque::new(),
             next_event_seq: 0,
             sessions: VecDeque::new(),
+            bookings: bookings::Bookings::new(),
+            catch_up: None,
             alerts: BTreeMap::new(),
             view: View::Overview,
             pane: Pane::Main,
@@ -227,17 +240,46 @@ impl App {
 pub fn update(app: &mut App, event: Event) -> Option<Effect> {
     match event {
         Event::Key(key) => return keys::on_key(app, key),
-        Event::Tick(now) => {
-            app.now = now;
-            alerts::refresh_timed(app, now);
-        }
+        Event::Tick(now) => return on_tick(app, now),
         // The terminal redraws at the new size on the next frame; nothing to remember.
         Event::Resize(..) => {}
+        Event::Mqtt(MqttMessage {
+            incoming: Incoming::Reply(reply),
+            ..
+        }) => return on_reply(app, reply),
         Event::Mqtt(message) => ingest::on_message(app, message),
-        Event::Connection(change) => on_connection(app, change),
+        Event::Connection(change) => return on_connection(app, change),
+        // A snapshot query that could not be queued is simply sent again when due.
         Event::NotSent { request_id, error } => actions::on_not_sent(app, request_id, error),
     }
     None
+}
+
+/// Publishes `requests`, if there are any.
+fn send(requests: Vec<Request>) -> Option<Effect> {
+    (!requests.is_empty()).then_some(Effect::Send(requests))
+}
+
+/// The clock moved: timed alerts, ended bookings, and requests to send again or give up.
+fn on_tick(app: &mut App, now: DateTime<Utc>) -> Option<Effect> {
+    app.now = now;
+    alerts::refresh_timed(app, now);
+    bookings::prune(app, now);
+    let mut due = actions::due_requests(app, now);
+    due.extend(catch_up::due_requests(app, now));
+    send(due)
+}
+
+/// A reply: a snapshot page of the catch-up (which may ask for the next page), or the answer to
+/// an operator's request.
+fn on_reply(app: &mut App, reply: mujin_protocol::message::Reply) -> Option<Effect> {
+    match catch_up::on_reply(app, &reply) {
+        Some(next) => send(next.into_iter().collect()),
+        None => {
+            actions::on_reply(app, reply);
+            None
+        }
+    }
 }
 
 impl App {
@@ -247,24 +289,29 @@ impl App {
     }
 }
 
-fn on_connection(app: &mut App, change: ConnectionChange) {
-    app.connection = match (change, &app.connection) {
-        (ConnectionChange::Up, _) => Connection::Up { since: app.now },
-        // Keep the time of the first failure: that is when the numbers started to age.
-        (ConnectionChange::Down { error }, Connection::Down { since, .. }) => Connection::Down {
-            since: *since,
-            error,
-        },
-        (ConnectionChange::Down { error }, _) => Connection::Down {
-            since: app.now,
-            error,
-        },
+/// A new connection starts a catch-up with management.
+fn on_connection(app: &mut App, change: ConnectionChange) -> Option<Effect> {
+    let error = match change {
+        ConnectionChange::Up => {
+            app.connection = Connection::Up { since: app.now };
+            return send(catch_up::start(app));
+        }
+        ConnectionChange::Down { error } => error,
     };
+    // Keep the time of the first failure: that is when the numbers started to age.
+    let since = match &app.connection {
+        Connection::Down { since, .. } => *since,
+        _ => app.now,
+    };
+    app.connection = Connection::Down { since, error };
+    None
 }
 
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
 mod tests_actions;
+#[cfg(test)]
+mod tests_catch_up;
 #[cfg(test)]
 mod tests_views;

@@ -137,15 +137,17 @@ fn apply(app: &mut App, event: Event, mqtt: &MqttTask) -> Flow {
     match app::update(app, event) {
         None => Flow::Continue,
         Some(Effect::Quit) => Flow::Quit,
-        Some(Effect::Send(request)) => {
-            if let Err(err) = mqtt.send(&request) {
-                tracing::warn!(%err, "request not sent");
-                let not_sent = Event::NotSent {
-                    request_id: request.request_id,
-                    error: err.to_string(),
-                };
-                // Only records the failure; it has no effect of its own.
-                let _ = app::update(app, not_sent);
+        Some(Effect::Send(requests)) => {
+            for request in requests {
+                if let Err(err) = mqtt.send(&request) {
+                    tracing::warn!(%err, "request not sent");
+                    let not_sent = Event::NotSent {
+                        request_id: request.request_id,
+                        error: err.to_string(),
+                    };
+                    // Only records the failure; it has no effect of its own.
+                    let _ = app::update(app, not_sent);
+                }
             }
             Flow::Continue
         }

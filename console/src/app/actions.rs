@@ -2,7 +2,9 @@
 //! confirmation sends, and the replies that settle each request.
 //!
 //! A request is only ever shown as sent when it was handed to a live connection; one that gets
-//! no reply keeps waiting, and says so after [`NO_ANSWER_AFTER`].
+//! no reply is published again with the same id (see [`super::delivery`]), says so after
+//! [`NO_ANSWER_AFTER`], and is given up with "no answer from management" after
+//! [`GIVE_UP_AFTER`]. A late reply still settles it.
 
 use std::collections::VecDeque;
 
@@ -11,14 +13,16 @@ use crossterm::event::KeyCode;
 use mujin_protocol::message::{Reply, Request, RequestAction};
 use mujin_protocol::{DeviceId, RequestId, SessionId, StoreId, TicketId};
 
+use super::delivery::{Delivery, Step, GIVE_UP_AFTER};
 use super::model::push_bounded;
+use super::query::SessionsRow;
 use super::{App, Connection, Effect, View};
 
 /// Minutes an extension proposes.
 pub const DEFAULT_EXTEND_MINUTES: u32 = 15;
 /// Minutes a walk-in ticket proposes.
 pub const DEFAULT_WALK_IN_MINUTES: u32 = 60;
-/// After this long without a reply a request says "no answer yet" (and keeps waiting).
+/// After this long without a reply a request says "no answer yet" (and keeps trying).
 pub const NO_ANSWER_AFTER: TimeDelta = TimeDelta::seconds(5);
 /// Requests remembered; the status line shows the newest.
 pub const REQUEST_HISTORY: usize = 20;
@@ -179,6 +183,8 @@ pub enum Outcome {
     Refused(String),
     /// Never left the console.
     NotSent(String),
+    /// Sent again and again, never answered within [`GIVE_UP_AFTER`].
+    NoAnswer,
 }
 
 /// One request of this console and what became of it.
@@ -186,7 +192,7 @@ pub enum Outcome {
 pub struct RequestRecord {
     pub request_id: RequestId,
     pub action: Action,
-    pub sent_at: DateTime<Utc>,
+    pub delivery: Delivery,
     pub outcome: Outcome,
 }
 
@@ -195,14 +201,30 @@ impl RequestRecord {
     pub fn status(&self, now: DateTime<Utc>) -> String {
         let what = self.action.describe();
         match &self.outcome {
-            Outcome::Pending if now - self.sent_at >= NO_ANSWER_AFTER => format!(
-                "{what}: no answer yet ({} s), still waiting",
-                (now - self.sent_at).num_seconds()
+            Outcome::Pending if self.waiting(now) >= NO_ANSWER_AFTER => format!(
+                "{what}: no answer yet ({} s), sending again",
+                self.waiting(now).num_seconds()
             ),
             Outcome::Pending => format!("{what}: sent, waiting for the reply…"),
             Outcome::Done(detail) => format!("{what}: done: {detail}"),
             Outcome::Refused(detail) => format!("{what}: refused: {detail}"),
             Outcome::NotSent(reason) => format!("{what}: not sent: {reason}"),
+            Outcome::NoAnswer => format!(
+                "{what}: no answer from management (gave up after {} s)",
+                GIVE_UP_AFTER.num_seconds()
+            ),
+        }
+    }
+
+    /// How long since it was first sent.
+    pub fn waiting(&self, now: DateTime<Utc>) -> TimeDelta {
+        now - self.delivery.first_sent_at
+    }
+
+    fn request(&self) -> Request {
+        Request {
+            request_id: self.request_id,
+            action: self.action.request_action(),
         }
     }
 }
@@ -211,9 +233,7 @@ impl RequestRecord {
 /// (on the selected device), `c` cancel a booking. Returns whether the key was one of them.
 pub fn on_action_key(app: &mut App, code: KeyCode) -> bool {
     let dialog = match code {
-        KeyCode::Char('c') => Some(Dialog::CancelTicket {
-            input: String::new(),
-        }),
+        KeyCode::Char('c') => Some(cancel_dialog(app)),
         KeyCode::Char('x' | 'e' | 'o' | 'w') => device_dialog(app, code),
         _ => return false,
     };
@@ -222,6 +242,22 @@ pub fn on_action_key(app: &mut App, code: KeyCode) -> bool {
     }
     app.dialog = dialog;
     true
+}
+
+/// `c`: the selected upcoming booking of the sessions view, else a ticket id to type.
+fn cancel_dialog(app: &App) -> Dialog {
+    let selected = match app.view {
+        View::Sessions => app.selected_sessions_row(),
+        _ => None,
+    };
+    match selected {
+        Some(SessionsRow::Booking(booking)) => Dialog::Confirm(Action::Cancel {
+            ticket_id: booking.ticket_id,
+        }),
+        _ => Dialog::CancelTicket {
+            input: String::new(),
+        },
+    }
 }
 
 /// The dialog of a device action key, or `None` with a note saying why not.
@@ -355,18 +391,22 @@ fn confirm(app: &mut App, action: Action) -> Option<Effect> {
         RequestRecord {
             request_id,
             action,
-            sent_at: app.now,
+            delivery: Delivery::first(app.now),
             outcome,
         },
         REQUEST_HISTORY,
     );
     app.note = None;
-    connected.then_some(Effect::Send(request))
+    connected.then_some(Effect::Send(vec![request]))
 }
 
-/// A reply from management settles its pending request; a walk-in ticket opens its dialog.
+/// A reply from management settles its pending (or given up) request; a walk-in ticket opens
+/// its dialog, a cancelled booking leaves the list.
 pub fn on_reply(app: &mut App, reply: Reply) {
-    let Some(record) = find_pending(&mut app.requests, reply.request_id) else {
+    let Some(record) = app.requests.iter_mut().find(|record| {
+        record.request_id == reply.request_id
+            && matches!(record.outcome, Outcome::Pending | Outcome::NoAnswer)
+    }) else {
         // Not ours, from an earlier run, or a repeated delivery of a settled one.
         return;
     };
@@ -375,6 +415,10 @@ pub fn on_reply(app: &mut App, reply: Reply) {
     } else {
         Outcome::Refused(reply.detail.clone())
     };
+    if let (true, Action::Cancel { ticket_id }) = (reply.ok, &record.action) {
+        let ticket_id = *ticket_id;
+        super::bookings::remove(app, ticket_id);
+    }
     if let (true, Some(ticket)) = (reply.ok, reply.ticket) {
         app.dialog = Some(Dialog::Ticket {
             detail: reply.detail,
@@ -383,11 +427,35 @@ pub fn on_reply(app: &mut App, reply: Reply) {
     }
 }
 
-/// A request the connection refused: it never left, say so.
+/// A request the connection refused the first time: it never left, say so. (A resend that
+/// fails is simply tried again at the next one.)
 pub fn on_not_sent(app: &mut App, request_id: RequestId, error: String) {
     if let Some(record) = find_pending(&mut app.requests, request_id) {
-        record.outcome = Outcome::NotSent(error);
+        if record.delivery.attempts == 1 {
+            record.outcome = Outcome::NotSent(error);
+        }
     }
+}
+
+/// The pending requests due to be sent again at `now`; those unanswered for too long are given
+/// up.
+pub fn due_requests(app: &mut App, now: DateTime<Utc>) -> Vec<Request> {
+    let connected = matches!(app.connection, Connection::Up { .. });
+    let mut due = Vec::new();
+    for record in &mut app.requests {
+        if record.outcome != Outcome::Pending {
+            continue;
+        }
+        match record.delivery.step(now, connected) {
+            Step::Wait => {}
+            Step::Resend => {
+                record.delivery.resent(now);
+                due.push(record.request());
+            }
+            Step::GiveUp => record.outcome = Outcome::NoAnswer,
+        }
+    }
+    due
 }
 
 fn find_pending(

@@ -66,10 +66,8 @@ pub fn on_message(app: &mut App, message: MqttMessage) {
             };
             key
         }
-        Incoming::Reply(reply) => {
-            super::actions::on_reply(app, reply);
-            return;
-        }
+        // Handled by `update` before it gets here.
+        Incoming::Reply(_) => return,
         Incoming::Malformed { .. } => {
             app.malformed += 1;
             return;
@@ -151,6 +149,7 @@ fn on_store_event(
     received_at: DateTime<Utc>,
 ) -> Option<(StoreId, DeviceId)> {
     record_session(app, &event);
+    super::bookings::on_event(app, &event);
     let key = event
         .device
         .clone()
@@ -366,7 +365,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
 }
 
 /// What the text filter searches: kind, reason, detail and ids, lower case.
-fn search_text(event: &message::Event) -> String {
+pub(super) fn search_text(event: &message::Event) -> String {
     let device = event.device.as_ref().map_or("", |device| device.as_str());
     let details = match &event.kind {
         EventKind::ScanRejected { reason, detail, .. } => format!("{reason} {detail}"),

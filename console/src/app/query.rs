@@ -2,12 +2,20 @@
 //! order, through which filter. Only the rows of one store are ever sorted.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use mujin_protocol::snapshot::BookingSummary;
 use mujin_protocol::{DeviceId, StoreId};
 
 use super::model::{DeviceRow, EventRecord, SessionRecord};
 use super::{App, View};
+
+/// A row of the sessions view: an upcoming booking or a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionsRow<'a> {
+    Booking(&'a BookingSummary),
+    Session(&'a SessionRecord),
+}
 
 /// The store view's sort column, cycled with `s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +114,14 @@ impl Filter {
         let device = session.device.as_ref().map_or("", |device| device.as_str());
         let text = format!("{} {device} {} {state}", session.store, session.session_id);
         self.ids_match(&session.store, session.device.as_ref()) && self.words_match(&text)
+    }
+
+    pub fn matches_booking(&self, booking: &BookingSummary) -> bool {
+        let text = format!(
+            "{} {} {} booked",
+            booking.store, booking.device, booking.ticket_id
+        );
+        self.ids_match(&booking.store, Some(&booking.device)) && self.words_match(&text)
     }
 
     fn matches_device(&self, device: &DeviceId, row: &DeviceRow) -> bool {
@@ -222,13 +238,50 @@ impl App {
         })
     }
 
-    /// The sessions the sessions view shows, newest first.
-    pub fn visible_sessions(&self) -> impl Iterator<Item = &SessionRecord> {
+    /// The rows of the sessions view: running sessions (newest first), then upcoming bookings
+    /// (soonest first), then ended sessions (newest first), through its filter.
+    pub fn visible_sessions(&self) -> impl Iterator<Item = SessionsRow<'_>> {
         let filter = self.filter(View::Sessions);
-        self.sessions
-            .iter()
-            .rev()
-            .filter(move |session| filter.matches_session(session))
+        let sessions = |running: bool| {
+            self.sessions
+                .iter()
+                .rev()
+                .filter(move |session| session.ended.is_none() == running)
+                .map(SessionsRow::Session)
+        };
+        let bookings = self
+            .bookings
+            .values()
+            .filter(|booking| booking.not_after > self.now)
+            .map(SessionsRow::Booking);
+        sessions(true)
+            .chain(bookings)
+            .chain(sessions(false))
+            .filter(move |row| match row {
+                SessionsRow::Booking(booking) => filter.matches_booking(booking),
+                SessionsRow::Session(session) => filter.matches_session(session),
+            })
+    }
+
+    /// The sessions view's selected row.
+    pub fn selected_sessions_row(&self) -> Option<SessionsRow<'_>> {
+        // The view shows the last row selected when the list shrank under the cursor.
+        let last = self.visible_sessions().count().checked_sub(1)?;
+        self.visible_sessions().nth(self.scroll.min(last))
+    }
+
+    /// The next upcoming booking of each device of `store` that has one.
+    pub fn next_bookings(&self, store: &StoreId) -> HashMap<&DeviceId, &BookingSummary> {
+        let mut next = HashMap::new();
+        let upcoming = self
+            .bookings
+            .values()
+            .filter(|booking| &booking.store == store && booking.not_after > self.now);
+        for booking in upcoming {
+            // In start order: the first one seen per device is its next.
+            next.entry(&booking.device).or_insert(booking);
+        }
+        next
     }
 
     /// Number of devices across all stores.

@@ -15,7 +15,7 @@ fn session() -> SessionId {
 /// Connected, pc-01 running a session and pc-02 idle, the devices view on pc-01.
 fn app_on_running_device() -> App {
     let mut app = new_app();
-    update(&mut app, Event::Connection(ConnectionChange::Up));
+    crate::app::tests::connect_caught_up(&mut app);
     let running = ProgramStatus::Running {
         session_id: session(),
         started_at: t("2025-06-01T09:30:00Z"),
@@ -46,7 +46,7 @@ fn typed(app: &mut App, text: &str) {
 /// The request of a `Send` effect.
 fn sent(effect: Option<Effect>) -> Request {
     match effect {
-        Some(Effect::Send(request)) => request,
+        Some(Effect::Send(requests)) if requests.len() == 1 => requests[0].clone(),
         other => panic!("expected a request, got {other:?}"),
     }
 }
@@ -277,17 +277,61 @@ fn nothing_is_sent_while_disconnected() {
 }
 
 #[test]
-fn a_request_without_answer_says_so_and_keeps_waiting() {
+fn a_request_without_answer_is_sent_again_with_its_id_until_given_up() {
     let mut app = app_on_running_device();
     press(&mut app, KeyCode::Char('x'));
     let request = sent(press(&mut app, KeyCode::Char('y')));
-    update(&mut app, Event::Tick(t("2025-06-01T10:00:04Z")));
+    assert_eq!(
+        update(&mut app, Event::Tick(t("2025-06-01T10:00:01Z"))),
+        None
+    );
     assert!(status(&app).ends_with("sent, waiting for the reply…"));
+    // Every 2 s, the same request (same id) again.
+    let again = update(&mut app, Event::Tick(t("2025-06-01T10:00:02Z")));
+    assert_eq!(again, Some(Effect::Send(vec![request.clone()])));
+    assert_eq!(
+        update(&mut app, Event::Tick(t("2025-06-01T10:00:03Z"))),
+        None
+    );
+    update(&mut app, Event::Tick(t("2025-06-01T10:00:05Z")));
     update(&mut app, Event::Tick(t("2025-06-01T10:00:07Z")));
     assert_eq!(
         status(&app),
-        "force stop shibuya/pc-01: no answer yet (7 s), still waiting"
+        "force stop shibuya/pc-01: no answer yet (7 s), sending again"
     );
+    // Not while disconnected (it would only pile up in the client's queue)...
+    let down = ConnectionChange::Down {
+        error: "gone".into(),
+    };
+    update(&mut app, Event::Connection(down));
+    assert_eq!(
+        update(&mut app, Event::Tick(t("2025-06-01T10:00:10Z"))),
+        None
+    );
+    // ...but at once when the connection is back (with the catch-up's queries).
+    let Some(Effect::Send(requests)) = update(&mut app, Event::Connection(ConnectionChange::Up))
+    else {
+        panic!("the catch-up starts");
+    };
+    assert!(!requests.contains(&request));
+    let resent = update(&mut app, Event::Tick(t("2025-06-01T10:00:11Z")));
+    let Some(Effect::Send(requests)) = resent else {
+        panic!("expected the resend");
+    };
+    assert!(requests.contains(&request), "{requests:?}");
+    assert_eq!(app.last_request().unwrap().delivery.attempts, 5);
+    // After 30 s it is given up, and says so.
+    update(&mut app, Event::Tick(t("2025-06-01T10:00:30Z")));
+    assert_eq!(
+        status(&app),
+        "force stop shibuya/pc-01: no answer from management (gave up after 30 s)"
+    );
+    assert_eq!(app.last_request().unwrap().outcome, Outcome::NoAnswer);
+    let after = update(&mut app, Event::Tick(t("2025-06-01T10:00:40Z")));
+    let resent_after =
+        matches!(&after, Some(Effect::Send(requests)) if requests.contains(&request));
+    assert!(!resent_after, "nothing sent once given up: {after:?}");
+    // A reply that comes after all still tells what happened.
     update(&mut app, reply(request.request_id, true, "stopped", None));
     assert!(status(&app).ends_with("done: stopped"));
 }

@@ -451,7 +451,10 @@ fn sessions_are_listed_newest_first_and_counted_per_day() {
     }
     let devices: Vec<_> = app
         .visible_sessions()
-        .map(|session| session.device.clone().unwrap().to_string())
+        .map(|row| match row {
+            SessionsRow::Session(session) => session.device.clone().unwrap().to_string(),
+            SessionsRow::Booking(booking) => panic!("no bookings here: {booking:?}"),
+        })
         .collect();
     assert_eq!(devices, ["b", "a"]);
     let day = t("2025-06-01T10:00:00Z").date_naive();

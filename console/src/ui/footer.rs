@@ -65,6 +65,14 @@ fn view_keys(app: &App, width: u16) -> Line<'static> {
         };
         spans.push(Span::styled(actions, grey));
     }
+    if app.view == View::Sessions {
+        let cancel = if width >= WIDE {
+            "│ c cancel the selected booking "
+        } else {
+            "│ c cancel "
+        };
+        spans.push(Span::styled(cancel, grey));
+    }
     spans.push(Span::styled("│ ? help · q quit", grey));
     Line::from(spans)
 }

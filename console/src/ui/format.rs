@@ -1,11 +1,16 @@
 //! Short text forms shared by the views: clock times, countdowns, ages and short ids.
 
 use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
-use mujin_protocol::SessionId;
+use mujin_protocol::{SessionId, TicketId};
 
 /// `HH:MM:SS` in the operator's time zone.
 pub fn clock(at: DateTime<Utc>, utc_offset: FixedOffset) -> String {
     at.with_timezone(&utc_offset).format("%H:%M:%S").to_string()
+}
+
+/// Hours and minutes, e.g. `10:30`.
+pub fn hour_minute(at: DateTime<Utc>, utc_offset: FixedOffset) -> String {
+    at.with_timezone(&utc_offset).format("%H:%M").to_string()
 }
 
 /// Time left of a lease: `59:07`, `1:02:03`, or `-00:12` once overdue.
@@ -35,6 +40,11 @@ pub fn age(elapsed: TimeDelta) -> String {
 /// The first 8 hex digits of a session id, enough to tell sessions apart on screen.
 pub fn short_session(session_id: SessionId) -> String {
     session_id.to_string().chars().take(8).collect()
+}
+
+/// The first 8 hex digits of a ticket id.
+pub fn short_ticket(ticket_id: TicketId) -> String {
+    ticket_id.to_string().chars().take(8).collect()
 }
 
 /// A duration in milliseconds as `1h02m`, `59m07s` or `12s`.

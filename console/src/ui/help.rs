@@ -24,7 +24,7 @@ const KEYS: [(&str, &str); 20] = [
     ("e", "extend the selected device's session"),
     ("o", "out of service / back in service"),
     ("w", "walk-in ticket (QR) for the selected device"),
-    ("c", "cancel a booking by ticket id"),
+    ("c", "cancel the selected booking (3), else by id"),
     ("?", "this help (any key closes it)"),
     ("q Ctrl-C", "quit"),
     ("", "alerts open and close by themselves"),

@@ -114,4 +114,6 @@ pub(crate) fn window(len: usize, selected: Option<usize>, height: usize) -> Rang
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_catch_up;
+#[cfg(test)]
 mod tests_dialogs;

@@ -1,58 +1,64 @@
-//! The sessions view: running and ended sessions seen in the events, newest first, filtered.
+//! The sessions view: running sessions, upcoming bookings with their window, and ended
+//! sessions, filtered; the selected row is highlighted (`c` cancels a selected booking).
 
 use ratatui::layout::{Constraint, Rect};
 use ratatui::style::{Color, Modifier, Style};
-use ratatui::widgets::{Cell, Row, Table};
+use ratatui::widgets::{Cell, HighlightSpacing, Row, Table, TableState};
 use ratatui::Frame;
 
-use crate::app::{App, SessionRecord, View};
-use crate::ui::{filter_note, format, pane_block, placeholder, stale_style};
+use crate::app::{App, SessionRecord, SessionsRow, View};
+use crate::ui::{filter_note, format, pane_block, placeholder, stale_style, window};
 
 pub fn view(app: &App, frame: &mut Frame, area: Rect) {
     let title = format!(
-        " sessions seen since {} {}",
-        format::clock(app.started_at, app.utc_offset),
+        " sessions (running, ended) and upcoming bookings {}",
         filter_note(app, View::Sessions)
     );
     let block = pane_block(app, title, false);
-    let height = usize::from(area.height.saturating_sub(3));
-    let rows: Vec<Row> = app
-        .visible_sessions()
-        .skip(app.scroll)
-        .take(height)
-        .map(|session| session_row(app, session))
-        .collect();
-    if rows.is_empty() {
+    let len = app.visible_sessions().count();
+    if len == 0 {
         placeholder(
             frame,
             area,
             block,
-            "no sessions (yet, or through this filter)",
+            "no sessions or bookings (yet, or through this filter)",
         );
         return;
     }
-    let header = Row::new([
-        "STORE",
-        "DEVICE",
-        "SESSION",
-        "STARTED",
-        "STATE",
-        "LEFT/USED",
-    ])
-    .style(Style::new().add_modifier(Modifier::BOLD));
+    let selected = app.scroll.min(len - 1);
+    let shown = window(
+        len,
+        Some(selected),
+        usize::from(area.height.saturating_sub(3)),
+    );
+    let rows: Vec<Row> = app
+        .visible_sessions()
+        .skip(shown.start)
+        .take(shown.len())
+        .map(|row| match row {
+            SessionsRow::Session(session) => session_row(app, session),
+            SessionsRow::Booking(booking) => booking_row(app, booking),
+        })
+        .collect();
+    let header = Row::new(["STORE", "DEVICE", "ID", "WHEN", "STATE", "TIME"])
+        .style(Style::new().add_modifier(Modifier::BOLD));
     let widths = [
         Constraint::Min(8),
         Constraint::Min(8),
         Constraint::Length(8),
-        Constraint::Length(8),
+        Constraint::Length(11),
         Constraint::Length(14),
         Constraint::Length(9),
     ];
     let table = Table::new(rows, widths)
         .header(header)
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .highlight_symbol("▶ ")
+        .highlight_spacing(HighlightSpacing::Always)
         .style(stale_style(app))
         .block(block);
-    frame.render_widget(table, area);
+    let mut state = TableState::default().with_selected(Some(selected - shown.start));
+    frame.render_stateful_widget(table, area, &mut state);
 }
 
 fn session_row<'a>(app: &App, session: &'a SessionRecord) -> Row<'a> {
@@ -78,5 +84,28 @@ fn session_row<'a>(app: &App, session: &'a SessionRecord) -> Row<'a> {
         Cell::from(format::clock(session.started_at, app.utc_offset)),
         state,
         amount,
+    ])
+}
+
+/// A booking: its window, and how long until it starts (or that it is open and unused).
+fn booking_row<'a>(app: &App, booking: &'a mujin_protocol::snapshot::BookingSummary) -> Row<'a> {
+    let window = format!(
+        "{}–{}",
+        format::hour_minute(booking.not_before, app.utc_offset),
+        format::hour_minute(booking.not_after, app.utc_offset)
+    );
+    let until_start = booking.not_before - app.now;
+    let amount = if until_start > chrono::TimeDelta::zero() {
+        format!("in {}", format::age(until_start))
+    } else {
+        "not used".to_owned()
+    };
+    Row::new([
+        Cell::from(booking.store.as_str()),
+        Cell::from(booking.device.as_str()),
+        Cell::from(format::short_ticket(booking.ticket_id)),
+        Cell::from(window),
+        Cell::from("booked").style(Style::new().fg(Color::Cyan)),
+        Cell::from(amount),
     ])
 }

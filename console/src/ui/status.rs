@@ -1,5 +1,5 @@
 //! The status line above the footer: what became of the operator's latest request (sent,
-//! done, refused, not sent, no answer yet) or why an action key did nothing.
+//! done, refused, not sent, no answer yet, no answer at all) or why an action key did nothing.
 
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
@@ -20,12 +20,12 @@ pub fn view(app: &App, frame: &mut Frame, area: Rect) {
         (Some(note), _) => (note.clone(), Style::new().fg(Color::Yellow)),
         (None, Some(record)) => {
             let style = match &record.outcome {
-                Outcome::Pending if app.now - record.sent_at >= NO_ANSWER_AFTER => {
+                Outcome::Pending if record.waiting(app.now) >= NO_ANSWER_AFTER => {
                     Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD)
                 }
                 Outcome::Pending => Style::new().fg(Color::Cyan),
                 Outcome::Done(_) => Style::new().fg(Color::Green),
-                Outcome::Refused(_) | Outcome::NotSent(_) => {
+                Outcome::Refused(_) | Outcome::NotSent(_) | Outcome::NoAnswer => {
                     Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
                 }
             };

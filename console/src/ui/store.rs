@@ -1,8 +1,12 @@
 //! The store view: every device of one store with its status, current session and a time-left
-//! bar, heartbeat age and clock skew, sorted and filtered; below it, the store's events.
+//! bar, the start of its next booking, heartbeat age and clock skew, sorted and filtered; below
+//! it, the store's events.
 
 use chrono::TimeDelta;
+use std::collections::HashMap;
+
 use mujin_protocol::message::ProgramStatus;
+use mujin_protocol::snapshot::BookingSummary;
 use mujin_protocol::DeviceId;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -56,16 +60,29 @@ fn devices_table(app: &App, rows: &[(&DeviceId, &DeviceRow)], frame: &mut Frame,
         selected,
         usize::from(area.height.saturating_sub(3)),
     );
+    let next_bookings = app
+        .current_store()
+        .map(|store| app.next_bookings(store))
+        .unwrap_or_default();
     let table_rows = rows[shown.clone()]
         .iter()
-        .map(|(device, row)| device_row(app, device, row));
-    let header = Row::new(["DEVICE", "STATUS", "SESSION", "TIME LEFT", "SEEN", "SKEW"])
-        .style(Style::new().add_modifier(Modifier::BOLD));
+        .map(|(device, row)| device_row(app, device, row, &next_bookings));
+    let header = Row::new([
+        "DEVICE",
+        "STATUS",
+        "SESSION",
+        "TIME LEFT",
+        "NEXT",
+        "SEEN",
+        "SKEW",
+    ])
+    .style(Style::new().add_modifier(Modifier::BOLD));
     let widths = [
         Constraint::Min(8),
         Constraint::Length(7),
         Constraint::Length(8),
         Constraint::Length(15),
+        Constraint::Length(5),
         Constraint::Length(4),
         Constraint::Length(7),
     ];
@@ -81,7 +98,12 @@ fn devices_table(app: &App, rows: &[(&DeviceId, &DeviceRow)], frame: &mut Frame,
     frame.render_stateful_widget(table, area, &mut state);
 }
 
-fn device_row<'a>(app: &App, device: &'a DeviceId, row: &DeviceRow) -> Row<'a> {
+fn device_row<'a>(
+    app: &App,
+    device: &'a DeviceId,
+    row: &DeviceRow,
+    next_bookings: &HashMap<&DeviceId, &BookingSummary>,
+) -> Row<'a> {
     let status = row.status();
     let mut cells = vec![
         Cell::from(device.as_str()),
@@ -106,6 +128,11 @@ fn device_row<'a>(app: &App, device: &'a DeviceId, row: &DeviceRow) -> Row<'a> {
         }
         ProgramStatus::Idle => cells.extend([Cell::from("—"), Cell::from("—")]),
     }
+    let next = next_bookings.get(device).map_or_else(
+        || "—".to_owned(),
+        |booking| format::hour_minute(booking.not_before, app.utc_offset),
+    );
+    cells.push(Cell::from(next));
     let seen = row
         .last_seen
         .map_or_else(|| "—".to_owned(), |at| format::age(app.now - at));

@@ -51,9 +51,9 @@ fn ids(store: &str, device: &str) -> (StoreId, DeviceId) {
 }
 
 /// Two stores, devices in every status, events of many kinds, and one alert of each kind.
-fn busy_app() -> App {
+pub(super) fn busy_app() -> App {
     let mut app = new_app();
-    update(&mut app, Event::Connection(ConnectionChange::Up));
+    crate::app::tests::connect_caught_up(&mut app);
     let at = "2025-06-01T09:59:50Z";
     let states = [
         (
@@ -289,7 +289,7 @@ fn render(app: &App, width: u16, height: u16) -> TestBackend {
 }
 
 /// Snapshots `app` at both sizes as `{name}_at_{w}x{h}`.
-fn snapshot_both(name: &str, app: &App) {
+pub(super) fn snapshot_both(name: &str, app: &App) {
     for (width, height) in SIZES {
         insta::assert_snapshot!(
             format!("{name}_at_{width}x{height}"),

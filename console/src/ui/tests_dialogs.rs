@@ -4,7 +4,7 @@ use super::ticket::qr_lines;
 use super::view;
 use crate::app::tests::{key, new_app, online, state_msg, t};
 use crate::app::{update, App, Effect};
-use crate::event::{ConnectionChange, Event, Incoming, MqttMessage};
+use crate::event::{Event, Incoming, MqttMessage};
 use crossterm::event::KeyCode;
 use mujin_protocol::message::{ProgramStatus, Reply};
 use mujin_protocol::SessionId;
@@ -23,7 +23,7 @@ fn render(app: &App) -> TestBackend {
 /// Connected, the devices view on pc-01 which runs a session.
 fn app_on_running_device() -> App {
     let mut app = new_app();
-    update(&mut app, Event::Connection(ConnectionChange::Up));
+    crate::app::tests::connect_caught_up(&mut app);
     let running = ProgramStatus::Running {
         session_id: SessionId::parse("6a2f41a3-c54c-4c8b-9f2d-8e1a7b3c5d4e").unwrap(),
         started_at: t("2025-06-01T09:30:00Z"),
@@ -41,8 +41,9 @@ fn app_on_running_device() -> App {
 }
 
 fn reply(app: &mut App, effect: Option<Effect>, detail: &str, ticket: Option<&str>) {
-    let Some(Effect::Send(request)) = effect else {
-        panic!("expected a request, got {effect:?}");
+    let request = match effect {
+        Some(Effect::Send(requests)) if requests.len() == 1 => requests[0].clone(),
+        other => panic!("expected a request, got {other:?}"),
     };
     update(
         app,
