@@ -27,6 +27,7 @@ pub mod postgres;
 pub mod qr;
 pub mod requests;
 pub mod scans;
+pub mod snapshot;
 pub mod stop_timer;
 pub mod trust;
 

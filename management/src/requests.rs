@@ -1,10 +1,12 @@
 //! Operator requests over MQTT (force stop, extend, service state, cancel, walk-in ticket):
 //! each request id is carried out once, its reply recorded in `requests`, and the reply sent on
 //! the operator's replies topic after the commit. A request sent again gets the recorded reply.
+//! Snapshot queries only read, so they are answered directly (see [`crate::snapshot`]).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::{GenericClient, Pool};
 use mujin_protocol::message::{self, Reply, Request, RequestAction};
+use mujin_protocol::snapshot::SnapshotPart;
 use mujin_protocol::ticket::SigningKey;
 use mujin_protocol::topic::Topic;
 use mujin_protocol::{DeviceId, OperatorId, RequestId, SessionId, StoreId, TicketId};
@@ -13,6 +15,7 @@ use crate::actions::{self, CancelError, ExtendError, NewEnd, ServiceError, Sessi
 use crate::booking::{self, BookingError};
 use crate::db::{DbError, WorkError};
 use crate::mqtt::Outbound;
+use crate::snapshot::{self, SnapshotError};
 
 /// The most minutes one request may extend a session by or book a walk-in for (a day).
 pub const MAX_MINUTES: u32 = 24 * 60;
@@ -47,9 +50,50 @@ pub async fn handle_request(
             return Ok(Some(reply_message(operator, &reply)));
         }
     };
+    if let RequestAction::Snapshot { part, store, after } = &request.action {
+        let reply = snapshot_reply(pool, request.request_id, *part, store, after, now).await?;
+        return Ok(Some(reply_message(operator, &reply)));
+    }
     let reply = decide_once(pool, signing_key, operator, &request, now).await?;
     tracing::info!(%operator, request_id = %request.request_id, ok = reply.ok, detail = reply.detail, "request answered");
     Ok(Some(reply_message(operator, &reply)))
+}
+
+/// One page of a snapshot, answered directly: a read-only query is neither recorded nor
+/// audited, and answering it again is harmless.
+async fn snapshot_reply(
+    pool: &Pool,
+    request_id: RequestId,
+    part: SnapshotPart,
+    store: &Option<StoreId>,
+    after: &Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Reply, WorkError> {
+    let refused = |detail: String| Reply {
+        request_id,
+        ok: false,
+        detail,
+        ticket: None,
+        snapshot: None,
+    };
+    match snapshot::answer(
+        pool,
+        request_id,
+        part,
+        store.as_ref(),
+        after.as_deref(),
+        now,
+    )
+    .await
+    {
+        Ok(reply) => {
+            let items = reply.snapshot.as_ref().map_or(0, |page| page.items.len());
+            tracing::debug!(%request_id, %part, items, "snapshot page answered");
+            Ok(reply)
+        }
+        Err(SnapshotError::Db(error)) if error.is_transient() => Err(error),
+        Err(error) => Ok(refused(error.to_string())),
+    }
 }
 
 /// Carries out a request unless its id was seen before, and records its reply.
@@ -218,7 +262,8 @@ async fn act(
             Err(refusal) => Ok(refusal),
             Ok(minutes) => issue_ticket(pool, signing_key, store, device, minutes, now).await,
         },
-        RequestAction::Snapshot { .. } => Ok(Decided::refused("not implemented yet")),
+        // Answered before anything is recorded (see `handle_request`).
+        RequestAction::Snapshot { .. } => Ok(Decided::refused("a snapshot is not an action")),
     }
 }
 
