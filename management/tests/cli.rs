@@ -368,7 +368,7 @@ fn store_settings_are_shown_and_changed() {
     let shown = management(&data, &["store-settings", "--store", "s"]);
     assert_eq!(
         stdout(&shown).trim(),
-        "store s: warn 5 min before the end, no-show after 600 s"
+        "store s: warn 5 min before the end, no-show after 600 s, offline start off"
     );
     let changed = management(
         &data,
@@ -376,7 +376,24 @@ fn store_settings_are_shown_and_changed() {
     );
     assert_eq!(
         stdout(&changed).trim(),
-        "store s: warn 2 min before the end, no-show after 600 s"
+        "store s: warn 2 min before the end, no-show after 600 s, offline start off"
+    );
+    let offline = management(
+        &data,
+        &["store-settings", "--store", "s", "--offline-start", "on"],
+    );
+    assert_eq!(
+        stdout(&offline).trim(),
+        "store s: warn 2 min before the end, no-show after 600 s, offline start on"
+    );
+    let unclear = management(
+        &data,
+        &["store-settings", "--store", "s", "--offline-start", "maybe"],
+    );
+    assert!(
+        stderr(&unclear).contains("expected on or off"),
+        "{}",
+        stderr(&unclear)
     );
     let unknown = management(
         &data,
