@@ -55,6 +55,8 @@ pub struct AgentSpec<'a> {
     pub scan_pipe: PathBuf,
     pub log: PathBuf,
     pub program: &'a Path,
+    /// Management's command key (`KEYID:HEX`): the agent acts only on what it signed.
+    pub management_key: String,
 }
 
 /// A running agent process.
@@ -78,6 +80,8 @@ fn agent_args(spec: &AgentSpec<'_>) -> Vec<OsString> {
         "--no-stdin",
         "--telemetry-interval-ms",
         "1000",
+        "--management-key",
+        &spec.management_key,
         "--scan-pipe",
     ]
     .into_iter()
@@ -245,6 +249,7 @@ mod tests {
             scan_pipe: "/data/pipes/pc-01.scan".into(),
             log: "/data/logs/pc-01.log".into(),
             program: Path::new("/data/program.sh"),
+            management_key: "c1:00".into(),
         };
         let args: Vec<String> = agent_args(&spec)
             .iter()
@@ -253,6 +258,7 @@ mod tests {
         let text = args.join(" ");
         assert!(text.starts_with("agent --store demo --device pc-01 --broker 127.0.0.1:1999"));
         assert!(text.contains("--scan-pipe /data/pipes/pc-01.scan"));
+        assert!(text.contains("--management-key c1:00"));
         assert!(text.ends_with("-- /bin/sh /data/program.sh"), "{text}");
         assert!(!text.contains("secret"));
     }

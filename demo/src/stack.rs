@@ -11,6 +11,7 @@ use mujin_broker::{Broker, BrokerError, BrokerSettings, Credentials};
 use mujin_management::db::{self, DbPool};
 use mujin_management::postgres::PrivateCluster;
 use mujin_management::{booking, keys, MqttSettings};
+use mujin_protocol::signed::public_key_text;
 use mujin_protocol::{DeviceId, KeyId, StoreId};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::oneshot;
@@ -294,7 +295,8 @@ impl Stack {
             &paths.keys,
             key_id,
         ));
-        self.spawn_agents(&paths, &store, &devices, port, &secrets)?;
+        let management_key = public_key_text(&ticket_keys.command.public_key());
+        self.spawn_agents(&paths, (&store, &devices), port, &secrets, &management_key)?;
 
         let (ready_tx, customers_ready) = oneshot::channel();
         let watcher = Watcher {
@@ -354,10 +356,10 @@ impl Stack {
     fn spawn_agents(
         &mut self,
         paths: &Paths,
-        store: &StoreId,
-        devices: &[DeviceId],
+        (store, devices): (&StoreId, &[DeviceId]),
         port: u16,
         secrets: &Secrets,
+        management_key: &str,
     ) -> anyhow::Result<()> {
         let program = agents::write_program(&paths.data)?;
         for (device, password) in devices.iter().zip(&secrets.agents) {
@@ -370,6 +372,7 @@ impl Stack {
                 scan_pipe: scan_pipe(paths, device),
                 log: paths.logs.join(format!("{device}.log")),
                 program: &program,
+                management_key: management_key.to_owned(),
             })?);
         }
         Ok(())

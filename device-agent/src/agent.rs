@@ -13,6 +13,8 @@ use mujin_protocol::message::{
     decode, encode, Ack, Availability, Command, CommandAction, DesiredState, ProgramExit,
     ReportedState, ScanResult, StopCause, Telemetry,
 };
+use mujin_protocol::signed::{verify_command, verify_desired};
+use mujin_protocol::ticket::PublicKey;
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
 use mujin_protocol::trust::TrustList;
 use mujin_protocol::{CommandId, DeviceId, ScanId, SessionId, StoreId};
@@ -58,6 +60,8 @@ pub(crate) struct Agent {
     provisional: Option<Provisional>,
     /// Tickets that started a session here, so that one ticket cannot start two offline.
     started_tickets: StartedTickets,
+    /// Management's command key; `None` acts on anything well-formed.
+    management_key: Option<PublicKey>,
 }
 
 impl Agent {
@@ -67,7 +71,16 @@ impl Agent {
         link: Link,
         supervisor: Supervisor,
         offline_after: Duration,
+        management_key: Option<PublicKey>,
     ) -> Self {
+        match &management_key {
+            Some(key) => {
+                tracing::info!(key_id = %key.key_id, "acting only on what management's key signed")
+            }
+            None => tracing::warn!(
+                "no --management-key: commands, desired states and trust lists are NOT verified"
+            ),
+        }
         Self {
             store,
             device,
@@ -84,6 +97,7 @@ impl Agent {
             trust: None,
             provisional: None,
             started_tickets: StartedTickets::default(),
+            management_key,
         }
     }
 
@@ -160,6 +174,21 @@ impl Agent {
     }
 
     async fn on_command(&mut self, command: Command) {
+        if let Some(key) = &self.management_key {
+            let verified = verify_command(key, &command, &self.store, &self.device, Utc::now());
+            if let Err(err) = verified {
+                // Not remembered: a forgery must not stand in for the real command's answer.
+                tracing::warn!(command_id = %command.command_id, %err, "command refused");
+                let ack = Ack {
+                    command_id: command.command_id,
+                    ok: false,
+                    detail: format!("rejected: {}", err.refusal()),
+                    at: Utc::now(),
+                };
+                self.publish(DeviceChannel::Ack, &ack);
+                return;
+            }
+        }
         if let Some(ack) = self
             .recent_acks
             .iter()
@@ -320,6 +349,12 @@ impl Agent {
     /// Converges to management's desired state, unless a newer epoch was already seen. No ack:
     /// it is not a command, and it arrives again on every (re)subscription.
     async fn on_desired(&mut self, desired: DesiredState) {
+        if let Some(key) = &self.management_key {
+            if let Err(err) = verify_desired(key, &desired, &self.store, &self.device) {
+                tracing::warn!(epoch = desired.epoch, %err, "desired state refused; ignoring it");
+                return;
+            }
+        }
         if let Err(stale) = self.epochs.admit(desired.epoch) {
             tracing::debug!(%stale, "ignoring an outdated desired state");
             return;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use mujin_protocol::signed::parse_public_key;
+use mujin_protocol::ticket::PublicKey;
 use mujin_protocol::{DeviceId, StoreId};
 
 use crate::Settings;
@@ -56,9 +58,18 @@ pub struct Args {
     /// provisionally (management confirms or refuses it when it answers).
     #[arg(long, env = "MUJIN_AGENT_OFFLINE_AFTER_MS", default_value_t = 3000)]
     pub offline_after_ms: u64,
+    /// Management's command key as KEYID:HEX (`mujin-management command-key` prints it). When
+    /// given, the agent acts only on commands, desired states and trust lists signed with it
+    /// and meant for this device; without it, on anything well-formed.
+    #[arg(long, env = "MUJIN_AGENT_MANAGEMENT_KEY", value_parser = parse_management_key)]
+    pub management_key: Option<PublicKey>,
     /// The operating program and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub program: Vec<OsString>,
+}
+
+fn parse_management_key(text: &str) -> Result<PublicKey, String> {
+    parse_public_key(text).map_err(|err| err.to_string())
 }
 
 /// Parses `HOST:PORT` (the host may be a name, an IPv4 address or a bracketed IPv6 address).
@@ -96,6 +107,7 @@ impl Args {
             telemetry_interval: Duration::from_millis(self.telemetry_interval_ms),
             stop_grace: Duration::from_millis(self.stop_grace_ms),
             offline_after: Duration::from_millis(self.offline_after_ms),
+            management_key: self.management_key,
         }
     }
 }
@@ -179,6 +191,20 @@ mod tests {
             .unwrap()
             .into_settings();
         assert_eq!(settings.offline_after, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn the_management_key_is_an_optional_flag() {
+        let settings = parse(&["--", "true"]).unwrap().into_settings();
+        assert_eq!(settings.management_key, None);
+        let hex = "ab".repeat(32);
+        let settings = parse(&["--management-key", &format!("c1:{hex}"), "--", "true"])
+            .unwrap()
+            .into_settings();
+        let key = settings.management_key.unwrap();
+        assert_eq!((key.key_id.as_str(), key.bytes), ("c1", [0xab; 32]));
+        let err = parse(&["--management-key", "c1:abcd", "--", "true"]).unwrap_err();
+        assert!(err.to_string().contains("KEYID:HEX"), "{err}");
     }
 
     #[test]

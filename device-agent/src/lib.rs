@@ -7,6 +7,11 @@
 //! list and, where the store allows it, starts a provisional session that management's answer
 //! to the scan later confirms or stops.
 //!
+//! Given management's public key (`--management-key`), the agent acts only on commands, desired
+//! states and trust lists signed with it and meant for this device (and, for a command, not
+//! expired); a refused command is answered `rejected: …`. Without it, anything well-formed is
+//! acted on, which the agent says once at startup.
+//!
 //! Commands carry an epoch: one older than the newest seen (in a command or a desired state) is
 //! refused as stale. Management's retained desired state is converged to on every
 //! (re)subscription, so an agent restarted mid-session resumes it, and a stop lost while the
@@ -39,6 +44,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use mujin_protocol::ticket::PublicKey;
 use mujin_protocol::{DeviceId, StoreId};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -66,6 +72,8 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// How long a scan may go unanswered before the device checks the ticket offline.
     pub offline_after: Duration,
+    /// Management's command key: when set, only what it signed is acted on.
+    pub management_key: Option<PublicKey>,
 }
 
 impl fmt::Debug for Settings {
@@ -85,6 +93,13 @@ impl fmt::Debug for Settings {
             .field("telemetry_interval", &self.telemetry_interval)
             .field("stop_grace", &self.stop_grace)
             .field("offline_after", &self.offline_after)
+            .field(
+                "management_key",
+                &self
+                    .management_key
+                    .as_ref()
+                    .map(mujin_protocol::signed::public_key_text),
+            )
             .finish()
     }
 }
@@ -126,6 +141,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         link,
         supervisor,
         settings.offline_after,
+        settings.management_key,
     );
     let mut telemetry =
         tokio::time::interval(settings.telemetry_interval.max(Duration::from_millis(10)));

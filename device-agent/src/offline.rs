@@ -211,10 +211,12 @@ mod tests {
         Setup {
             list: TrustList {
                 issued_at: at(0),
+                store: None,
                 offline_start: true,
                 keys: vec![TrustedKey::from(&key.public_key())],
                 refused_tickets: Vec::new(),
                 truncated: false,
+                signature: None,
             },
             text: key.issue(&claims),
             claims,

@@ -277,7 +277,10 @@ async fn a_retained_desired_running_state_resumes_the_session_on_connect() {
     let desired = DesiredState {
         epoch: 3,
         issued_at: Utc::now(),
+        store: None,
+        device: None,
         program: running(session, 60_000),
+        signature: None,
     };
     let mut harness = Harness::start_after_desired(SLEEPER, &desired).await;
     let state = harness

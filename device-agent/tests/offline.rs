@@ -38,6 +38,7 @@ impl Store {
     fn trust_list(&self, offline_start: bool, refused: &[TicketId]) -> TrustList {
         TrustList {
             issued_at: Utc::now(),
+            store: None,
             offline_start,
             keys: vec![TrustedKey::from(&self.key.public_key())],
             refused_tickets: refused
@@ -48,6 +49,7 @@ impl Store {
                 })
                 .collect(),
             truncated: false,
+            signature: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use mujin_protocol::signed::public_key_text;
 use mujin_protocol::{DeviceId, KeyId, SessionId, StoreId, TicketId};
 
 use crate::postgres::{ClusterError, PrivateCluster};
@@ -47,6 +48,10 @@ pub struct GlobalArgs {
 pub enum CliCommand {
     /// Run the worker: decide scans, start and stop sessions.
     Run(RunArgs),
+    /// Print the public key of the command key (`KEYID:HEX`), which signs commands, desired
+    /// states and trust lists; give it to every agent with `--management-key`. The key is
+    /// created in <data-dir>/keys/ when missing.
+    CommandKey,
     /// Register a device (and its store).
     DeviceAdd {
         #[arg(long, value_parser = StoreId::parse)]
@@ -256,8 +261,18 @@ fn key_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("keys")
 }
 
+/// Prints the command key's public key, creating the key when missing.
+fn print_command_key(global: &GlobalArgs) -> anyhow::Result<()> {
+    let key = keys::load_or_create_command_key(&key_dir(&global.data_dir))?;
+    println!("{}", public_key_text(&key.public_key()));
+    Ok(())
+}
+
 /// Runs one command line.
 pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    if let CliCommand::CommandKey = cli.command {
+        return print_command_key(&cli.global); // needs no database
+    }
     let database = open_database(&cli.global).await?;
     let result = execute_with(&cli, &database.url).await;
     if let Some(cluster) = database.cluster {
@@ -286,6 +301,7 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
             };
             crate::run(settings, shutdown_signal()).await
         }
+        CliCommand::CommandKey => print_command_key(global),
         CliCommand::DeviceAdd {
             store,
             device,

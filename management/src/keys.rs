@@ -1,10 +1,12 @@
-//! Ticket-signing keys on disk: one PKCS#8 file per key id in a directory only the owner can
-//! read. The key is created on first use; its bytes are never logged.
+//! Management's keys on disk: one PKCS#8 file per key id in a directory only the owner can
+//! read — the ticket-signing keys (`{key_id}.pk8`) and the command key that signs what devices
+//! act on (`command-{key_id}.pk8`). A key is created on first use; its bytes are never logged.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mujin_protocol::ticket::{KeyError, Keyring, SigningKey};
 use mujin_protocol::KeyId;
@@ -28,11 +30,18 @@ pub enum KeyFileError {
     },
 }
 
-/// The key that signs new tickets and every public key that verifies them.
+/// The id of management's command key (its file is `command-c1.pk8`).
+pub const COMMAND_KEY_ID: &str = "c1";
+/// How command key files are named: this prefix, the key id, `.pk8`.
+const COMMAND_FILE_PREFIX: &str = "command-";
+
+/// The key that signs new tickets, every public key that verifies them, and the command key
+/// that signs commands, desired states and trust lists.
 #[derive(Debug)]
 pub struct TicketKeys {
     pub signing: SigningKey,
     pub keyring: Keyring,
+    pub command: Arc<SigningKey>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
@@ -45,15 +54,9 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
 /// Loads the signing key `key_id` from `dir` (creating both with owner-only permissions when
 /// missing) and every other key there for verification.
 pub fn load_or_create(dir: &Path, key_id: &KeyId) -> Result<TicketKeys, KeyFileError> {
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_error(dir))?;
-    }
     let path = key_path(dir, key_id);
-    if !path.exists() {
-        create_key(&path, key_id)?;
-    }
-    let signing = read_key(&path, key_id)?;
+    let signing = load_or_create_file(dir, &path, key_id, "ticket-signing")?;
+    let command = Arc::new(load_or_create_command_key(dir)?);
     let mut keyring = Keyring::default();
     for entry in fs::read_dir(dir).map_err(io_error(dir))? {
         let entry = entry.map_err(io_error(dir))?;
@@ -61,6 +64,7 @@ pub fn load_or_create(dir: &Path, key_id: &KeyId) -> Result<TicketKeys, KeyFileE
         let Some(id) = file
             .file_name()
             .and_then(|name| name.to_str())
+            .filter(|name| !name.starts_with(COMMAND_FILE_PREFIX))
             .and_then(|name| name.strip_suffix(".pk8"))
             .and_then(|stem| KeyId::parse(stem).ok())
         else {
@@ -68,14 +72,41 @@ pub fn load_or_create(dir: &Path, key_id: &KeyId) -> Result<TicketKeys, KeyFileE
         };
         keyring.add(read_key(&file, &id)?.public_key());
     }
-    Ok(TicketKeys { signing, keyring })
+    Ok(TicketKeys {
+        signing,
+        keyring,
+        command,
+    })
+}
+
+/// Loads management's command key from `dir`, creating it (and `dir`) when missing.
+pub fn load_or_create_command_key(dir: &Path) -> Result<SigningKey, KeyFileError> {
+    let key_id = KeyId::parse(COMMAND_KEY_ID).expect("the command key id is a valid id");
+    let path = dir.join(format!("{COMMAND_FILE_PREFIX}{key_id}.pk8"));
+    load_or_create_file(dir, &path, &key_id, "command")
+}
+
+fn load_or_create_file(
+    dir: &Path,
+    path: &Path,
+    key_id: &KeyId,
+    purpose: &str,
+) -> Result<SigningKey, KeyFileError> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_error(dir))?;
+    }
+    if !path.exists() {
+        create_key(path, key_id, purpose)?;
+    }
+    read_key(path, key_id)
 }
 
 fn key_path(dir: &Path, key_id: &KeyId) -> PathBuf {
     dir.join(format!("{key_id}.pk8"))
 }
 
-fn create_key(path: &Path, key_id: &KeyId) -> Result<(), KeyFileError> {
+fn create_key(path: &Path, key_id: &KeyId, purpose: &str) -> Result<(), KeyFileError> {
     let (_, pkcs8) =
         SigningKey::generate(key_id.clone()).map_err(|source| KeyFileError::Invalid {
             path: path.to_owned(),
@@ -89,7 +120,7 @@ fn create_key(path: &Path, key_id: &KeyId) -> Result<(), KeyFileError> {
         .map_err(io_error(path))?;
     file.write_all(&pkcs8).map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))?;
-    tracing::info!(key_id = %key_id, path = %path.display(), "created ticket-signing key");
+    tracing::info!(key_id = %key_id, path = %path.display(), purpose, "created a signing key");
     Ok(())
 }
 
@@ -128,6 +159,26 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let again = load_or_create(&keys_dir, &id).unwrap();
         assert_eq!(first.signing.public_key(), again.signing.public_key());
+    }
+
+    #[test]
+    fn the_command_key_is_created_once_and_never_verifies_tickets() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create(dir.path(), &KeyId::parse("k1").unwrap()).unwrap();
+        let path = dir.path().join("command-c1.pk8");
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = load_or_create(dir.path(), &KeyId::parse("k1").unwrap()).unwrap();
+        assert_eq!(first.command.public_key(), again.command.public_key());
+        assert_ne!(
+            first.command.public_key().bytes,
+            first.signing.public_key().bytes
+        );
+        assert_eq!(again.keyring.keys().len(), 1);
+        assert_eq!(
+            load_or_create_command_key(dir.path()).unwrap().public_key(),
+            first.command.public_key()
+        );
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         pool.clone(),
         connection.client.clone(),
         keys.keyring.keys().to_vec(),
+        keys.command.clone(),
         connection.connected.clone(),
         stop.clone(),
     ));
@@ -117,6 +118,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         connection.client.clone(),
         connection.connected.clone(),
         inbox.wake_dispatcher.clone(),
+        keys.command.clone(),
         stop.clone(),
     ));
     let inbox_task = tokio::spawn(inbox.run(connection.incoming));

@@ -2,7 +2,10 @@
 //! decision that caused it, then published by the dispatcher and tracked through its lifecycle
 //! (queued → sent → acknowledged / failed / expired / superseded), resent with backoff until the device
 //! answers or the command expires. Each command raises the device's epoch; the device's desired
-//! state (retained) is republished with it.
+//! state (retained) is republished with it. Every command and desired state is signed with
+//! management's command key as it goes out; each attempt of a command names its device and
+//! expires [`SIGNED_COMMAND_TTL`] later at most, so a captured one cannot be replayed elsewhere
+//! or much later.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,8 @@ use deadpool_postgres::{GenericClient, Pool};
 use mujin_protocol::message::{
     self, Ack, Command, CommandAction, DesiredProgram, DesiredState, Event, EventKind,
 };
+use mujin_protocol::signed::{sign_command, sign_desired};
+use mujin_protocol::ticket::SigningKey;
 use mujin_protocol::topic::{DeviceChannel, Topic};
 use mujin_protocol::{CommandId, DeviceId, SessionId, StoreId};
 use rumqttc::AsyncClient;
@@ -27,6 +32,9 @@ use crate::scans::command_message;
 /// How long a stop is retried before it is given up as expired (the device's own lease has
 /// stopped the program long before).
 pub const STOP_EXPIRY: chrono::Duration = chrono::Duration::minutes(10);
+/// How long one sent attempt of a command is valid for a device that verifies it (its own
+/// expiry when sooner). Long enough for a device clock a little off; a resend gets a new one.
+pub const SIGNED_COMMAND_TTL: chrono::Duration = chrono::Duration::minutes(5);
 /// The longest wait between two attempts of a command.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// The longest the dispatcher sleeps before looking at the table again.
@@ -54,7 +62,12 @@ pub async fn enqueue(
         command_id,
         issued_at: now,
         epoch: epoch.max(0) as u64,
+        store: Some(store.clone()),
+        device: Some(device.clone()),
+        // Set, with the signature, on each attempt (see `sealed`).
+        expires_at: None,
         action,
+        signature: None,
     };
     let payload = serde_json::to_value(&command).unwrap_or_default();
     tx.execute(
@@ -81,6 +94,7 @@ pub async fn enqueue(
 pub async fn desired_states(
     client: &impl GenericClient,
     only: Option<(&StoreId, &DeviceId)>,
+    key: &SigningKey,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outbound>, tokio_postgres::Error> {
     let (store, device) = only.map_or((None, None), |(store, device)| {
@@ -110,11 +124,15 @@ pub async fn desired_states(
                 },
                 _ => DesiredProgram::Idle,
             };
-            let state = DesiredState {
+            let mut state = DesiredState {
                 epoch: row.get::<_, i64>(2).max(0) as u64,
                 issued_at: now,
+                store: Some(store.clone()),
+                device: Some(device.clone()),
                 program,
+                signature: None,
             };
+            sign_desired(key, &mut state);
             let topic = Topic::device(&store, &device, DeviceChannel::Desired);
             Some(Outbound::new(&topic, message::encode(&state)))
         })
@@ -154,10 +172,27 @@ fn refreshed(mut command: Command, now: DateTime<Utc>) -> Command {
     command
 }
 
+/// The attempt of `command` that goes out now: for `device` of `store`, valid until
+/// `expires_at` or [`SIGNED_COMMAND_TTL`] from now, whichever is sooner, and signed.
+fn sealed(
+    mut command: Command,
+    (store, device): (&StoreId, &DeviceId),
+    expires_at: DateTime<Utc>,
+    key: &SigningKey,
+    now: DateTime<Utc>,
+) -> Command {
+    command.store = Some(store.clone());
+    command.device = Some(device.clone());
+    command.expires_at = Some(expires_at.min(now + SIGNED_COMMAND_TTL));
+    sign_command(key, &mut command);
+    command
+}
+
 /// Expires overdue commands, claims the due ones and the events not yet published; returns
 /// what to publish and when the next attempt is due.
 pub async fn dispatch_due(
     pool: &Pool,
+    key: &SigningKey,
     now: DateTime<Utc>,
 ) -> Result<(Vec<Outbound>, Option<DateTime<Utc>>), WorkError> {
     let mut client = pool.get().await?;
@@ -166,7 +201,7 @@ pub async fn dispatch_due(
     let mut publish = Vec::new();
     let due = tx
         .query(
-            "SELECT command_id, store_id, device_id, payload, attempts FROM commands
+            "SELECT command_id, store_id, device_id, payload, attempts, expires_at FROM commands
              WHERE status IN ('queued', 'sent') AND next_attempt_at <= $1
              ORDER BY created_at, epoch LIMIT $2
              FOR UPDATE SKIP LOCKED",
@@ -196,13 +231,15 @@ pub async fn dispatch_due(
         if attempts > 1 {
             tracing::info!(%store, %device, %command_id, attempts, "resending an unacknowledged command");
         }
-        publish.push(command_message(&store, &device, &refreshed(command, now)));
+        let command = refreshed(command, now);
+        let command = sealed(command, (&store, &device), row.get(5), key, now);
+        publish.push(command_message(&store, &device, &command));
         if !devices.contains(&(store.clone(), device.clone())) {
             devices.push((store, device));
         }
     }
     for (store, device) in &devices {
-        publish.extend(desired_states(&tx, Some((store, device)), now).await?);
+        publish.extend(desired_states(&tx, Some((store, device)), key, now).await?);
     }
     let events = audit::take_unpublished(&tx, BATCH, now).await?;
     let more_events = events.len() as i64 == BATCH;
@@ -319,6 +356,7 @@ pub async fn run_dispatcher(
     client: AsyncClient,
     mut connected: watch::Receiver<bool>,
     wake: Arc<Notify>,
+    key: Arc<SigningKey>,
     stop: CancellationToken,
 ) {
     let mut republish = true;
@@ -326,7 +364,7 @@ pub async fn run_dispatcher(
     loop {
         let mut pause = MAX_SLEEP;
         if *connected.borrow_and_update() {
-            match dispatch_once(&pool, republish).await {
+            match dispatch_once(&pool, &key, republish).await {
                 Ok((messages, next_due)) => {
                     republish = false;
                     backoff_on_error = Duration::from_millis(200);
@@ -361,19 +399,20 @@ pub async fn run_dispatcher(
 
 async fn dispatch_once(
     pool: &Pool,
+    key: &SigningKey,
     republish: bool,
 ) -> Result<(Vec<Outbound>, Option<DateTime<Utc>>), WorkError> {
     let now = Utc::now();
     let mut messages = Vec::new();
     if republish {
         let client = pool.get().await?;
-        messages.extend(desired_states(&client, None, now).await?);
+        messages.extend(desired_states(&client, None, key, now).await?);
         tracing::info!(
             devices = messages.len(),
             "published every device's desired state"
         );
     }
-    let (due, next_due) = dispatch_due(pool, now).await?;
+    let (due, next_due) = dispatch_due(pool, key, now).await?;
     messages.extend(due);
     Ok((messages, next_due))
 }
@@ -396,11 +435,15 @@ mod tests {
             command_id: CommandId::random(),
             issued_at: issued,
             epoch: 3,
+            store: None,
+            device: None,
+            expires_at: None,
             action: CommandAction::Start {
                 session_id: SessionId::random(),
                 lease_until: issued + chrono::Duration::seconds(60),
                 remaining_ms: 60_000,
             },
+            signature: None,
         };
         let later = refreshed(command.clone(), issued + chrono::Duration::seconds(45));
         assert!(matches!(
@@ -419,5 +462,34 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn each_attempt_names_its_device_expires_soon_and_verifies() {
+        use mujin_protocol::signed::verify_command;
+        let now = DateTime::from_timestamp(1_000, 0).unwrap();
+        let key = SigningKey::from_seed("c1".parse().unwrap(), &[3; 32]).unwrap();
+        let (store, device): (StoreId, DeviceId) = ("s".parse().unwrap(), "d".parse().unwrap());
+        let command = Command {
+            command_id: CommandId::random(),
+            issued_at: now,
+            epoch: 1,
+            store: None,
+            device: None,
+            expires_at: None,
+            action: CommandAction::Stop {
+                session_id: SessionId::random(),
+                reason: mujin_protocol::message::EndReason::Forced,
+            },
+            signature: None,
+        };
+        let late = now + chrono::Duration::hours(2);
+        let sent = sealed(command.clone(), (&store, &device), late, &key, now);
+        assert_eq!(sent.expires_at, Some(now + SIGNED_COMMAND_TTL));
+        let public = key.public_key();
+        assert_eq!(verify_command(&public, &sent, &store, &device, now), Ok(()));
+        let soon = now + chrono::Duration::seconds(30);
+        let sent = sealed(command, (&store, &device), soon, &key, now);
+        assert_eq!(sent.expires_at, Some(soon));
     }
 }

@@ -1,18 +1,21 @@
 //! Publishes every store's trust list (retained on `mujin/v1/stores/{store}/trust`): the keys
 //! tickets are signed with, the tickets still inside their window that must be refused anyway
 //! (cancelled, or already used), and whether the store allows offline starts. Devices use it to
-//! check a ticket by themselves when management does not answer.
+//! check a ticket by themselves when management does not answer. Each list names its store and
+//! is signed with management's command key, so devices given that key trust no other list.
 //!
 //! The lists are rebuilt from PostgreSQL every [`REFRESH`] and published when they changed, and
 //! all again after every (re)connection (the broker keeps nothing across restarts).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use mujin_protocol::message::{self, RejectReason};
-use mujin_protocol::ticket::PublicKey;
+use mujin_protocol::signed::sign_trust_list;
+use mujin_protocol::ticket::{PublicKey, SigningKey};
 use mujin_protocol::topic::Topic;
 use mujin_protocol::trust::{RefusedTicket, TrustList, TrustedKey, MAX_REFUSED_TICKETS};
 use mujin_protocol::{StoreId, TicketId};
@@ -74,14 +77,17 @@ pub async fn build_lists(
         let mut refused_tickets = by_store.remove(store.as_str()).unwrap_or_default();
         let truncated = refused_tickets.len() > MAX_REFUSED_TICKETS;
         refused_tickets.truncate(MAX_REFUSED_TICKETS);
+        let listed = Some(store.clone());
         lists.push((
             store,
             TrustList {
                 issued_at: now,
+                store: listed,
                 offline_start: row.get(1),
                 keys: keys.clone(),
                 refused_tickets,
                 truncated,
+                signature: None,
             },
         ));
     }
@@ -92,6 +98,7 @@ pub async fn build_lists(
 fn content(list: &TrustList) -> TrustList {
     TrustList {
         issued_at: DateTime::<Utc>::UNIX_EPOCH,
+        signature: None,
         ..list.clone()
     }
 }
@@ -101,6 +108,7 @@ pub async fn run(
     pool: Pool,
     client: AsyncClient,
     keys: Vec<PublicKey>,
+    command_key: Arc<SigningKey>,
     mut connected: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
@@ -109,7 +117,7 @@ pub async fn run(
         if *connected.borrow_and_update() {
             match build_lists(&pool, &keys, Utc::now()).await {
                 Ok(lists) => {
-                    let messages = changed(&mut published, lists);
+                    let messages = changed(&mut published, lists, &command_key);
                     publish_all(&client, messages, &stop).await;
                 }
                 Err(error) => {
@@ -131,13 +139,15 @@ pub async fn run(
     }
 }
 
-/// The lists that differ from what was last published, as messages; remembers them.
+/// The lists that differ from what was last published, signed, as messages; remembers them.
 fn changed(
     published: &mut HashMap<StoreId, TrustList>,
     lists: Vec<(StoreId, TrustList)>,
+    command_key: &SigningKey,
 ) -> Vec<Outbound> {
     let mut messages = Vec::new();
-    for (store, list) in lists {
+    for (store, mut list) in lists {
+        sign_trust_list(command_key, &mut list);
         let content = content(&list);
         if published.get(&store) == Some(&content) {
             continue;
@@ -170,6 +180,7 @@ mod tests {
         let key = SigningKey::from_seed(KeyId::parse("k1").unwrap(), &[3; 32]).unwrap();
         TrustList {
             issued_at: Utc::now(),
+            store: Some(StoreId::parse("shibuya").unwrap()),
             offline_start,
             keys: vec![TrustedKey::from(&key.public_key())],
             refused_tickets: (0..refused)
@@ -179,36 +190,49 @@ mod tests {
                 })
                 .collect(),
             truncated: false,
+            signature: None,
         }
+    }
+
+    fn command_key() -> SigningKey {
+        SigningKey::from_seed(KeyId::parse("c1").unwrap(), &[5; 32]).unwrap()
     }
 
     #[test]
     fn only_changed_lists_are_published_again() {
         let store = StoreId::parse("shibuya").unwrap();
         let mut published = HashMap::new();
+        let key = command_key();
         let first = list(false, 0);
         assert_eq!(
-            changed(&mut published, vec![(store.clone(), first.clone())]).len(),
+            changed(&mut published, vec![(store.clone(), first.clone())], &key).len(),
             1
         );
         let same_later = TrustList {
             issued_at: first.issued_at + chrono::Duration::seconds(2),
             ..first.clone()
         };
-        assert!(changed(&mut published, vec![(store.clone(), same_later)]).is_empty());
+        assert!(changed(&mut published, vec![(store.clone(), same_later)], &key).is_empty());
         let switched_on = TrustList {
             offline_start: true,
             ..first
         };
-        let messages = changed(&mut published, vec![(store, switched_on)]);
+        let messages = changed(&mut published, vec![(store.clone(), switched_on)], &key);
         assert_eq!(messages.len(), 1);
         assert!(messages[0].retain);
+        let sent: TrustList = message::decode(&messages[0].payload).unwrap();
+        let public = key.public_key();
+        assert_eq!(
+            mujin_protocol::signed::verify_trust_list(&public, &sent, &store),
+            Ok(())
+        );
         assert_eq!(messages[0].topic, "mujin/v1/stores/shibuya/trust");
     }
 
     #[test]
     fn a_full_list_fits_in_a_payload() {
-        let full = list(true, MAX_REFUSED_TICKETS);
+        let mut full = list(true, MAX_REFUSED_TICKETS);
+        sign_trust_list(&command_key(), &mut full);
         assert!(message::encode(&full).len() <= message::MAX_PAYLOAD_BYTES);
     }
 }

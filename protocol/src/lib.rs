@@ -5,6 +5,7 @@
 //! - [`message`]: the JSON payloads on those topics and their one encoder/decoder;
 //! - [`presence`]: which management workers are connected;
 //! - [`snapshot`]: the paged snapshot queries a console catches up with;
+//! - [`signed`]: management's signature on commands, desired states and trust lists;
 //! - [`ticket`]: the signed electronic ticket and its QR-friendly text form;
 //! - [`trust`]: the store's trust list and the rules a device applies to start offline.
 //!
@@ -14,6 +15,7 @@
 pub mod ids;
 pub mod message;
 pub mod presence;
+pub mod signed;
 pub mod snapshot;
 pub mod ticket;
 pub mod topic;

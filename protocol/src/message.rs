@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{CommandId, DeviceId, RequestId, ScanId, SessionId, StoreId, TicketId};
+use crate::signed::Signature;
 use crate::snapshot::{SnapshotPage, SnapshotPart};
 
 /// Largest payload any mujin part accepts; anything bigger is refused unread.
@@ -280,8 +281,21 @@ pub struct Command {
     /// start can never revive a stopped session.
     #[serde(default)]
     pub epoch: u64,
+    /// The store of the device the command is for (absent from older managements).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreId>,
+    /// The device the command is for: a device that verifies commands refuses one for another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
+    /// After this a device that verifies commands refuses it, so a captured command cannot be
+    /// replayed much later. Each resend carries a fresh one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
     #[serde(flatten)]
     pub action: CommandAction,
+    /// Management's signature (see [`crate::signed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 /// What a command asks the device to do.
@@ -344,7 +358,16 @@ pub struct DesiredState {
     /// The device's command epoch this state belongs to (see [`Command::epoch`]).
     pub epoch: u64,
     pub issued_at: DateTime<Utc>,
+    /// The store of the device this state is for (absent from older managements).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreId>,
+    /// The device this state is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
     pub program: DesiredProgram,
+    /// Management's signature (see [`crate::signed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 /// The program state management wants.

@@ -130,6 +130,13 @@ impl SigningKey {
         }
     }
 
+    /// The Ed25519 signature of `message` (which the caller prefixes with its own context).
+    pub(crate) fn sign_bytes(&self, message: &[u8]) -> [u8; 64] {
+        let mut signature = [0u8; SIGNATURE_LEN];
+        signature.copy_from_slice(self.pair.sign(message).as_ref());
+        signature
+    }
+
     /// Signs the claims and returns the ticket text. The claims' key id is set to this key's.
     pub fn issue(&self, claims: &TicketClaims) -> String {
         let claims = TicketClaims {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeviceId, KeyId, StoreId, TicketId};
 use crate::message::RejectReason;
+use crate::signed::Signature;
 use crate::ticket::{Keyring, PublicKey, TicketClaims, TicketError};
 
 /// Most refused tickets one trust list carries (the payload stays well under its size limit);
@@ -22,6 +23,9 @@ pub const MAX_REFUSED_TICKETS: usize = 200;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrustList {
     pub issued_at: DateTime<Utc>,
+    /// The store this list is for (absent from older managements).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreId>,
     /// Whether this store's devices may start a provisional session on their own.
     pub offline_start: bool,
     /// The keys tickets may be signed with.
@@ -32,6 +36,9 @@ pub struct TrustList {
     /// More tickets were refused than the list carries ([`MAX_REFUSED_TICKETS`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// Management's signature (see [`crate::signed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 /// A ticket-verification key: its id and the Ed25519 public key in lower-case hex.
@@ -168,10 +175,12 @@ mod tests {
         let key = SigningKey::from_seed(key_id.clone(), &[7; 32]).unwrap();
         let list = TrustList {
             issued_at: at(0),
+            store: None,
             offline_start: true,
             keys: vec![TrustedKey::from(&key.public_key())],
             refused_tickets: Vec::new(),
             truncated: false,
+            signature: None,
         };
         let claims = TicketClaims {
             ticket_id: TicketId::random(),

@@ -237,3 +237,42 @@ fn documented_examples_are_vector_payloads() {
     }
     assert!(text.contains(&tickets::booking_ticket()));
 }
+
+/// The signed vectors verify with the command key's public key only, as a device checks them.
+#[test]
+fn signed_vectors_verify_with_the_public_command_key() {
+    use mujin_protocol::message::{decode, Command, DesiredState};
+    use mujin_protocol::signed::{verify_command, verify_desired, verify_trust_list};
+    use mujin_protocol::topic::Topic;
+    use mujin_protocol::trust::TrustList;
+
+    prepare();
+    let public = messages::command_key().public_key();
+    let mut checked = 0;
+    for path in message_files() {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let vector: messages::MessageVector =
+            serde_json::from_value(read_json(&path).unwrap()).unwrap();
+        let payload = serde_json::to_vec(&vector.payload).unwrap();
+        let topic = Topic::parse(&vector.topic).unwrap();
+        let result = match (vector.message.as_str(), &topic) {
+            ("Command", Topic::Device { store, device, .. }) => {
+                let command: Command = decode(&payload).unwrap();
+                verify_command(&public, &command, store, device, command.issued_at)
+            }
+            ("DesiredState", Topic::Device { store, device, .. }) => verify_desired(
+                &public,
+                &decode::<DesiredState>(&payload).unwrap(),
+                store,
+                device,
+            ),
+            ("TrustList", Topic::Trust { store }) => {
+                verify_trust_list(&public, &decode::<TrustList>(&payload).unwrap(), store)
+            }
+            _ => continue,
+        };
+        assert_eq!(result, Ok(()), "{name}");
+        checked += 1;
+    }
+    assert!(checked >= 7, "only {checked} signed vectors");
+}

@@ -1,5 +1,6 @@
 //! Real `mujin-agent` processes, each running a real child program that writes its pid to a
-//! file so tests can check whether it is alive.
+//! file so tests can check whether it is alive. Each is given management's command key, so it
+//! acts only on what management signed.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,13 +21,14 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `mujin-agent` for `store`/`device` against the broker on `port`.
+    /// Starts `mujin-agent` for `store`/`device` against the broker on `port`, trusting
+    /// `management_key` (`KEYID:HEX`).
     pub fn spawn(
         dir: &Path,
         port: u16,
         credentials: (&str, &str),
-        store: &StoreId,
-        device: &DeviceId,
+        (store, device): (&StoreId, &DeviceId),
+        management_key: &str,
     ) -> Agent {
         let pid_file = dir.join(format!("{store}-{device}.pid"));
         let program = format!("echo $$ > '{}'; exec sleep 600", pid_file.display());
@@ -36,6 +38,7 @@ impl Agent {
             .args(["--username", credentials.0])
             .env("MUJIN_AGENT_PASSWORD", credentials.1)
             .args(["--telemetry-interval-ms", "500", "--stop-grace-ms", "1000"])
+            .env("MUJIN_AGENT_MANAGEMENT_KEY", management_key)
             .args(["--", "sh", "-c", &program])
             .env("RUST_LOG", "info,rumqttc=warn")
             .stdin(Stdio::piped())

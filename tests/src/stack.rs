@@ -214,7 +214,12 @@ impl Stack {
 
     /// Starts a real agent process for the device.
     pub fn agent(&self, (store, device): &(StoreId, DeviceId)) -> Agent {
-        Agent::spawn(self.dir.path(), self.port, AGENT, store, device)
+        self.agent_via(self.port, &(store.clone(), device.clone()))
+    }
+
+    /// Management's command key as agents are given it (`KEYID:HEX`).
+    pub fn management_key(&self) -> String {
+        mujin_protocol::signed::public_key_text(&self.keys.command.public_key())
     }
 
     /// Starts the broker process again on the same port (after [`Stack::kill_broker`]); like
@@ -268,7 +273,8 @@ impl Stack {
 
     /// Starts a real agent process that reaches the broker through `port` (e.g. a proxy's).
     pub fn agent_via(&self, port: u16, (store, device): &(StoreId, DeviceId)) -> Agent {
-        Agent::spawn(self.dir.path(), port, AGENT, store, device)
+        let key = self.management_key();
+        Agent::spawn(self.dir.path(), port, AGENT, (store, device), &key)
     }
 
     /// Kills the broker process (as a crash would).

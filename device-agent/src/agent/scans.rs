@@ -6,6 +6,7 @@ use chrono::Utc;
 use mujin_protocol::message::{
     decode, encode, Decision, OfflineStart, Scan, ScanResult, StopCause, MAX_PAYLOAD_BYTES,
 };
+use mujin_protocol::signed::verify_trust_list;
 use mujin_protocol::topic::{self, DeviceChannel};
 use mujin_protocol::trust::TrustList;
 use mujin_protocol::{ScanId, SessionId, TicketId};
@@ -173,7 +174,14 @@ impl Agent {
 
     /// Keeps the store's newest valid trust list.
     pub(super) fn on_trust_list(&mut self, payload: &[u8]) {
-        match decode::<TrustList>(payload) {
+        let decoded = decode::<TrustList>(payload);
+        if let (Some(key), Ok(list)) = (&self.management_key, &decoded) {
+            if let Err(err) = verify_trust_list(key, list, &self.store) {
+                tracing::warn!(issued_at = %list.issued_at, %err, "trust list refused; ignoring it");
+                return;
+            }
+        }
+        match decoded {
             Ok(list) if is_newer(self.trust.as_ref(), &list) => {
                 tracing::info!(
                     issued_at = %list.issued_at,

@@ -1,6 +1,7 @@
 //! The shared test harness: a real broker on a free port, a test MQTT client playing
 //! management, and the real `mujin-agent` binary running a real program, its stdout read as the
-//! customer's screen.
+//! customer's screen. Like management, the test client signs its commands, desired states and
+//! trust lists with a command key the agent is given.
 
 // Each test binary uses a part of the harness only.
 #![allow(dead_code)]
@@ -17,9 +18,11 @@ use mujin_protocol::message::{
     decode, encode, Ack, Availability, Command, CommandAction, Decision, DesiredProgram,
     DesiredState, EndReason, ReportedState, Scan, ScanResult,
 };
+use mujin_protocol::signed::{public_key_text, sign_command, sign_desired, sign_trust_list};
+use mujin_protocol::ticket::SigningKey;
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
 use mujin_protocol::trust::TrustList;
-use mujin_protocol::{CommandId, DeviceId, SessionId, StoreId};
+use mujin_protocol::{CommandId, DeviceId, KeyId, SessionId, StoreId};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -31,6 +34,11 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 pub const STOP_GRACE_MS: u64 = 500;
 /// How long the agents under test wait for a scan's answer before checking it offline.
 pub const OFFLINE_AFTER_MS: u64 = 1_000;
+
+/// The command key the test client signs with and the agents are given.
+pub fn command_key() -> SigningKey {
+    SigningKey::from_seed(KeyId::parse("c1").unwrap(), &[0x5c; 32]).unwrap()
+}
 
 /// A message management saw on one of the device's channels.
 pub struct Seen {
@@ -158,15 +166,30 @@ impl Harness {
     /// without acting twice) until its ack arrives.
     pub async fn command_at(&mut self, epoch: u64, action: CommandAction) -> Ack {
         self.epoch = self.epoch.max(epoch);
-        let command = Command {
+        let mut command = self.unsigned_command(epoch, action);
+        sign_command(&command_key(), &mut command);
+        self.send_command(&command).await
+    }
+
+    /// A command for this device valid for a minute, not signed yet.
+    pub fn unsigned_command(&self, epoch: u64, action: CommandAction) -> Command {
+        Command {
             command_id: CommandId::random(),
             issued_at: Utc::now(),
             epoch,
+            store: Some(self.store.clone()),
+            device: Some(self.device.clone()),
+            expires_at: Some(Utc::now() + chrono::Duration::minutes(1)),
             action,
-        };
+            signature: None,
+        }
+    }
+
+    /// Sends `command` as it is (again every 500 ms) until its ack arrives.
+    pub async fn send_command(&mut self, command: &Command) -> Ack {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            self.publish(DeviceChannel::Command, encode(&command)).await;
+            self.publish(DeviceChannel::Command, encode(command)).await;
             let resend = Instant::now() + Duration::from_millis(500);
             while Instant::now() < resend {
                 let wait = resend.min(deadline);
@@ -194,7 +217,10 @@ impl Harness {
         let desired = DesiredState {
             epoch: self.epoch,
             issued_at: Utc::now(),
+            store: None,
+            device: None,
             program,
+            signature: None,
         };
         self.publish_desired(&desired).await;
         desired
@@ -297,14 +323,24 @@ impl Harness {
             .await;
     }
 
-    /// Publishes the store's trust list, retained, like management.
+    /// `list` for this store, signed like management does.
+    pub fn signed_trust(&self, list: &TrustList) -> TrustList {
+        let mut list = TrustList {
+            store: Some(self.store.clone()),
+            ..list.clone()
+        };
+        sign_trust_list(&command_key(), &mut list);
+        list
+    }
+
+    /// Publishes the store's trust list (signed), retained, like management.
     pub async fn publish_trust(&self, list: &TrustList) {
         self.management
             .publish(
                 topic::trust(&self.store),
                 QoS::AtLeastOnce,
                 true,
-                encode(list),
+                encode(&self.signed_trust(list)),
             )
             .await
             .unwrap();
@@ -318,8 +354,9 @@ impl Harness {
     }
 }
 
-/// Publishes `desired` retained and waits for the broker to echo it, so that it is certainly
-/// retained before anything else happens. Other messages seen meanwhile go to `backlog`.
+/// Publishes `desired` retained, for the device of `topic` and signed like management does, and
+/// waits for the broker to echo it, so that it is certainly retained before anything else
+/// happens. Other messages seen meanwhile go to `backlog`.
 pub async fn publish_desired(
     management: &AsyncClient,
     seen: &mut mpsc::UnboundedReceiver<Seen>,
@@ -327,7 +364,13 @@ pub async fn publish_desired(
     topic: String,
     desired: &DesiredState,
 ) {
-    let payload = encode(desired);
+    let mut desired = desired.clone();
+    if let Ok(Topic::Device { store, device, .. }) = Topic::parse(&topic) {
+        desired.store = Some(store);
+        desired.device = Some(device);
+    }
+    sign_desired(&command_key(), &mut desired);
+    let payload = encode(&desired);
     management
         .publish(topic, QoS::AtLeastOnce, true, payload.clone())
         .await
@@ -416,6 +459,10 @@ pub fn spawn_agent(
         .args(["--no-stdin", "--telemetry-interval-ms", "200"])
         .args(["--stop-grace-ms", &STOP_GRACE_MS.to_string()])
         .args(["--offline-after-ms", &OFFLINE_AFTER_MS.to_string()])
+        .args([
+            "--management-key",
+            &public_key_text(&command_key().public_key()),
+        ])
         .arg("--")
         .args(program)
         .env("PIDFILE", dir.join("program.pid"))

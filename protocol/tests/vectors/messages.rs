@@ -10,13 +10,15 @@ use mujin_protocol::message::{
     Telemetry,
 };
 use mujin_protocol::presence::WorkerStatus;
+use mujin_protocol::signed::{public_key_text, sign_command, sign_desired, sign_trust_list};
 use mujin_protocol::snapshot::{
     BookingSummary, SessionSummary, SnapshotItems, SnapshotPage, SnapshotPart,
 };
+use mujin_protocol::ticket::SigningKey;
 use mujin_protocol::topic::{DeviceChannel, Topic};
 use mujin_protocol::trust::{RefusedTicket, TrustList, TrustedKey};
 use mujin_protocol::{
-    CommandId, DeviceId, OperatorId, RequestId, ScanId, SessionId, StoreId, TicketId,
+    CommandId, DeviceId, KeyId, OperatorId, RequestId, ScanId, SessionId, StoreId, TicketId,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,12 @@ pub struct MessageVector {
 
 fn time(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+}
+
+/// Management's command key of the vectors: Ed25519 seed `0x5c` × 32, key id `c1`. Its
+/// public key (what agents are given) is `mujin_protocol::signed::public_key_text` of it.
+pub fn command_key() -> SigningKey {
+    SigningKey::from_seed(KeyId::parse("c1").unwrap(), &[0x5c; 32]).unwrap()
 }
 
 fn store() -> StoreId {
@@ -237,63 +245,91 @@ fn device_reports() -> Vec<(String, MessageVector)> {
 }
 
 fn commands() -> Vec<(String, MessageVector)> {
-    let start = Command {
+    let mut start = Command {
         command_id: start_command_id(),
         issued_at: session_start(),
         epoch: 7,
+        store: Some(store()),
+        device: Some(device()),
+        expires_at: Some(session_start() + chrono::Duration::minutes(5)),
         action: CommandAction::Start {
             session_id: session_id(),
             lease_until: lease_until(),
             remaining_ms: u64::try_from((lease_until() - session_start()).num_milliseconds())
                 .unwrap(),
         },
+        signature: None,
     };
-    let stop = Command {
+    let mut stop = Command {
         command_id: stop_command_id(),
         issued_at: session_end(),
         epoch: 10,
+        store: Some(store()),
+        device: Some(device()),
+        expires_at: Some(session_end() + chrono::Duration::minutes(5)),
         action: CommandAction::Stop {
             session_id: session_id(),
             reason: EndReason::BookingEnded,
         },
+        signature: None,
     };
     let warn_at = lease_until() - chrono::Duration::minutes(5);
-    let warn = Command {
+    let mut warn = Command {
         command_id: CommandId::parse("5b0f8d0e-6a3c-4d7e-9b1a-2f4c6e8a0b1d").unwrap(),
         issued_at: warn_at,
         epoch: 8,
+        store: Some(store()),
+        device: Some(device()),
+        expires_at: Some(warn_at + chrono::Duration::minutes(5)),
         action: CommandAction::Warn {
             session_id: session_id(),
             lease_until: lease_until(),
             remaining_ms: 300_000,
         },
+        signature: None,
     };
     let extended_until = lease_until() + chrono::Duration::minutes(30);
-    let extend = Command {
+    let mut extend = Command {
         command_id: CommandId::parse("6c1a9e1f-7b4d-4e8f-8c2b-3a5d7f9b1c2e").unwrap(),
         issued_at: warn_at,
         epoch: 9,
+        store: Some(store()),
+        device: Some(device()),
+        expires_at: Some(warn_at + chrono::Duration::minutes(5)),
         action: CommandAction::Extend {
             session_id: session_id(),
             lease_until: extended_until,
             remaining_ms: u64::try_from((extended_until - warn_at).num_milliseconds()).unwrap(),
         },
+        signature: None,
     };
-    let desired_running = DesiredState {
+    let mut desired_running = DesiredState {
         epoch: 7,
         issued_at: session_start(),
+        store: Some(store()),
+        device: Some(device()),
         program: DesiredProgram::Running {
             session_id: session_id(),
             lease_until: lease_until(),
             remaining_ms: u64::try_from((lease_until() - session_start()).num_milliseconds())
                 .unwrap(),
         },
+        signature: None,
     };
-    let desired_idle = DesiredState {
+    let mut desired_idle = DesiredState {
         epoch: 10,
         issued_at: session_end(),
+        store: Some(store()),
+        device: Some(device()),
         program: DesiredProgram::Idle,
+        signature: None,
     };
+    let key = command_key();
+    for command in [&mut start, &mut stop, &mut warn, &mut extend] {
+        sign_command(&key, command);
+    }
+    sign_desired(&key, &mut desired_running);
+    sign_desired(&key, &mut desired_idle);
     let desired = || device_topic(DeviceChannel::Desired);
     let started = Ack {
         command_id: start_command_id(),
@@ -312,7 +348,12 @@ fn commands() -> Vec<(String, MessageVector)> {
     vec![
         vector(
             "command-start",
-            "Start the program for the session; remaining_ms is counted from issued_at.",
+            &format!(
+                "Start the program for the session; remaining_ms is counted from issued_at. \
+                 Signed by management's command key {} (Ed25519 seed 0x5c x 32) over \
+                 b\"mujin-command-v1\\0\" followed by this payload without its signature.",
+                public_key_text(&key.public_key())
+            ),
             "Command",
             command(),
             &start,
@@ -724,8 +765,9 @@ fn snapshots() -> Vec<(String, MessageVector)> {
 
 /// Every message vector by file name, generated from the Rust types.
 fn trust() -> Vec<(String, MessageVector)> {
-    let list = TrustList {
+    let mut list = TrustList {
         issued_at: time("2027-01-15T07:00:00Z"),
+        store: Some(store()),
         offline_start: true,
         keys: vec![TrustedKey::from(&tickets::booking_key())],
         refused_tickets: vec![RefusedTicket {
@@ -733,7 +775,9 @@ fn trust() -> Vec<(String, MessageVector)> {
             reason: RejectReason::Cancelled,
         }],
         truncated: false,
+        signature: None,
     };
+    sign_trust_list(&command_key(), &mut list);
     let topic = Topic::Trust { store: store() };
     let worker = || Topic::Worker {
         worker: mujin_protocol::WorkerId::parse("mujin-management").unwrap(),
