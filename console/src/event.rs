@@ -8,6 +8,9 @@ use mujin_protocol::message::{self, Ack, Command, DesiredState, Reply, ReportedS
 use mujin_protocol::{DeviceId, RequestId, StoreId};
 
 /// Something that happened; `app::update` turns it into a new state.
+// Events pass through once, by value; boxing the MQTT variant would cost an allocation per
+// message to save a few hundred bytes on a short-lived value.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A key press from the terminal.

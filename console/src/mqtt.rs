@@ -373,6 +373,10 @@ mod tests {
                 session_id: mujin_protocol::SessionId::random(),
                 reason: message::EndReason::Forced,
             },
+            store: None,
+            device: None,
+            expires_at: None,
+            signature: None,
         };
         let command_topic = topic::device(&store, &device, DeviceChannel::Command);
         assert_eq!(

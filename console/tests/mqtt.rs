@@ -248,6 +248,10 @@ async fn forwards_decoded_messages_and_survives_a_broker_restart() {
             session_id: SessionId::random(),
             reason: EndReason::BookingEnded,
         },
+        store: None,
+        device: None,
+        expires_at: None,
+        signature: None,
     };
     let ack = Ack {
         command_id: command.command_id,

@@ -384,6 +384,9 @@ fn the_retained_desired_state_tells_a_reconnected_console_which_session_runs_whe
                     epoch: 4,
                     issued_at: t("2025-06-01T09:59:00Z"),
                     program,
+                    store: None,
+                    device: None,
+                    signature: None,
                 },
             },
         })

@@ -56,6 +56,10 @@ fn command(s: &str, d: &str, action: CommandAction, at: &str) -> (CommandId, Eve
             issued_at: t(at),
             epoch: 1,
             action,
+            store: None,
+            device: None,
+            expires_at: None,
+            signature: None,
         },
     };
     (command_id, mqtt(incoming, at))

@@ -210,6 +210,10 @@ fn add_commands(app: &mut App) {
             issued_at: t(at),
             epoch: u64::from(n),
             action,
+            store: None,
+            device: None,
+            expires_at: None,
+            signature: None,
         };
         mqtt(
             Incoming::Command {
