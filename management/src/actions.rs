@@ -4,7 +4,7 @@
 //! log. Plain async functions over the pool, so the command line and MQTT requests share them.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::{GenericClient, Pool, Transaction};
 use mujin_protocol::message::{CommandAction, EndReason, Event, EventKind};
 use mujin_protocol::{CommandId, DeviceId, SessionId, StoreId, TicketId};
 use tokio_postgres::error::SqlState;
@@ -194,7 +194,23 @@ pub async fn extend(
     now: DateTime<Utc>,
 ) -> Result<Extension, ExtendError> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut tx = client.transaction().await?;
+    let extension = extend_in(&mut tx, session_id, new_end, by, now).await?;
+    tx.commit().await?;
+    Ok(extension)
+}
+
+/// [`extend`] inside the caller's transaction (in a savepoint of its own, so a refusal leaves
+/// the transaction usable): an operator request records its reply in the same commit, which
+/// makes a request sent again unable to extend twice.
+pub async fn extend_in(
+    outer: &mut Transaction<'_>,
+    session_id: SessionId,
+    new_end: NewEnd,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Extension, ExtendError> {
+    let tx = outer.savepoint("extend").await?;
     let session = lock_open_session(&tx, session_id).await?;
     let previous = session.lease_until;
     // Booking windows are whole seconds, like the tickets that carry them.
@@ -236,8 +252,8 @@ pub async fn extend(
         .await;
     if let Err(error) = moved {
         if matches!(sql_state(&error), Some(state) if *state == SqlState::EXCLUSION_VIOLATION) {
-            drop(tx);
-            let next_start = next_booking_start(pool, &session, ticket_id)
+            drop(tx); // back to the savepoint
+            let next_start = next_booking_start(&*outer, &session, ticket_id)
                 .await
                 .ok()
                 .flatten();
@@ -286,7 +302,7 @@ pub async fn extend(
     };
     audit::record(&tx, &event).await?;
     tx.commit().await?;
-    tracing::info!(%store, %device, %session_id, %previous, %lease_until, by, "session end moved by an operator");
+    tracing::info!(%store, %device, %session_id, %previous, %lease_until, by, "session end moved by an operator (on commit)");
     Ok(Extension {
         session_id,
         store: session.store,
@@ -299,11 +315,10 @@ pub async fn extend(
 /// The start of the first other live booking of the session's device after the session's
 /// current end, for the operator's error message.
 async fn next_booking_start(
-    pool: &Pool,
+    client: &impl GenericClient,
     session: &OpenSession,
     own_ticket: Uuid,
 ) -> Result<Option<DateTime<Utc>>, WorkError> {
-    let client = pool.get().await?;
     let row = client
         .query_one(
             "SELECT min(lower(period)) FROM reservations

@@ -4,7 +4,7 @@
 //! Snapshot queries only read, so they are answered directly (see [`crate::snapshot`]).
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::{GenericClient, Pool, Transaction};
 use mujin_protocol::message::{self, Reply, Request, RequestAction};
 use mujin_protocol::snapshot::SnapshotPart;
 use mujin_protocol::ticket::SigningKey;
@@ -101,11 +101,12 @@ async fn snapshot_reply(
 /// The request row is inserted first, in a transaction that stays open while the action runs:
 /// another worker handling the same id blocks on that insert until this transaction ends, then
 /// finds the recorded reply (`ON CONFLICT DO NOTHING` + re-read). The actions run their own
-/// transactions, so the action and the record are not atomic: if this worker dies (or the
-/// database fails) after the action committed and before the record did, the request is acted
-/// on again when redelivered. That is harmless for force stop, cancel and service state (the
-/// second attempt is refused or changes nothing) and for a walk-in ticket (the first booking
-/// overlaps the second, which is refused); an extension would be applied twice.
+/// transactions, except an extension, which runs inside this one: if this worker dies (or the
+/// database fails) after another action committed and before the record did, the request is
+/// acted on again when sent again. That is harmless for force stop, cancel and service state
+/// (the second attempt is refused or changes nothing) and for a walk-in ticket (the first
+/// booking overlaps the second, which is refused); an extension, the one action that would add
+/// up, commits with its record or not at all.
 async fn decide_once(
     pool: &Pool,
     signing_key: &SigningKey,
@@ -122,7 +123,7 @@ async fn decide_once(
         .unwrap_or("unknown")
         .to_owned();
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut tx = client.transaction().await?;
     let claimed = tx
         .execute(
             "INSERT INTO requests (request_id, operator, action, body, ok, detail, decided_at)
@@ -142,7 +143,7 @@ async fn decide_once(
         return Ok(reply);
     }
     // On an error the transaction is dropped, which releases the claim for the retry.
-    let decided = act(pool, signing_key, operator, &request.action, now).await?;
+    let decided = act(pool, &mut tx, signing_key, operator, &request.action, now).await?;
     tx.execute(
         "UPDATE requests SET ok = $2, detail = $3, ticket = $4 WHERE request_id = $1",
         &[
@@ -233,6 +234,7 @@ fn db_failure(error: WorkError) -> Result<Decided, WorkError> {
 
 async fn act(
     pool: &Pool,
+    tx: &mut Transaction<'_>,
     signing_key: &SigningKey,
     operator: &OperatorId,
     action: &RequestAction,
@@ -246,7 +248,7 @@ async fn act(
             minutes,
         } => match check_minutes(*minutes) {
             Err(refusal) => Ok(refusal),
-            Ok(minutes) => extend(pool, *session_id, minutes, by, now).await,
+            Ok(minutes) => extend(tx, *session_id, minutes, by, now).await,
         },
         RequestAction::SetService {
             store,
@@ -295,14 +297,14 @@ async fn force_stop(
 }
 
 async fn extend(
-    pool: &Pool,
+    tx: &mut Transaction<'_>,
     session_id: SessionId,
     by_duration: chrono::Duration,
     by: &str,
     now: DateTime<Utc>,
 ) -> Result<Decided, WorkError> {
     let new_end = NewEnd::AfterCurrent(by_duration);
-    match actions::extend(pool, session_id, new_end, by, now).await {
+    match actions::extend_in(tx, session_id, new_end, by, now).await {
         Ok(extension) => Ok(Decided::done(format!(
             "session {session_id} on {}/{} now ends at {} (was {})",
             extension.store,

@@ -369,6 +369,100 @@ async fn a_request_sent_twice_is_carried_out_once_and_answered_twice_alike() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_whose_reply_cannot_be_recorded_is_retried_and_applied_once() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-05").await;
+    let booking = stack.book_now(&device, 600).await;
+    let scan = Scan {
+        scan_id: ScanId::random(),
+        ticket: booking.ticket.clone(),
+        read_at: chrono::Utc::now(),
+        offline: None,
+    };
+    let scan_topic = topic::device(&device.0, &device.1, DeviceChannel::Scan);
+    stack
+        .observer
+        .publish_raw(&scan_topic, message::encode(&scan))
+        .await;
+    let (session_id, booked_end) = stack
+        .observer
+        .wait_event("the session to start", SHORT, |event| match event.kind {
+            EventKind::SessionStarted {
+                session_id,
+                lease_until,
+                ..
+            } => Some((session_id, lease_until)),
+            _ => None,
+        })
+        .await;
+    // The first attempt to record the extension's reply fails the way a lost race does
+    // (serialization failure, which management retries); a sequence is not rolled back, so the
+    // retry goes through.
+    let client = stack.pool.get().await.expect("db connection");
+    client
+        .batch_execute(
+            "CREATE SEQUENCE record_attempts;
+             CREATE FUNCTION fail_first_record() RETURNS trigger AS $$
+             BEGIN
+                 IF NEW.action = 'extend' AND nextval('record_attempts') = 1 THEN
+                     RAISE EXCEPTION 'injected failure' USING ERRCODE = '40001';
+                 END IF;
+                 RETURN NEW;
+             END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER fail_first_record BEFORE UPDATE ON requests
+                 FOR EACH ROW EXECUTE FUNCTION fail_first_record();",
+        )
+        .await
+        .expect("install the failing trigger");
+    let alice = operator("alice");
+    let extended = ask(
+        &stack,
+        &alice,
+        RequestAction::Extend {
+            session_id,
+            minutes: 5,
+        },
+    )
+    .await;
+    assert!(extended.ok, "{extended:?}");
+    let attempts: i64 = client
+        .query_one("SELECT last_value FROM record_attempts", &[])
+        .await
+        .expect("attempts")
+        .get(0);
+    assert!(attempts >= 2, "the failure was injected and retried");
+    let lease_until: chrono::DateTime<chrono::Utc> = client
+        .query_one(
+            "SELECT lease_until FROM sessions WHERE session_id = $1",
+            &[&session_id.as_uuid()],
+        )
+        .await
+        .expect("the session")
+        .get(0);
+    assert_eq!(lease_until, booked_end + chrono::Duration::minutes(5));
+    stack
+        .observer
+        .wait_event("the extension event", SHORT, |event| {
+            matches!(event.kind, EventKind::SessionExtended { .. }).then_some(())
+        })
+        .await;
+    // Events go out within about a second of their commit: a second one would be here by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let extensions = stack
+        .observer
+        .events()
+        .iter()
+        .filter(|event| matches!(event.kind, EventKind::SessionExtended { .. }))
+        .count();
+    assert_eq!(extensions, 1, "one session_extended event");
+    println!(
+        "checked: the reply's record failed once, the retry extended once (+5 min): {:?}",
+        extended.detail
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_do_not_stop_the_next_one() {
     let stack = Stack::start().await;
     let device = stack.add_device("shibuya", "pc-04").await;
