@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::desired::{converge, Convergence, EndedSessions, EpochFence};
 use crate::mqtt::{Link, LinkEvent};
 use crate::offline::{Provisional, StartedTickets};
-use crate::pending::PendingScans;
+use crate::pending::{PendingScans, RepeatFilter};
 use crate::program::{
     decide_start, decide_stop, lease_duration, StartDecision, StopDecision, Supervisor,
 };
@@ -54,6 +54,8 @@ pub(crate) struct Agent {
     ended: EndedSessions,
     /// Readings not answered yet, sent again until they are.
     pending: PendingScans,
+    /// Drops the scanner's repeats of one code.
+    repeats: RepeatFilter,
     /// The newest valid trust list of the store, once one arrived.
     trust: Option<TrustList>,
     /// The session started offline whose scan is still unanswered, while it runs.
@@ -94,6 +96,7 @@ impl Agent {
             epochs: EpochFence::default(),
             ended: EndedSessions::default(),
             pending: PendingScans::new(offline_after),
+            repeats: RepeatFilter::default(),
             trust: None,
             provisional: None,
             started_tickets: StartedTickets::default(),

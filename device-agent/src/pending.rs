@@ -161,6 +161,31 @@ impl PendingScans {
     }
 }
 
+/// A reading of the same text within this time of the previous one is the scanner repeating
+/// itself (a code held in front of it, a stuck trigger), not a new attempt.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(3);
+
+/// Drops a scanner's repeats: the same text read again within [`REPEAT_WINDOW`] of its last
+/// reading. Each repeat restarts the window, so a scanner stuck on one code sends it once.
+#[derive(Debug, Default)]
+pub struct RepeatFilter {
+    last: Option<(String, Instant)>,
+}
+
+impl RepeatFilter {
+    /// Whether `text`, read at `now`, is a repeat of the previous reading.
+    pub fn is_repeat(&mut self, text: &str, now: Instant) -> bool {
+        let repeat = self.last.as_ref().is_some_and(|(last, at)| {
+            last == text && now.saturating_duration_since(*at) < REPEAT_WINDOW
+        });
+        match &mut self.last {
+            Some((last, at)) if last == text => *at = now,
+            _ => self.last = Some((text.to_owned(), now)),
+        }
+        repeat
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
@@ -187,6 +212,22 @@ mod tests {
             started_at: Utc::now(),
             lease_until: Utc::now(),
         }
+    }
+
+    #[test]
+    fn a_stuck_scanner_sends_its_code_once() {
+        let mut filter = RepeatFilter::default();
+        let start = Instant::now();
+        assert!(!filter.is_repeat("MJ1:A", start));
+        // Held in front of the scanner for a minute: every reading within the window of the
+        // previous one.
+        for second in 1..=60 {
+            assert!(filter.is_repeat("MJ1:A", start + secs(second)));
+        }
+        // Another code is a new reading, and so is the first one again after a pause.
+        assert!(!filter.is_repeat("MJ1:B", start + secs(61)));
+        assert!(!filter.is_repeat("MJ1:A", start + secs(62)));
+        assert!(!filter.is_repeat("MJ1:A", start + secs(62) + REPEAT_WINDOW));
     }
 
     #[test]

@@ -283,3 +283,25 @@ async fn nothing_starts_offline_when_the_store_forbids_it_or_refuses_the_ticket(
     assert!(!harness.pidfile().exists(), "a program was started");
     harness.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_scanner_repeating_one_code_sends_one_scan() {
+    let mut harness = Harness::start(SLEEPER).await;
+    for _ in 0..20 {
+        harness.scan("MJ1:STUCK").await;
+    }
+    harness.scan("MJ1:OTHER").await;
+    // Every scan published until the other code's (before any resend could come).
+    let mut scans = Vec::new();
+    let deadline = Instant::now() + Duration::from_millis(1_500);
+    for scan in harness.scans_until(deadline).await {
+        let other = scan.ticket == "MJ1:OTHER";
+        scans.push(scan);
+        if other {
+            break;
+        }
+    }
+    let tickets: Vec<&str> = scans.iter().map(|scan| scan.ticket.as_str()).collect();
+    assert_eq!(tickets, ["MJ1:STUCK", "MJ1:OTHER"], "one scan per code");
+    harness.shutdown().await;
+}

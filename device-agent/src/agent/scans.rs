@@ -43,6 +43,10 @@ impl Agent {
     }
 
     pub(crate) fn on_scanned(&mut self, ticket: String) {
+        if self.repeats.is_repeat(&ticket, Instant::now()) {
+            tracing::debug!("the same code read again at once; not a new scan");
+            return;
+        }
         let scan = scan_message(ScanId::random(), ticket);
         if let Some(dropped) = self.pending.add(scan.clone(), Instant::now()) {
             tracing::warn!(
