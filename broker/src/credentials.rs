@@ -1,7 +1,7 @@
-//! The set of MQTT usernames and passwords the broker accepts.
-//!
-//! Kept behind a small type so the source can change (a TOML file today, PostgreSQL later)
-//! without touching the broker's auth hook.
+//! The fixed MQTT accounts of the credentials file: usernames with **plain** passwords, for
+//! development, bootstrapping and tests. Devices, operators and services in production use
+//! identities from management's database instead (see `identities`), whose tokens are stored
+//! only as keyed hashes and bound to client ids.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -97,6 +97,11 @@ impl Credentials {
             credentials.insert(entry.username, entry.password);
         }
         Ok(credentials)
+    }
+
+    /// True when `username` is listed.
+    pub fn contains(&self, username: &str) -> bool {
+        self.passwords.contains_key(username)
     }
 
     /// True when `username` is known and `password` is its password.

@@ -1,6 +1,10 @@
 //! The mujin MQTT broker: rumqttd embedded on our own runtime, authenticated clients only.
 //!
-//! - [`Credentials`] — who may connect (a TOML file today).
+//! - [`Credentials`] — fixed accounts with plain passwords (a TOML file), for development,
+//!   bootstrapping and tests;
+//! - [`IdentitySettings`] — identities from management's PostgreSQL (devices, operators,
+//!   services), each with its own token stored as a keyed hash and bound to its client ids;
+//!   reloaded every 2 s, revoked ones disconnected (module `identities`, `gate`, `watch`);
 //! - [`Broker`] — a running broker: MQTT 3.1.1 listener, optional MQTT 5 listener; bind errors
 //!   are returned by [`Broker::start`], and [`Broker::shutdown`] closes every connection.
 //! - [`run`] — start, wait for the shutdown future, stop: what the `mujin-broker` binary does.
@@ -9,13 +13,17 @@
 //! rumqttd's memory): authoritative state belongs in PostgreSQL and is republished.
 
 mod credentials;
+mod gate;
+pub mod identities;
 mod server;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use credentials::{Credentials, CredentialsFileError};
+pub use identities::{read_pepper, IdentitySettings};
 pub use server::{Broker, MAX_CONNECTIONS, MAX_PAYLOAD_BYTES};
 
 /// What a broker listens on and whom it lets in.
@@ -25,7 +33,8 @@ pub struct BrokerSettings {
     pub listen_v4: SocketAddr,
     /// MQTT 5 listener, if wanted. Port 0 picks a free port.
     pub listen_v5: Option<SocketAddr>,
-    /// Username/password pairs; every other client is refused.
+    /// Fixed username/password pairs (identities, when configured, are given to
+    /// [`Broker::start_with_identities`]); every other client is refused.
     pub credentials: Credentials,
 }
 
@@ -44,6 +53,10 @@ pub enum BrokerError {
         #[source]
         source: CredentialsFileError,
     },
+    #[error("identity pepper file {path}: {reason}")]
+    Pepper { path: PathBuf, reason: String },
+    #[error("cannot create the broker's internal secret: {0}")]
+    Secret(String),
     #[error("cannot start the broker's network runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("listener on {addr} failed: {reason}")]
@@ -57,14 +70,17 @@ pub enum BrokerError {
 /// test) can wait for readiness.
 pub async fn run(
     settings: BrokerSettings,
+    identities: Option<IdentitySettings>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BrokerError> {
     let clients = settings.credentials.len();
-    let broker = Broker::start(settings).await?;
+    let checks_identities = identities.is_some();
+    let broker = Broker::start_with_identities(settings, identities).await?;
     tracing::info!(
         v4 = %broker.v4_addr(),
         v5 = ?broker.v5_addr(),
         clients,
+        identities = checks_identities,
         "broker ready"
     );
     println!(

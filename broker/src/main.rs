@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use mujin_broker::{BrokerSettings, Credentials};
+use mujin_broker::{BrokerError, BrokerSettings, Credentials, IdentitySettings};
 use tracing_subscriber::EnvFilter;
 
 /// rumqttd is chatty at info (one line per connection); keep it at warn unless RUST_LOG says
@@ -13,8 +13,12 @@ use tracing_subscriber::EnvFilter;
 const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn";
 
 /// The mujin MQTT broker: MQTT 3.1.1 and 5, authenticated clients only.
+///
+/// Clients are let in by identities from management's database (--database-url with
+/// --identity-pepper) and/or by the fixed accounts of a credentials file (--credentials).
 #[derive(Debug, Parser)]
 #[command(name = "mujin-broker", version)]
+#[command(group(clap::ArgGroup::new("accounts").required(true).multiple(true).args(["credentials", "database_url"])))]
 struct Flags {
     /// Address of the MQTT 3.1.1 listener.
     #[arg(long, env = "MUJIN_BROKER_LISTEN", default_value = "127.0.0.1:1883")]
@@ -22,9 +26,39 @@ struct Flags {
     /// Address of the MQTT 5 listener (none if not given).
     #[arg(long, env = "MUJIN_BROKER_LISTEN_V5")]
     listen_v5: Option<SocketAddr>,
-    /// TOML file of the clients allowed in: [[client]] username = "..", password = "..".
+    /// TOML file of fixed accounts: [[client]] username = "..", password = "..". The passwords
+    /// are in plain text: for development, bootstrapping and tests.
     #[arg(long, env = "MUJIN_BROKER_CREDENTIALS")]
-    credentials: PathBuf,
+    credentials: Option<PathBuf>,
+    /// Management's PostgreSQL: its identities (devices, operators, services) are let in,
+    /// reloaded every 2 s; revoked ones are disconnected.
+    #[arg(
+        long,
+        env = "MUJIN_BROKER_DATABASE_URL",
+        hide_env_values = true,
+        requires = "identity_pepper"
+    )]
+    database_url: Option<String>,
+    /// The pepper file the identity tokens are hashed with: management's
+    /// <data-dir>/keys/identity-pepper (32 bytes, mode 0600).
+    #[arg(long, env = "MUJIN_BROKER_IDENTITY_PEPPER", requires = "database_url")]
+    identity_pepper: Option<PathBuf>,
+}
+
+/// The accounts the flags name: the credentials file's and the identities' source.
+fn accounts(flags: &Flags) -> Result<(Credentials, Option<IdentitySettings>), BrokerError> {
+    let credentials = match &flags.credentials {
+        Some(path) => Credentials::load(path)?,
+        None => Credentials::new(),
+    };
+    let identities = match (&flags.database_url, &flags.identity_pepper) {
+        (Some(url), Some(pepper)) => Some(IdentitySettings::new(
+            url.clone(),
+            mujin_broker::read_pepper(pepper)?,
+        )),
+        _ => None,
+    };
+    Ok((credentials, identities))
 }
 
 #[tokio::main]
@@ -37,14 +71,14 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let result = match Credentials::load(&flags.credentials) {
-        Ok(credentials) => {
+    let result = match accounts(&flags) {
+        Ok((credentials, identities)) => {
             let settings = BrokerSettings {
                 listen_v4: flags.listen,
                 listen_v5: flags.listen_v5,
                 credentials,
             };
-            mujin_broker::run(settings, shutdown_signal()).await
+            mujin_broker::run(settings, identities, shutdown_signal()).await
         }
         Err(error) => Err(error),
     };

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -20,7 +21,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::{BrokerError, BrokerSettings};
+use crate::gate::Gate;
+use crate::watch::{self, Kicker};
+use crate::{BrokerError, BrokerSettings, IdentitySettings};
 
 /// Largest accepted MQTT payload. mujin payloads are at most 16 KiB (the protocol layer refuses
 /// more with a clear error), so the broker limit sits well above it and never fires first.
@@ -48,11 +51,23 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts the router and the listeners; returns once every listener is bound.
+    /// Starts the router and the listeners; returns once every listener is bound. Only the
+    /// credentials file's accounts are let in.
     ///
     /// A port of 0 is replaced by a free port first (see [`Broker::v4_addr`] for the result).
     /// Must be called from within a tokio runtime.
     pub async fn start(settings: BrokerSettings) -> Result<Broker, BrokerError> {
+        Self::start_with_identities(settings, None).await
+    }
+
+    /// Like [`Broker::start`], also letting in the identities of management's database (when
+    /// given): they are loaded once before the listeners open (a database outage is logged and
+    /// the broker starts without them), then kept up to date, and clients whose token stops
+    /// being valid are disconnected.
+    pub async fn start_with_identities(
+        settings: BrokerSettings,
+        identities: Option<IdentitySettings>,
+    ) -> Result<Broker, BrokerError> {
         let v4_addr = resolve_port(settings.listen_v4)?;
         let v5_addr = settings.listen_v5.map(resolve_port).transpose()?;
         // Cheap early check with the real io::Error; the authoritative one is rumqttd's own
@@ -74,8 +89,18 @@ impl Broker {
             runtime: Some(runtime),
         };
 
+        let pepper = identities.as_ref().map(|settings| settings.pepper.clone());
+        let gate = Arc::new(Gate::new(settings.credentials, pepper).map_err(BrokerError::Secret)?);
+        if let (Some(identities), Some(runtime)) = (identities, &broker.runtime) {
+            let kicker = Kicker::new(v4_addr, gate.internal_secret().to_owned());
+            let (loaded_tx, loaded) = oneshot::channel();
+            runtime.spawn(watch::run(identities, gate.clone(), kicker, loaded_tx));
+            // Answered after the first attempt, whether the database was there or not.
+            let _ = loaded.await;
+        }
+
         let router_tx = Router::new(0, router_config()).spawn();
-        let connections = connection_settings(settings.credentials);
+        let connections = connection_settings(gate);
         let v4 = Server::new(
             server_settings("v4", v4_addr, &connections),
             router_tx.clone(),
@@ -191,7 +216,7 @@ fn router_config() -> RouterConfig {
     }
 }
 
-fn connection_settings(credentials: crate::Credentials) -> ConnectionSettings {
+fn connection_settings(gate: Arc<Gate>) -> ConnectionSettings {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: CONNECT_TIMEOUT_MS,
         max_payload_size: MAX_PAYLOAD_BYTES,
@@ -203,11 +228,8 @@ fn connection_settings(credentials: crate::Credentials) -> ConnectionSettings {
     };
     connections.set_auth_handler(
         move |client_id: String, username: String, password: String| {
-            let accepted = credentials.check(&username, &password);
-            if !accepted {
-                warn!(%client_id, %username, "refused a client with bad credentials");
-            }
-            std::future::ready(accepted)
+            // In memory only (no database query per CONNECT); refusals are logged by the gate.
+            std::future::ready(gate.admit(&client_id, &username, &password))
         },
     );
     connections
@@ -254,7 +276,8 @@ mod tests {
     async fn serve_reports_bind_outcome_after_first_poll() {
         let runtime_handle = tokio::runtime::Handle::current();
         let router_tx = Router::new(0, router_config()).spawn();
-        let connections = connection_settings(crate::Credentials::new());
+        let gate = Gate::new(crate::Credentials::new(), None).unwrap();
+        let connections = connection_settings(Arc::new(gate));
 
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let taken_addr = taken.local_addr().unwrap();

@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -381,4 +382,74 @@ fn binary_prints_ready_line_and_serves_clients() {
     });
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn without_its_database_the_broker_still_serves_the_file_accounts() {
+    use mujin_broker::IdentitySettings;
+    use mujin_protocol::identity::Pepper;
+
+    let pepper = Pepper::from_bytes(&[9u8; 32]).unwrap();
+    // A socket directory that does not exist: every load fails at once.
+    let identities = IdentitySettings::new("host=/nonexistent/mujin dbname=none", pepper.clone());
+    let broker = Broker::start_with_identities(
+        BrokerSettings {
+            listen_v4: local_addr(),
+            listen_v5: None,
+            credentials: credentials(),
+        },
+        Some(identities),
+    )
+    .await
+    .unwrap();
+    let addr = broker.v4_addr();
+    let (_client, mut eventloop) = AsyncClient::new(
+        options(addr, "console-1", "console", "console-password"),
+        10,
+    );
+    wait_connack(&mut eventloop).await.unwrap();
+    // No identity was ever loaded: an identity username is unknown, whatever its token.
+    let token = "a".repeat(64);
+    let (_client, mut eventloop) =
+        AsyncClient::new(options(addr, "mujin-agent.s.d", "device:s:d", &token), 10);
+    assert!(wait_connack(&mut eventloop).await.is_err());
+    broker.shutdown().await;
+}
+
+#[test]
+fn binary_needs_the_pepper_with_the_database_and_a_private_pepper_file() {
+    let output = Command::new(env!("CARGO_BIN_EXE_mujin-broker"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "host=/nonexistent",
+        ])
+        .env_remove("MUJIN_BROKER_IDENTITY_PEPPER")
+        .env_remove("MUJIN_BROKER_CREDENTIALS")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--identity-pepper"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let pepper = dir.path().join("identity-pepper");
+    std::fs::write(&pepper, [1u8; 32]).unwrap();
+    std::fs::set_permissions(&pepper, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mujin-broker"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "host=/nonexistent",
+        ])
+        .arg("--identity-pepper")
+        .arg(&pepper)
+        .env_remove("MUJIN_BROKER_CREDENTIALS")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("readable by others"), "{stderr}");
 }

@@ -47,9 +47,10 @@ pub struct Link {
     task: JoinHandle<()>,
 }
 
-/// The stable client id of one device's agent.
+/// The stable client id of one device's agent, `mujin-agent.{store}.{device}`: the only one the
+/// broker accepts for the device's identity (ids cannot hold a `.`, so it is unambiguous).
 pub fn client_id(store: &StoreId, device: &DeviceId) -> String {
-    format!("mujin-agent-{store}-{device}")
+    mujin_protocol::identity::device_client_id(store, device)
 }
 
 fn qos(channel: DeviceChannel) -> QoS {
@@ -190,7 +191,7 @@ mod tests {
     fn client_id_is_stable_per_device() {
         let store = StoreId::parse("shibuya").unwrap();
         let device = DeviceId::parse("pc-01").unwrap();
-        assert_eq!(client_id(&store, &device), "mujin-agent-shibuya-pc-01");
+        assert_eq!(client_id(&store, &device), "mujin-agent.shibuya.pc-01");
     }
 
     #[test]

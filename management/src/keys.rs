@@ -1,6 +1,8 @@
 //! Management's keys on disk: one PKCS#8 file per key id in a directory only the owner can
 //! read — the ticket-signing keys (`{key_id}.pk8`) and the command key that signs what devices
-//! act on (`command-{key_id}.pk8`). A key is created on first use; its bytes are never logged.
+//! act on (`command-{key_id}.pk8`) — and the pepper that keys the hashes of identity tokens
+//! (`identity-pepper`, 32 random bytes, shared with the broker). A key is created on first use;
+//! its bytes are never logged.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -8,6 +10,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use mujin_protocol::identity::{self, IdentityError, Pepper};
 use mujin_protocol::ticket::{KeyError, Keyring, SigningKey};
 use mujin_protocol::KeyId;
 
@@ -28,7 +31,16 @@ pub enum KeyFileError {
         #[source]
         source: KeyError,
     },
+    #[error("pepper file {path} is not valid: {source}")]
+    InvalidPepper {
+        path: PathBuf,
+        #[source]
+        source: IdentityError,
+    },
 }
+
+/// The file name of the identity pepper in the key directory.
+pub const PEPPER_FILE: &str = "identity-pepper";
 
 /// The id of management's command key (its file is `command-c1.pk8`).
 pub const COMMAND_KEY_ID: &str = "c1";
@@ -86,16 +98,40 @@ pub fn load_or_create_command_key(dir: &Path) -> Result<SigningKey, KeyFileError
     load_or_create_file(dir, &path, &key_id, "command")
 }
 
+/// Loads the identity pepper from `dir` (`identity-pepper`), creating it (and `dir`) with
+/// owner-only permissions when missing. The broker is given the same file
+/// (`mujin-broker --identity-pepper`).
+pub fn load_or_create_pepper(dir: &Path) -> Result<Pepper, KeyFileError> {
+    let path = dir.join(PEPPER_FILE);
+    create_dir(dir)?;
+    if !path.exists() {
+        let invalid = |source| KeyFileError::InvalidPepper {
+            path: path.clone(),
+            source,
+        };
+        let bytes = identity::random_bytes().map_err(invalid)?;
+        write_new_secret(&path, &bytes)?;
+        tracing::info!(path = %path.display(), "created the identity pepper");
+    }
+    let bytes = read_secret(&path)?;
+    Pepper::from_bytes(&bytes).map_err(|source| KeyFileError::InvalidPepper { path, source })
+}
+
+fn create_dir(dir: &Path) -> Result<(), KeyFileError> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_error(dir))?;
+    }
+    Ok(())
+}
+
 fn load_or_create_file(
     dir: &Path,
     path: &Path,
     key_id: &KeyId,
     purpose: &str,
 ) -> Result<SigningKey, KeyFileError> {
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_error(dir))?;
-    }
+    create_dir(dir)?;
     if !path.exists() {
         create_key(path, key_id, purpose)?;
     }
@@ -112,19 +148,25 @@ fn create_key(path: &Path, key_id: &KeyId, purpose: &str) -> Result<(), KeyFileE
             path: path.to_owned(),
             source,
         })?;
+    write_new_secret(path, &pkcs8)?;
+    tracing::info!(key_id = %key_id, path = %path.display(), purpose, "created a signing key");
+    Ok(())
+}
+
+/// Writes a new owner-only file (never overwrites one).
+fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(io_error(path))?;
-    file.write_all(&pkcs8).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))?;
-    tracing::info!(key_id = %key_id, path = %path.display(), purpose, "created a signing key");
-    Ok(())
+    file.write_all(bytes).map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))
 }
 
-fn read_key(path: &Path, key_id: &KeyId) -> Result<SigningKey, KeyFileError> {
+/// Reads a file only its owner may read.
+fn read_secret(path: &Path) -> Result<Vec<u8>, KeyFileError> {
     let mode = fs::metadata(path)
         .map_err(io_error(path))?
         .permissions()
@@ -135,7 +177,11 @@ fn read_key(path: &Path, key_id: &KeyId) -> Result<SigningKey, KeyFileError> {
             mode: mode & 0o777,
         });
     }
-    let pkcs8 = fs::read(path).map_err(io_error(path))?;
+    fs::read(path).map_err(io_error(path))
+}
+
+fn read_key(path: &Path, key_id: &KeyId) -> Result<SigningKey, KeyFileError> {
+    let pkcs8 = read_secret(path)?;
     SigningKey::from_pkcs8(key_id.clone(), &pkcs8).map_err(|source| KeyFileError::Invalid {
         path: path.to_owned(),
         source,
@@ -179,6 +225,27 @@ mod tests {
             load_or_create_command_key(dir.path()).unwrap().public_key(),
             first.command.public_key()
         );
+    }
+
+    #[test]
+    fn the_pepper_is_created_once_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("keys");
+        let first = load_or_create_pepper(&keys_dir).unwrap();
+        let path = keys_dir.join(PEPPER_FILE);
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(fs::read(&path).unwrap().len(), 32);
+        let again = load_or_create_pepper(&keys_dir).unwrap();
+        assert_eq!(first.hash("t"), again.hash("t"));
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = load_or_create_pepper(&keys_dir).unwrap_err();
+        assert!(matches!(err, KeyFileError::TooOpen { .. }), "{err}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&path, b"short").unwrap();
+        let err = load_or_create_pepper(&keys_dir).unwrap_err();
+        assert!(matches!(err, KeyFileError::InvalidPepper { .. }), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The mujin wire contract: everything two mujin parts must agree on to talk over MQTT.
 //!
 //! - [`ids`]: validated identifiers (`StoreId`, `DeviceId`, `TicketId`, …);
+//! - [`identity`]: who connects to the broker (usernames, client ids, token hashes);
 //! - [`topic`]: the versioned topic tree, its builders and its parser;
 //! - [`message`]: the JSON payloads on those topics and their one encoder/decoder;
 //! - [`presence`]: which management workers are connected;
@@ -12,6 +13,7 @@
 //! This crate has no runtime dependencies (no tokio, no database) so that every part —
 //! and golden vectors for other languages — can share it.
 
+pub mod identity;
 pub mod ids;
 pub mod message;
 pub mod presence;
