@@ -20,6 +20,7 @@ use mujin_console::ui;
 use mujin_protocol::message::{
     self, Availability, EventKind, ProgramStatus, RejectReason, ReportedState, Telemetry,
 };
+use mujin_protocol::snapshot::BookingSummary;
 use mujin_protocol::{DeviceId, SessionId, StoreId, TicketId};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
@@ -107,7 +108,29 @@ fn big_app() -> App {
         }
     }
     add_events(&mut app);
+    add_bookings(&mut app);
     app
+}
+
+/// Two upcoming bookings per device: 20,000 in the sessions view and the NEXT column.
+fn add_bookings(app: &mut App) {
+    for s in 0..STORES {
+        for d in 0..DEVICES_PER_STORE {
+            for slot in 1..=2 {
+                let not_before = now() + TimeDelta::minutes((60 * slot + d % 60) as i64);
+                mujin_console::app::bookings::insert(
+                    &mut app.bookings,
+                    BookingSummary {
+                        ticket_id: TicketId::random(),
+                        store: store_id(s),
+                        device: device_id(d),
+                        not_before,
+                        not_after: not_before + TimeDelta::minutes(30),
+                    },
+                );
+            }
+        }
+    }
 }
 
 fn add_events(app: &mut App) {
@@ -177,6 +200,7 @@ fn frames(c: &mut Criterion) {
         ("overview, 100 stores", in_view(&base, View::Overview)),
         ("store view, sorted", in_view(&base, View::Store)),
         ("events view, filtered", in_view(&base, View::Events)),
+        ("sessions view, bookings", in_view(&base, View::Sessions)),
     ];
     let mut terminal = Terminal::new(TestBackend::new(200, 50)).unwrap();
     for (name, app) in &cases {
