@@ -176,6 +176,9 @@ pub struct App {
     pub requests: VecDeque<RequestRecord>,
     /// A one-off hint for the status line (e.g. why a key did nothing), cleared by the next action.
     pub note: Option<String>,
+    /// No operator key to sign requests with: everything is shown, nothing is asked of
+    /// management (actions say [`actions::READ_ONLY`], no catch-up).
+    pub read_only: bool,
 }
 
 impl App {
@@ -208,6 +211,7 @@ impl App {
             dialog: None,
             requests: VecDeque::new(),
             note: None,
+            read_only: false,
         }
     }
 

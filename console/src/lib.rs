@@ -15,12 +15,14 @@ pub mod mqtt;
 pub mod ui;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{Local, Utc};
 use crossterm::event::{Event as TerminalEvent, EventStream};
 use futures::StreamExt;
+use mujin_protocol::ticket::SigningKey;
 use mujin_protocol::OperatorId;
 use ratatui::DefaultTerminal;
 use tokio::sync::mpsc;
@@ -41,6 +43,8 @@ pub struct Settings {
     /// Whose requests these are: they go out on this operator's requests topic and the replies
     /// come back on its replies topic.
     pub operator: OperatorId,
+    /// The operator's key, which signs every request; without one the console is read-only.
+    pub operator_key: Option<Arc<SigningKey>>,
 }
 
 impl fmt::Debug for Settings {
@@ -51,6 +55,8 @@ impl fmt::Debug for Settings {
             .field("password", &"<redacted>")
             .field("client_id", &self.client_id)
             .field("operator", &self.operator)
+            // The key's Debug shows its id only.
+            .field("operator_key", &self.operator_key)
             .finish()
     }
 }
@@ -65,7 +71,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let result = match ratatui::try_init() {
         Ok(mut terminal) => {
             let utc_offset = *Local::now().offset();
-            let app = App::new(settings.broker.clone(), Utc::now(), utc_offset);
+            let mut app = App::new(settings.broker.clone(), Utc::now(), utc_offset);
+            app.read_only = settings.operator_key.is_none();
             event_loop(&mut terminal, app, &mqtt, receiver).await
         }
         Err(err) => Err(err).context("could not set up the terminal"),

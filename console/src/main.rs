@@ -1,8 +1,14 @@
 //! The `mujin-console` binary: parses flags and hands over to `mujin_console::run`.
 
-use anyhow::Context;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
 use clap::Parser;
 use mujin_console::Settings;
+use mujin_protocol::signed;
+use mujin_protocol::ticket::SigningKey;
 use mujin_protocol::OperatorId;
 use tracing_subscriber::EnvFilter;
 
@@ -29,6 +35,11 @@ struct Flags {
     /// back on this operator's own topic.
     #[arg(long, env = "MUJIN_CONSOLE_OPERATOR")]
     operator: Option<String>,
+    /// The operator's private key file (from `mujin-management operator-add`), which signs
+    /// every request. Without it the console is read-only: it shows everything live but sends
+    /// nothing.
+    #[arg(long, env = "MUJIN_CONSOLE_OPERATOR_KEY")]
+    operator_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -46,12 +57,17 @@ async fn main() -> anyhow::Result<()> {
     let client_id = flags
         .client_id
         .unwrap_or_else(|| format!("mujin-console-{}", flags.username));
+    let operator_key = match &flags.operator_key {
+        Some(path) => Some(Arc::new(load_operator_key(path)?)),
+        None => None,
+    };
     let settings = Settings {
         broker: flags.broker,
         username: flags.username,
         password: flags.password,
         client_id,
         operator,
+        operator_key,
     };
     mujin_console::run(settings)
         .await
@@ -73,6 +89,24 @@ fn operator_id(flag: Option<&str>, username: &str) -> anyhow::Result<OperatorId>
     }
 }
 
+/// Reads the operator's key file, refusing one others can read.
+fn load_operator_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let shown = path.display();
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read --operator-key {shown}"))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "--operator-key {shown} is readable by others (mode {:o}); run `chmod 600 {shown}`",
+            mode & 0o777
+        );
+    }
+    let pkcs8 =
+        std::fs::read(path).with_context(|| format!("cannot read --operator-key {shown}"))?;
+    signed::operator_key(&pkcs8).with_context(|| format!("--operator-key {shown}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +118,27 @@ mod tests {
         let error = format!("{:#}", operator_id(None, "Alice Smith").unwrap_err());
         assert!(error.contains("pass --operator NAME"), "{error}");
         assert!(operator_id(Some("Bob!"), "alice").is_err());
+    }
+
+    #[test]
+    fn the_operator_key_file_must_be_owner_only() {
+        let dir = std::env::temp_dir().join(format!("mujin-console-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("alice.pk8");
+        let placeholder = mujin_protocol::KeyId::parse("op").unwrap();
+        let (_, pkcs8) = SigningKey::generate(placeholder).unwrap();
+        std::fs::write(&path, &pkcs8).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = format!("{:#}", load_operator_key(&path).unwrap_err());
+        assert!(error.contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let key = load_operator_key(&path).unwrap();
+        assert_eq!(
+            *key.key_id(),
+            signed::operator_key_id(&key.public_key().bytes)
+        );
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(load_operator_key(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

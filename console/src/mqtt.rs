@@ -4,12 +4,15 @@
 //! console's channel. The operator's requests go out through [`MqttTask::send`], which never
 //! waits either.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use mujin_protocol::message::{
     self, Ack, Command, DesiredState, Reply, ReportedState, Request, Telemetry,
 };
+use mujin_protocol::signed::sign_request_at;
+use mujin_protocol::ticket::SigningKey;
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
 use mujin_protocol::{DeviceId, OperatorId, StoreId};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter};
@@ -67,22 +70,29 @@ pub struct SendError(#[from] rumqttc::ClientError);
 pub struct MqttTask {
     client: AsyncClient,
     operator: OperatorId,
+    operator_key: Option<Arc<SigningKey>>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
 
 impl MqttTask {
     /// Queues a request on the operator's requests topic (QoS 1) without waiting: the console's
-    /// loop must never block on the connection.
+    /// loop must never block on the connection. With an operator key it is stamped with the
+    /// current time and signed, afresh at every resend (management refuses one sent more than
+    /// 5 minutes ago).
     pub fn send(&self, request: &Request) -> Result<(), SendError> {
         let topic = Topic::Requests {
             operator: self.operator.clone(),
         };
+        let mut request = request.clone();
+        if let Some(key) = &self.operator_key {
+            sign_request_at(key, &mut request, Utc::now());
+        }
         self.client.try_publish(
             topic.to_string(),
             QoS::AtLeastOnce,
             topic.retained(),
-            message::encode(request),
+            message::encode(&request),
         )?;
         Ok(())
     }
@@ -118,6 +128,7 @@ pub fn spawn(settings: &Settings, events: mpsc::Sender<Event>) -> Result<MqttTas
     Ok(MqttTask {
         client,
         operator: settings.operator.clone(),
+        operator_key: settings.operator_key.clone(),
         stop,
         task,
     })

@@ -14,6 +14,7 @@ use mujin_protocol::message::{
     self, Ack, Availability, Command, CommandAction, EndReason, EventKind, ProgramStatus, Reply,
     ReportedState, Request, RequestAction, Telemetry,
 };
+use mujin_protocol::signed::verify_request;
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
 use mujin_protocol::{CommandId, DeviceId, OperatorId, RequestId, SessionId, StoreId};
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
@@ -90,7 +91,20 @@ fn settings(port: u16, password: &str) -> Settings {
         password: password.into(),
         client_id: format!("mujin-console-test-{port}-{password}"),
         operator: mujin_protocol::OperatorId::parse("alice").unwrap(),
+        operator_key: Some(std::sync::Arc::new(operator_key())),
     }
+}
+
+/// Operator alice's key of these tests (a fixed seed).
+fn operator_key() -> mujin_protocol::ticket::SigningKey {
+    let seed = [0xa1; 32];
+    let probe = mujin_protocol::ticket::SigningKey::from_seed(
+        mujin_protocol::KeyId::parse("op").unwrap(),
+        &seed,
+    )
+    .unwrap();
+    let key_id = mujin_protocol::signed::operator_key_id(&probe.public_key().bytes);
+    mujin_protocol::ticket::SigningKey::from_seed(key_id, &seed).unwrap()
 }
 
 /// A device-side publisher that retries its connection until the broker listens, and the
@@ -393,12 +407,12 @@ async fn requests_go_out_on_the_operators_topic_and_replies_come_back() {
     let (sender, mut events) = mpsc::channel(64);
     let console = mqtt::spawn(&settings(port, PASSWORD), sender).unwrap();
     next_matching(&mut events, "connection up", is_up).await;
-    let request = Request {
-        request_id: RequestId::random(),
-        action: RequestAction::ForceStop {
+    let request = Request::new(
+        RequestId::random(),
+        RequestAction::ForceStop {
             session_id: SessionId::random(),
         },
-    };
+    );
     let reply = Reply {
         request_id: request.request_id,
         ok: true,
@@ -426,7 +440,14 @@ async fn requests_go_out_on_the_operators_topic_and_replies_come_back() {
             operator: OperatorId::parse("alice").unwrap()
         })
     );
-    assert_eq!(message::decode::<Request>(&received.payload), Ok(request));
+    // Sent signed by the operator's key, stamped with the time it was sent.
+    let sent: Request = message::decode(&received.payload).unwrap();
+    assert_eq!(
+        (sent.request_id, &sent.action),
+        (request.request_id, &request.action)
+    );
+    let public = operator_key().public_key();
+    assert_eq!(verify_request(&public, &sent, chrono::Utc::now()), Ok(()));
     let seen = loop {
         management
             .publish(

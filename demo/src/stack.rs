@@ -117,6 +117,7 @@ async fn run_console(running: Running, interrupt: &mut Interrupt) -> anyhow::Res
         password: running.console_password,
         client_id: "mujin-demo-console".to_owned(),
         operator: mujin_protocol::OperatorId::parse(CONSOLE_USER).context("operator id")?,
+        operator_key: Some(running.console_key),
     };
     tokio::select! {
         result = mujin_console::run(settings) => result,
@@ -207,6 +208,8 @@ impl Task {
 struct Running {
     port: u16,
     console_password: String,
+    /// The console's operator key (an admin of this run's fresh database; never written).
+    console_key: std::sync::Arc<mujin_protocol::ticket::SigningKey>,
     /// Fires when the customers start coming (all agents online, or the deadline passed).
     customers_ready: oneshot::Receiver<()>,
 }
@@ -264,6 +267,27 @@ impl Secrets {
     }
 }
 
+/// Makes the console an admin operator with a key of this run, which signs its requests.
+async fn add_console_operator(
+    pool: &DbPool,
+) -> anyhow::Result<std::sync::Arc<mujin_protocol::ticket::SigningKey>> {
+    let placeholder = KeyId::parse("op")?;
+    let (_, pkcs8) = mujin_protocol::ticket::SigningKey::generate(placeholder)?;
+    let key = mujin_protocol::signed::operator_key(&pkcs8)?;
+    let operator = mujin_protocol::OperatorId::parse(CONSOLE_USER)?;
+    let admin = mujin_management::operators::Role::Admin;
+    mujin_management::operators::add(
+        pool,
+        &operator,
+        admin,
+        &key.public_key(),
+        chrono::Utc::now(),
+    )
+    .await
+    .context("cannot add the console's operator")?;
+    Ok(std::sync::Arc::new(key))
+}
+
 fn ids() -> anyhow::Result<(StoreId, Vec<DeviceId>)> {
     let store = StoreId::parse(STORE)?;
     let devices = DEVICES
@@ -319,6 +343,10 @@ impl Stack {
         Ok(Running {
             port,
             console_password: secrets.console,
+            console_key: add_console_operator(
+                self.pool.as_ref().context("the database is not open")?,
+            )
+            .await?,
             customers_ready,
         })
     }

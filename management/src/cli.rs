@@ -14,7 +14,7 @@ use crate::postgres::{ClusterError, PrivateCluster};
 
 /// The database mujin uses in its private cluster.
 const DATABASE_NAME: &str = "mujin";
-use crate::{actions, booking, db, keys, qr, MqttSettings, Settings};
+use crate::{actions, booking, db, keys, operators, qr, MqttSettings, Settings};
 
 /// mujin management: reservations, tickets, scan decisions, stop timers and operator actions.
 #[derive(Debug, Parser)]
@@ -110,6 +110,8 @@ pub enum CliCommand {
         #[command(flatten)]
         operator: OperatorArgs,
     },
+    #[command(flatten)]
+    Operators(operators::cli::OperatorCommand),
 }
 
 /// Who runs an operator action (written to the log with it).
@@ -359,6 +361,10 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
             actions::cancel(&pool, *ticket, &operator.operator, Utc::now()).await?;
             println!("cancelled booking {ticket}");
             Ok(())
+        }
+        CliCommand::Operators(command) => {
+            let pool = ready_pool(database_url).await?;
+            operators::cli::execute(&pool, &global.data_dir, command).await
         }
     }
 }

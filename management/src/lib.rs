@@ -7,6 +7,7 @@
 //! - [`stop_timer`]: durable stop timers that end sessions on time;
 //! - [`trust`]: the stores' trust lists, for devices that start offline;
 //! - [`actions`]: operator actions; [`requests`]: the same actions requested over MQTT;
+//! - [`operators`]: who may send requests (signed with the operator's key) and with what role;
 //! - [`mqtt`]: the broker connection; [`db`]: pool and migrations; [`audit`]: the event log;
 //! - [`postgres`]: a private PostgreSQL cluster for when no database URL is configured.
 //!
@@ -22,6 +23,7 @@ pub mod devices;
 pub mod keys;
 pub mod lifecycle;
 pub mod mqtt;
+pub mod operators;
 pub mod outbox;
 pub mod postgres;
 pub mod qr;

@@ -1,7 +1,11 @@
 //! Operator requests over MQTT (force stop, extend, service state, cancel, walk-in ticket):
-//! each request id is carried out once, its reply recorded in `requests`, and the reply sent on
-//! the operator's replies topic after the commit. A request sent again gets the recorded reply.
-//! Snapshot queries only read, so they are answered directly (see [`crate::snapshot`]).
+//! each must be signed by the operator of its topic, recently, and be allowed by the operator's
+//! role (see [`crate::operators`]); each request id is carried out once, its reply recorded in
+//! `requests`, and the reply sent on the operator's replies topic after the commit. A request
+//! sent again gets the recorded reply. Snapshot queries only read, so they are answered directly
+//! (see [`crate::snapshot`]). What is carried out or refused for its role is recorded in
+//! `requests`, what fails authentication in `refused_requests`; both leave an `operator_action`
+//! event when they concern a store.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::{GenericClient, Pool, Transaction};
@@ -15,6 +19,7 @@ use crate::actions::{self, CancelError, ExtendError, NewEnd, ServiceError, Sessi
 use crate::booking::{self, BookingError};
 use crate::db::{DbError, WorkError};
 use crate::mqtt::Outbound;
+use crate::operators::{self, Signer};
 use crate::snapshot::{self, SnapshotError};
 
 /// The most minutes one request may extend a session by or book a walk-in for (a day).
@@ -50,13 +55,36 @@ pub async fn handle_request(
             return Ok(Some(reply_message(operator, &reply)));
         }
     };
+    let signer = match operators::check_request(pool, operator, &request, now).await? {
+        Ok(signer) => signer,
+        Err(refusal) => {
+            tracing::warn!(%operator, request_id = %request.request_id, action = request.action.name(), %refusal, "request refused: not authenticated");
+            operators::record_refusal(pool, operator, &request, &refusal, now).await?;
+            let reply = refused_reply(request.request_id, refusal.to_string());
+            return Ok(Some(reply_message(operator, &reply)));
+        }
+    };
     if let RequestAction::Snapshot { part, store, after } = &request.action {
-        let reply = snapshot_reply(pool, request.request_id, *part, store, after, now).await?;
+        // Every role may read; nothing is recorded for a read.
+        let reply = match operators::authorize(&signer, &request.action) {
+            Ok(()) => snapshot_reply(pool, request.request_id, *part, store, after, now).await?,
+            Err(refusal) => refused_reply(request.request_id, refusal.to_string()),
+        };
         return Ok(Some(reply_message(operator, &reply)));
     }
-    let reply = decide_once(pool, signing_key, operator, &request, now).await?;
-    tracing::info!(%operator, request_id = %request.request_id, ok = reply.ok, detail = reply.detail, "request answered");
+    let reply = decide_once(pool, signing_key, &signer, &request, now).await?;
+    tracing::info!(%operator, role = %signer.role, request_id = %request.request_id, ok = reply.ok, detail = reply.detail, "request answered");
     Ok(Some(reply_message(operator, &reply)))
+}
+
+fn refused_reply(request_id: RequestId, detail: String) -> Reply {
+    Reply {
+        request_id,
+        ok: false,
+        detail,
+        ticket: None,
+        snapshot: None,
+    }
 }
 
 /// One page of a snapshot, answered directly: a read-only query is neither recorded nor
@@ -69,13 +97,7 @@ async fn snapshot_reply(
     after: &Option<String>,
     now: DateTime<Utc>,
 ) -> Result<Reply, WorkError> {
-    let refused = |detail: String| Reply {
-        request_id,
-        ok: false,
-        detail,
-        ticket: None,
-        snapshot: None,
-    };
+    let refused = |detail: String| refused_reply(request_id, detail);
     match snapshot::answer(
         pool,
         request_id,
@@ -107,13 +129,17 @@ async fn snapshot_reply(
 /// (the second attempt is refused or changes nothing) and for a walk-in ticket (the first
 /// booking overlaps the second, which is refused); an extension, the one action that would add
 /// up, commits with its record or not at all.
+///
+/// A request the signer's role does not allow is recorded as refused, like any other answer;
+/// the record and the request's `operator_action` event commit together.
 async fn decide_once(
     pool: &Pool,
     signing_key: &SigningKey,
-    operator: &OperatorId,
+    signer: &Signer,
     request: &Request,
     now: DateTime<Utc>,
 ) -> Result<Reply, WorkError> {
+    let operator = &signer.operator;
     let request_id = request.request_id;
     // Stored for the audit trail; these plain types always serialize.
     let body = serde_json::to_value(request).unwrap_or_default();
@@ -126,14 +152,15 @@ async fn decide_once(
     let mut tx = client.transaction().await?;
     let claimed = tx
         .execute(
-            "INSERT INTO requests (request_id, operator, action, body, ok, detail, decided_at)
-             VALUES ($1, $2, $3, $4, false, '', $5) ON CONFLICT (request_id) DO NOTHING",
+            "INSERT INTO requests (request_id, operator, action, body, ok, detail, decided_at, key_id)
+             VALUES ($1, $2, $3, $4, false, '', $5, $6) ON CONFLICT (request_id) DO NOTHING",
             &[
                 &request_id.as_uuid(),
                 &operator.as_str(),
                 &action,
                 &body,
                 &now,
+                &signer.key_id.as_str(),
             ],
         )
         .await?;
@@ -143,7 +170,14 @@ async fn decide_once(
         return Ok(reply);
     }
     // On an error the transaction is dropped, which releases the claim for the retry.
-    let decided = act(pool, &mut tx, signing_key, operator, &request.action, now).await?;
+    let decided = match operators::authorize(signer, &request.action) {
+        Ok(()) => act(pool, &mut tx, signing_key, operator, &request.action, now).await?,
+        Err(refusal) => {
+            tracing::warn!(%operator, %request_id, %refusal, "request refused for its role");
+            Decided::refused(refusal)
+        }
+    };
+    operators::record_event(&tx, operator, request, decided.ok, &decided.detail, now).await?;
     tx.execute(
         "UPDATE requests SET ok = $2, detail = $3, ticket = $4 WHERE request_id = $1",
         &[

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CommandId, DeviceId, RequestId, ScanId, SessionId, StoreId, TicketId};
+use crate::ids::{
+    CommandId, DeviceId, OperatorId, RequestId, ScanId, SessionId, StoreId, TicketId,
+};
 use crate::signed::Signature;
 use crate::snapshot::{SnapshotPage, SnapshotPart};
 
@@ -436,6 +438,26 @@ pub struct Request {
     pub request_id: RequestId,
     #[serde(flatten)]
     pub action: RequestAction,
+    /// When the operator signed it: management refuses a request sent more than
+    /// [`crate::signed::REQUEST_MAX_SKEW`] from its own clock. Each resend carries a fresh one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+    /// The operator's signature (see [`crate::signed::sign_request`]); management refuses an
+    /// unsigned request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+}
+
+impl Request {
+    /// An unsigned request (sign it with [`crate::signed::sign_request`] before sending).
+    pub fn new(request_id: RequestId, action: RequestAction) -> Self {
+        Self {
+            request_id,
+            action,
+            sent_at: None,
+            signature: None,
+        }
+    }
 }
 
 /// What an operator asks management to do.
@@ -471,6 +493,20 @@ pub enum RequestAction {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<String>,
     },
+}
+
+impl RequestAction {
+    /// The wire name, e.g. `force_stop`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RequestAction::ForceStop { .. } => "force_stop",
+            RequestAction::Extend { .. } => "extend",
+            RequestAction::SetService { .. } => "set_service",
+            RequestAction::Cancel { .. } => "cancel",
+            RequestAction::IssueTicket { .. } => "issue_ticket",
+            RequestAction::Snapshot { .. } => "snapshot",
+        }
+    }
 }
 
 /// Management's answer to one request.
@@ -594,6 +630,18 @@ pub enum EventKind {
         #[serde(default)]
         session_id: Option<SessionId>,
     },
+    /// An operator's request about this store was carried out (`ok`) or refused: `detail` is
+    /// the reply management sent (for a refusal, why — e.g. the role it needs). A request that
+    /// fails authentication names the operator of the topic it came on.
+    OperatorAction {
+        operator: OperatorId,
+        request_id: RequestId,
+        /// The request's action, e.g. `force_stop`.
+        action: String,
+        ok: bool,
+        #[serde(default)]
+        detail: String,
+    },
 }
 
 #[cfg(test)]
@@ -622,6 +670,18 @@ mod tests {
     fn the_last_will_parses_as_reported_state() {
         let state: ReportedState = decode(br#"{"availability":"offline"}"#).unwrap();
         assert_eq!(state, ReportedState::offline());
+    }
+
+    #[test]
+    fn requests_from_older_operators_parse_unsigned() {
+        let id = RequestId::random();
+        let text = format!(r#"{{"request_id":"{id}","action":"cancel","ticket_id":"{id}"}}"#);
+        let request: Request = decode(text.as_bytes()).unwrap();
+        assert_eq!(request.sent_at, None);
+        assert_eq!(request.signature, None);
+        assert_eq!(request.action.name(), "cancel");
+        let again: Request = decode(&encode(&request)).unwrap();
+        assert_eq!(again, request);
     }
 
     #[test]

@@ -1,25 +1,34 @@
-//! Messages signed by management: commands, desired states and trust lists carry an Ed25519
-//! signature by management's *command key*, so that a client holding only broker credentials
-//! (the broker has no topic ACL) cannot make a device act.
+//! Signed messages: commands, desired states and trust lists carry an Ed25519 signature by
+//! management's *command key*, and operators' requests one by the operator's own key, so that a
+//! client holding only broker credentials (the broker has no topic ACL) cannot make a device or
+//! management act.
 //!
 //! The signed bytes are a context string per message type (`mujin-command-v1\0`, …) followed by
 //! [`message::encode`] of the message with its `signature` absent. A command also names the
 //! device it is for and when it expires, so one captured on the wire cannot be replayed to
-//! another device or much later; a desired state names its device, a trust list its store.
+//! another device or much later; a desired state names its device, a trust list its store. A
+//! request carries when it was sent, and an operator key's id is derived from its public key
+//! ([`operator_key_id`]), so the signature says who signed it.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use data_encoding::HEXLOWER;
-use ring::signature;
+use ring::{digest, signature};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeviceId, KeyId, StoreId};
-use crate::message::{self, Command, DesiredState};
-use crate::ticket::{PublicKey, SigningKey};
+use crate::message::{self, Command, DesiredState, Request};
+use crate::ticket::{KeyError, PublicKey, SigningKey};
 use crate::trust::TrustList;
 
 const COMMAND_CONTEXT: &[u8] = b"mujin-command-v1\0";
 const DESIRED_CONTEXT: &[u8] = b"mujin-desired-v1\0";
 const TRUST_CONTEXT: &[u8] = b"mujin-trust-v1\0";
+const REQUEST_CONTEXT: &[u8] = b"mujin-request-v1\0";
+
+/// How far a request's `sent_at` may be from management's clock, either way.
+pub const REQUEST_MAX_SKEW: TimeDelta = TimeDelta::minutes(5);
+/// How an operator key's id begins (the rest is from its public key).
+const OPERATOR_KEY_PREFIX: &str = "op";
 
 /// A signature on a message: the signing key's id and the Ed25519 signature in lower-case hex.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +50,10 @@ pub enum VerifyError {
     OtherTarget(String),
     #[error("the message expired at {0}")]
     Expired(DateTime<Utc>),
+    #[error("the message does not say when it was sent")]
+    Undated,
+    #[error("the message was sent at {0}, more than 5 minutes from now")]
+    OutOfTime(DateTime<Utc>),
 }
 
 impl VerifyError {
@@ -52,7 +65,7 @@ impl VerifyError {
                 "bad signature"
             }
             VerifyError::OtherTarget(_) => "for another device",
-            VerifyError::Expired(_) => "expired",
+            VerifyError::Expired(_) | VerifyError::Undated | VerifyError::OutOfTime(_) => "expired",
         }
     }
 }
@@ -213,6 +226,60 @@ pub fn verify_trust_list(
         Some(listed) => Err(VerifyError::OtherTarget(listed.to_string())),
         None => Err(VerifyError::OtherTarget("no store".into())),
     }
+}
+
+/// The key id of an operator's public key: `op` and the first 7 bytes of its SHA-256 in hex.
+/// Derived rather than chosen, so a console needs only the private key file and management
+/// finds the operator from a request's signature alone.
+pub fn operator_key_id(public_key: &[u8; 32]) -> KeyId {
+    let hash = digest::digest(&digest::SHA256, public_key);
+    let text = format!(
+        "{OPERATOR_KEY_PREFIX}{}",
+        HEXLOWER.encode(&hash.as_ref()[..7])
+    );
+    KeyId::parse(&text).expect("op and 14 hex digits make a valid key id")
+}
+
+/// An operator's signing key from its PKCS#8 file, with its derived key id.
+pub fn operator_key(pkcs8: &[u8]) -> Result<SigningKey, KeyError> {
+    let placeholder = KeyId::parse(OPERATOR_KEY_PREFIX).expect("a valid key id");
+    let public = SigningKey::from_pkcs8(placeholder, pkcs8)?.public_key();
+    SigningKey::from_pkcs8(operator_key_id(&public.bytes), pkcs8)
+}
+
+/// Signs `request` as it is (replacing any signature it had); set its `sent_at` first.
+pub fn sign_request(key: &SigningKey, request: &mut Request) {
+    request.signature = None;
+    request.signature = Some(sign_bytes(key, &signed_bytes(REQUEST_CONTEXT, request)));
+}
+
+/// Stamps `request` with `now` and signs it: what an operator does before each send.
+pub fn sign_request_at(key: &SigningKey, request: &mut Request, now: DateTime<Utc>) {
+    request.sent_at = Some(now);
+    sign_request(key, request);
+}
+
+/// Checks that `request` is signed by `key` and was sent within [`REQUEST_MAX_SKEW`] of `now`.
+/// (Which operator the key belongs to, and whether it may do what it asks, is management's.)
+pub fn verify_request(
+    key: &PublicKey,
+    request: &Request,
+    now: DateTime<Utc>,
+) -> Result<(), VerifyError> {
+    let unsigned = Request {
+        signature: None,
+        ..request.clone()
+    };
+    verify_bytes(
+        key,
+        request.signature.as_ref(),
+        &signed_bytes(REQUEST_CONTEXT, &unsigned),
+    )?;
+    let sent_at = request.sent_at.ok_or(VerifyError::Undated)?;
+    if (now - sent_at).abs() > REQUEST_MAX_SKEW {
+        return Err(VerifyError::OutOfTime(sent_at));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -381,6 +448,95 @@ mod tests {
             verify_trust_list(&public, &list, &store()),
             Err(VerifyError::BadSignature)
         );
+    }
+
+    fn force_stop() -> Request {
+        Request::new(
+            crate::RequestId::parse("7d2e4f60-8a1b-4c3d-9e5f-0a1b2c3d4e5f").unwrap(),
+            crate::message::RequestAction::ForceStop {
+                session_id: SessionId::parse("6a2f41a3-c54c-4c8b-9f2d-8e1a7b3c5d4e").unwrap(),
+            },
+        )
+    }
+
+    fn operator(seed: u8) -> SigningKey {
+        let placeholder = key("x", seed);
+        let id = operator_key_id(&placeholder.public_key().bytes);
+        SigningKey::from_seed(id, &[seed; 32]).unwrap()
+    }
+
+    #[test]
+    fn a_signed_request_verifies_after_a_trip_over_the_wire() {
+        let alice = operator(7);
+        let mut request = force_stop();
+        sign_request_at(&alice, &mut request, at(0));
+        let received: Request = message::decode(&message::encode(&request)).unwrap();
+        assert_eq!(received.sent_at, Some(at(0)));
+        let public = alice.public_key();
+        assert_eq!(verify_request(&public, &received, at(4)), Ok(()));
+        assert_eq!(verify_request(&public, &received, at(0)), Ok(()));
+    }
+
+    #[test]
+    fn each_request_refusal_has_its_error() {
+        let alice = operator(7);
+        let public = alice.public_key();
+        assert_eq!(
+            verify_request(&public, &force_stop(), at(0)),
+            Err(VerifyError::Unsigned)
+        );
+        let mut signed = force_stop();
+        sign_request_at(&alice, &mut signed, at(10));
+        let mut changed = signed.clone();
+        changed.action = crate::message::RequestAction::Cancel {
+            ticket_id: crate::TicketId::random(),
+        };
+        assert_eq!(
+            verify_request(&public, &changed, at(10)),
+            Err(VerifyError::BadSignature)
+        );
+        let mut later = signed.clone();
+        later.sent_at = Some(at(11));
+        assert_eq!(
+            verify_request(&public, &later, at(11)),
+            Err(VerifyError::BadSignature)
+        );
+        let mut by_bob = force_stop();
+        sign_request_at(&operator(8), &mut by_bob, at(10));
+        let bob_id = operator(8).key_id().to_string();
+        assert_eq!(
+            verify_request(&public, &by_bob, at(10)),
+            Err(VerifyError::UnknownKey(bob_id))
+        );
+        assert_eq!(
+            verify_request(&public, &signed, at(16)),
+            Err(VerifyError::OutOfTime(at(10)))
+        );
+        assert_eq!(
+            verify_request(&public, &signed, at(4)),
+            Err(VerifyError::OutOfTime(at(10)))
+        );
+        let mut undated = force_stop();
+        sign_request(&alice, &mut undated);
+        assert_eq!(
+            verify_request(&public, &undated, at(10)),
+            Err(VerifyError::Undated)
+        );
+    }
+
+    #[test]
+    fn operator_key_ids_come_from_the_public_key() {
+        let (generated, pkcs8) = SigningKey::generate(KeyId::parse("x").unwrap()).unwrap();
+        let loaded = operator_key(&pkcs8).unwrap();
+        let id = loaded.key_id().as_str();
+        assert!(id.starts_with("op") && id.len() == 16, "{id}");
+        assert_eq!(loaded.public_key().bytes, generated.public_key().bytes);
+        assert_eq!(
+            *loaded.key_id(),
+            operator_key_id(&generated.public_key().bytes)
+        );
+        assert_ne!(operator(7).key_id(), operator(8).key_id());
+        assert!(operator_key(b"not a key").is_err());
     }
 
     #[test]

@@ -238,11 +238,14 @@ fn documented_examples_are_vector_payloads() {
     assert!(text.contains(&tickets::booking_ticket()));
 }
 
-/// The signed vectors verify with the command key's public key only, as a device checks them.
+/// The signed vectors verify with public keys only: management's command key, as a device
+/// checks them, and operator alice's key, as management checks her requests.
 #[test]
 fn signed_vectors_verify_with_the_public_command_key() {
-    use mujin_protocol::message::{decode, Command, DesiredState};
-    use mujin_protocol::signed::{verify_command, verify_desired, verify_trust_list};
+    use mujin_protocol::message::{decode, Command, DesiredState, Request};
+    use mujin_protocol::signed::{
+        verify_command, verify_desired, verify_request, verify_trust_list,
+    };
     use mujin_protocol::topic::Topic;
     use mujin_protocol::trust::TrustList;
 
@@ -269,10 +272,16 @@ fn signed_vectors_verify_with_the_public_command_key() {
             ("TrustList", Topic::Trust { store }) => {
                 verify_trust_list(&public, &decode::<TrustList>(&payload).unwrap(), store)
             }
+            ("Request", Topic::Requests { .. }) => {
+                let request: Request = decode(&payload).unwrap();
+                let operator = messages::operator_key().public_key();
+                let sent_at = request.sent_at.expect("signed requests say when");
+                verify_request(&operator, &request, sent_at)
+            }
             _ => continue,
         };
         assert_eq!(result, Ok(()), "{name}");
         checked += 1;
     }
-    assert!(checked >= 7, "only {checked} signed vectors");
+    assert!(checked >= 13, "only {checked} signed vectors");
 }

@@ -4,10 +4,12 @@
 //! - [`stack`]: the `mujin-broker` process, management in-process, and helpers to book tickets;
 //! - [`agent`]: real `mujin-agent` processes with real child programs;
 //! - [`observer`]: an MQTT client that records everything published, to assert on;
+//! - [`operator`]: registered operators that sign their requests;
 //! - [`proxy`]: a TCP proxy to cut one client off the broker.
 
 pub mod agent;
 pub mod observer;
+pub mod operator;
 pub mod postgres;
 pub mod proxy;
 pub mod stack;

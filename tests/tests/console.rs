@@ -1,11 +1,14 @@
 //! The real `mujin-console` binary in a real terminal (tmux) against a real stack: an operator
-//! selects a device with the keys, force-stops its session, sees management's answer on screen,
-//! and the program on the device really stops.
+//! (registered with a key file the console signs its requests with) selects a device with the
+//! keys, force-stops its session, sees management's answer on screen, and the program on the
+//! device really stops.
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use mujin_management::operators::Role;
 use mujin_protocol::message::EventKind;
+use mujin_tests::operator::Operator;
 use mujin_tests::stack::{Stack, OPERATOR};
 use mujin_tests::{process_alive, wait_for};
 
@@ -111,14 +114,19 @@ async fn an_operator_force_stops_a_session_from_the_console() {
     agent.wait_screen("ACCEPTED", SHORT).await;
     let pid = agent.program_pid(SHORT).await;
 
+    let operator = Operator::add(&stack, OPERATOR.0, Role::Operator).await;
+    let key_file = stack.dir.path().join("alice.pk8");
+    operator.write_key_file(&key_file);
+
     // The console prints its error and stays on screen if it cannot start.
     let command = format!(
         "MUJIN_CONSOLE_PASSWORD='{password}' '{console}' --broker 127.0.0.1:{port} \
-         --username {username}; echo console exited with $?; sleep 60",
+         --username {username} --operator-key '{key}'; echo console exited with $?; sleep 60",
         password = OPERATOR.1,
         console = mujin_tests::binary("mujin-console").display(),
         port = stack.port,
         username = OPERATOR.0,
+        key = key_file.display(),
     );
     let console = Tmux::start("mujin-console-test", &command);
     console.wait_screen("shibuya", SHORT).await;

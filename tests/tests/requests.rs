@@ -5,79 +5,26 @@
 
 use std::time::Duration;
 
+use mujin_management::operators::Role;
 use mujin_protocol::message::{
-    self, EndReason, EventKind, RejectReason, Reply, Request, RequestAction, Scan,
+    self, EndReason, EventKind, RejectReason, Reply, RequestAction, Scan,
 };
-use mujin_protocol::topic::{self, DeviceChannel, Topic};
-use mujin_protocol::{DeviceId, OperatorId, RequestId, ScanId, StoreId};
+use mujin_protocol::topic::{self, DeviceChannel};
+use mujin_protocol::{DeviceId, RequestId, ScanId, StoreId};
+use mujin_tests::operator::{publish, publish_raw, replies, wait_replies, Operator};
 use mujin_tests::stack::Stack;
 use mujin_tests::{process_alive, wait_for};
 
 const SHORT: Duration = Duration::from_secs(10);
 
-fn operator(name: &str) -> OperatorId {
-    OperatorId::parse(name).expect("operator id")
+/// A registered operator allowed to act.
+async fn operator(stack: &Stack, name: &str) -> Operator {
+    Operator::add(stack, name, Role::Operator).await
 }
 
-/// Publishes `request` as `operator` and waits for its (first) reply.
-async fn send(stack: &Stack, operator: &OperatorId, request: &Request) -> Reply {
-    publish(stack, operator, message::encode(request)).await;
-    wait_replies(stack, operator, request.request_id, 1)
-        .await
-        .remove(0)
-}
-
-/// Sends a new request with a fresh id and returns its reply.
-async fn ask(stack: &Stack, operator: &OperatorId, action: RequestAction) -> Reply {
-    let request = Request {
-        request_id: RequestId::random(),
-        action,
-    };
-    send(stack, operator, &request).await
-}
-
-async fn publish(stack: &Stack, operator: &OperatorId, payload: Vec<u8>) {
-    let topic = Topic::Requests {
-        operator: operator.clone(),
-    };
-    stack
-        .observer
-        .publish_raw(&topic.to_string(), payload)
-        .await;
-}
-
-/// Every reply recorded on `operator`'s replies topic, in order.
-fn replies(stack: &Stack, operator: &OperatorId) -> Vec<Reply> {
-    stack
-        .observer
-        .recorded()
-        .into_iter()
-        .filter(
-            |recorded| matches!(&recorded.topic, Topic::Replies { operator: o } if o == operator),
-        )
-        .filter_map(|recorded| message::decode(&recorded.payload).ok())
-        .collect()
-}
-
-/// Waits until `count` replies to `request_id` were published, and returns them.
-async fn wait_replies(
-    stack: &Stack,
-    operator: &OperatorId,
-    request_id: RequestId,
-    count: usize,
-) -> Vec<Reply> {
-    wait_for(
-        &format!("{count} replie(s) to request {request_id}"),
-        SHORT,
-        || {
-            let found: Vec<Reply> = replies(stack, operator)
-                .into_iter()
-                .filter(|reply| reply.request_id == request_id)
-                .collect();
-            async move { (found.len() >= count).then_some(found) }
-        },
-    )
-    .await
+/// Sends a new signed request with a fresh id and returns its reply.
+async fn ask(stack: &Stack, operator: &Operator, action: RequestAction) -> Reply {
+    operator.ask(stack, action).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +32,7 @@ async fn an_operator_extends_cancels_and_force_stops_over_mqtt() {
     let stack = Stack::start().await;
     let device = stack.add_device("shibuya", "pc-01").await;
     stack.set_store_timing(&device.0, 0, 600).await;
-    let alice = operator("alice");
+    let alice = operator(&stack, "alice").await;
     let mut agent = stack.agent(&device);
     let booking = stack.book_now(&device, 60).await;
     let old_end = booking.claims.not_after;
@@ -190,7 +137,7 @@ async fn service_state_and_walk_in_tickets_over_mqtt() {
     let stack = Stack::start().await;
     let device = stack.add_device("shibuya", "pc-02").await;
     let (store, dev): (StoreId, DeviceId) = device.clone();
-    let bob = operator("bob");
+    let bob = operator(&stack, "bob").await;
     let mut agent = stack.agent(&device);
     let booking = stack.book_now(&device, 20).await;
 
@@ -283,19 +230,16 @@ async fn service_state_and_walk_in_tickets_over_mqtt() {
 async fn a_request_sent_twice_is_carried_out_once_and_answered_twice_alike() {
     let stack = Stack::start().await;
     let device = stack.add_device("shibuya", "pc-03").await;
-    let carol = operator("carol");
-    let request = Request {
-        request_id: RequestId::random(),
-        action: RequestAction::IssueTicket {
-            store: device.0.clone(),
-            device: device.1.clone(),
-            minutes: 10,
-        },
-    };
-    let first = send(&stack, &carol, &request).await;
+    let carol = operator(&stack, "carol").await;
+    let request = carol.request(RequestAction::IssueTicket {
+        store: device.0.clone(),
+        device: device.1.clone(),
+        minutes: 10,
+    });
+    let first = carol.send(&stack, &request).await;
     assert!(first.ok && first.ticket.is_some(), "{first:?}");
-    publish(&stack, &carol, message::encode(&request)).await;
-    let both = wait_replies(&stack, &carol, request.request_id, 2).await;
+    publish(&stack, &carol.id, &request).await;
+    let both = wait_replies(&stack, &carol.id, request.request_id, 2).await;
     assert_eq!(both[0], both[1]);
     let client = stack.pool.get().await.expect("db connection");
     let bookings: i64 = client
@@ -334,17 +278,14 @@ async fn a_request_sent_twice_is_carried_out_once_and_answered_twice_alike() {
             _ => None,
         })
         .await;
-    let extend = Request {
-        request_id: RequestId::random(),
-        action: RequestAction::Extend {
-            session_id,
-            minutes: 5,
-        },
-    };
-    let extended = send(&stack, &carol, &extend).await;
+    let extend = carol.request(RequestAction::Extend {
+        session_id,
+        minutes: 5,
+    });
+    let extended = carol.send(&stack, &extend).await;
     assert!(extended.ok, "{extended:?}");
-    publish(&stack, &carol, message::encode(&extend)).await;
-    let both = wait_replies(&stack, &carol, extend.request_id, 2).await;
+    publish(&stack, &carol.id, &extend).await;
+    let both = wait_replies(&stack, &carol.id, extend.request_id, 2).await;
     assert_eq!(both[0], both[1]);
     let lease_until: chrono::DateTime<chrono::Utc> = client
         .query_one(
@@ -357,9 +298,12 @@ async fn a_request_sent_twice_is_carried_out_once_and_answered_twice_alike() {
     assert_eq!(lease_until, booked_end + chrono::Duration::minutes(5));
     println!("checked: extension sent twice → the end moved by 5 minutes once, two identical replies: {:?}", extended.detail);
 
-    // Another operator reusing the id gets a refusal, not carol's ticket.
-    let dave = operator("dave");
-    let stolen = send(&stack, &dave, &request).await;
+    // Another operator reusing the id (in a request of its own) gets a refusal, not carol's
+    // ticket.
+    let dave = operator(&stack, "dave").await;
+    let mut reused = request.clone();
+    dave.sign(&mut reused);
+    let stolen = dave.send(&stack, &reused).await;
     assert!(!stolen.ok && stolen.ticket.is_none(), "{stolen:?}");
     println!(
         "checked: the same id from another operator → {:?}",
@@ -414,7 +358,7 @@ async fn an_extension_whose_reply_cannot_be_recorded_is_retried_and_applied_once
         )
         .await
         .expect("install the failing trigger");
-    let alice = operator("alice");
+    let alice = operator(&stack, "alice").await;
     let extended = ask(
         &stack,
         &alice,
@@ -466,12 +410,12 @@ async fn an_extension_whose_reply_cannot_be_recorded_is_retried_and_applied_once
 async fn malformed_requests_do_not_stop_the_next_one() {
     let stack = Stack::start().await;
     let device = stack.add_device("shibuya", "pc-04").await;
-    let erin = operator("erin");
-    publish(&stack, &erin, b"not json".to_vec()).await;
-    publish(&stack, &erin, vec![b'{'; 20 * 1024]).await;
+    let erin = operator(&stack, "erin").await;
+    publish_raw(&stack, &erin.id, b"not json".to_vec()).await;
+    publish_raw(&stack, &erin.id, vec![b'{'; 20 * 1024]).await;
     let salvaged = RequestId::random();
     let unknown_action = format!(r#"{{"request_id":"{salvaged}","action":"reboot"}}"#);
-    publish(&stack, &erin, unknown_action.into_bytes()).await;
+    publish_raw(&stack, &erin.id, unknown_action.into_bytes()).await;
     let answered = ask(
         &stack,
         &erin,
@@ -484,7 +428,7 @@ async fn malformed_requests_do_not_stop_the_next_one() {
     .await;
     assert!(answered.ok, "{answered:?}");
     // Requests are handled in order: everything before the answered one was handled too.
-    let all = replies(&stack, &erin);
+    let all = replies(&stack, &erin.id);
     assert_eq!(all.len(), 2, "{all:?}");
     let refused = &all[0];
     assert_eq!(refused.request_id, salvaged);

@@ -1,14 +1,17 @@
 //! Snapshot queries end to end: an operator pages through upcoming bookings, recent sessions
 //! and recent events over MQTT (real broker process, PostgreSQL, management), every page under
-//! the payload limit, nothing lost or repeated across pages, and nothing recorded.
+//! the payload limit, nothing lost or repeated across pages, and nothing recorded. The operator is
+//! a viewer: reading is all its role allows.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use mujin_management::operators::Role;
 use mujin_protocol::message::{self, EndReason, Event, Reply, Request, RequestAction};
 use mujin_protocol::snapshot::{BookingSummary, SessionSummary, SnapshotItems, SnapshotPart};
 use mujin_protocol::topic::Topic;
 use mujin_protocol::{DeviceId, OperatorId, RequestId, SessionId, StoreId, TicketId};
+use mujin_tests::operator::{publish, Operator};
 use mujin_tests::stack::Stack;
 use mujin_tests::wait_for;
 
@@ -35,13 +38,9 @@ fn replies_to(stack: &Stack, request_id: RequestId) -> Vec<(Reply, usize)> {
         .collect()
 }
 
-/// Sends one request and waits for `count` replies to it.
+/// Publishes a (signed) request as alice and waits for `count` replies to it.
 async fn send(stack: &Stack, request: &Request, count: usize) -> Vec<(Reply, usize)> {
-    let topic = Topic::Requests { operator: alice() };
-    stack
-        .observer
-        .publish_raw(&topic.to_string(), message::encode(request))
-        .await;
+    publish(stack, &alice(), request).await;
     let request_id = request.request_id;
     wait_for(&format!("reply to {request_id}"), SHORT, || {
         let found = replies_to(stack, request_id);
@@ -53,20 +52,18 @@ async fn send(stack: &Stack, request: &Request, count: usize) -> Vec<(Reply, usi
 /// Pages through one part to the end; returns every page's items and payload size.
 async fn fetch_all(
     stack: &Stack,
+    alice: &Operator,
     part: SnapshotPart,
     store: Option<StoreId>,
 ) -> Vec<(SnapshotItems, usize)> {
     let mut pages = Vec::new();
     let mut after = None;
     loop {
-        let request = Request {
-            request_id: RequestId::random(),
-            action: RequestAction::Snapshot {
-                part,
-                store: store.clone(),
-                after: after.take(),
-            },
-        };
+        let request = alice.request(RequestAction::Snapshot {
+            part,
+            store: store.clone(),
+            after: after.take(),
+        });
         let (reply, size) = send(stack, &request, 1).await.remove(0);
         assert!(reply.ok, "{reply:?}");
         let page = reply.snapshot.expect("a snapshot page");
@@ -161,6 +158,7 @@ async fn insert_session(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookings_sessions_and_events_come_back_complete_over_many_pages() {
     let stack = Stack::start().await;
+    let alice = Operator::add(&stack, "alice", Role::Viewer).await;
     let pc = stack.add_device("shibuya", "pc-01").await;
     let vr = stack.add_device("shibuya", "vr-01").await;
     let karaoke = stack.add_device("umeda", "karaoke-1").await;
@@ -219,7 +217,7 @@ async fn bookings_sessions_and_events_come_back_complete_over_many_pages() {
     )
     .await;
 
-    let pages = fetch_all(&stack, SnapshotPart::Bookings, None).await;
+    let pages = fetch_all(&stack, &alice, SnapshotPart::Bookings, None).await;
     let bookings = bookings_of(&pages);
     let sizes: Vec<usize> = pages.iter().map(|(_, size)| *size).collect();
     println!(
@@ -243,13 +241,20 @@ async fn bookings_sessions_and_events_come_back_complete_over_many_pages() {
         "every live booking once, no cancelled one"
     );
 
-    let umeda_only =
-        bookings_of(&fetch_all(&stack, SnapshotPart::Bookings, StoreId::parse("umeda").ok()).await);
+    let umeda_only = bookings_of(
+        &fetch_all(
+            &stack,
+            &alice,
+            SnapshotPart::Bookings,
+            StoreId::parse("umeda").ok(),
+        )
+        .await,
+    );
     assert_eq!(umeda_only.len(), 1);
     assert_eq!(umeda_only[0].ticket_id, umeda.claims.ticket_id);
     assert_eq!(umeda_only[0].device, karaoke.1);
 
-    let pages = fetch_all(&stack, SnapshotPart::Sessions, None).await;
+    let pages = fetch_all(&stack, &alice, SnapshotPart::Sessions, None).await;
     let sessions = sessions_of(&pages);
     println!(
         "checked: {} sessions in {} pages",
@@ -289,7 +294,7 @@ async fn bookings_sessions_and_events_come_back_complete_over_many_pages() {
         .map(|row| serde_json::from_value(row.get(0)).expect("an event"))
         .collect();
     expected.reverse();
-    let pages = fetch_all(&stack, SnapshotPart::Events, None).await;
+    let pages = fetch_all(&stack, &alice, SnapshotPart::Events, None).await;
     let events = events_of(&pages);
     println!("checked: {} events in {} pages", events.len(), pages.len());
     assert!(pages.len() >= 2, "{} pages", pages.len());
@@ -308,26 +313,20 @@ async fn bookings_sessions_and_events_come_back_complete_over_many_pages() {
         .expect("count requests")
         .get(0);
     assert_eq!(recorded, 0, "snapshot queries are not recorded");
-    let request = Request {
-        request_id: RequestId::random(),
-        action: RequestAction::Snapshot {
-            part: SnapshotPart::Sessions,
-            store: StoreId::parse("umeda").ok(),
-            after: None,
-        },
-    };
+    let request = alice.request(RequestAction::Snapshot {
+        part: SnapshotPart::Sessions,
+        store: StoreId::parse("umeda").ok(),
+        after: None,
+    });
     send(&stack, &request, 1).await;
     let twice = send(&stack, &request, 2).await;
     assert_eq!(twice[0].0, twice[1].0, "asked twice, answered twice alike");
 
-    let bad = Request {
-        request_id: RequestId::random(),
-        action: RequestAction::Snapshot {
-            part: SnapshotPart::Bookings,
-            store: None,
-            after: Some("yesterday".into()),
-        },
-    };
+    let bad = alice.request(RequestAction::Snapshot {
+        part: SnapshotPart::Bookings,
+        store: None,
+        after: Some("yesterday".into()),
+    });
     let (refused, _) = send(&stack, &bad, 1).await.remove(0);
     assert!(
         !refused.ok && refused.detail.contains("invalid cursor"),

@@ -30,6 +30,8 @@ pub const REQUEST_HISTORY: usize = 20;
 const MINUTES_DIGITS: usize = 5;
 /// A ticket id is a hyphenated UUID.
 const TICKET_ID_LEN: usize = 36;
+/// What an action key says when the console has no operator key to sign requests with.
+pub const READ_ONLY: &str = "no operator key: read-only";
 
 /// What an operator asks management to do, before it becomes a [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,20 +224,25 @@ impl RequestRecord {
     }
 
     fn request(&self) -> Request {
-        Request {
-            request_id: self.request_id,
-            action: self.action.request_action(),
-        }
+        Request::new(self.request_id, self.action.request_action())
     }
 }
 
 /// The keys that open a dialog: `x` force stop, `e` extend, `o` service, `w` walk-in ticket
 /// (on the selected device), `c` cancel a booking. Returns whether the key was one of them.
 pub fn on_action_key(app: &mut App, code: KeyCode) -> bool {
+    if !matches!(code, KeyCode::Char('c' | 'x' | 'e' | 'o' | 'w')) {
+        return false;
+    }
+    if app.read_only {
+        // Management refuses unsigned requests: say so rather than send one.
+        app.note = Some(READ_ONLY.to_owned());
+        app.dialog = None;
+        return true;
+    }
     let dialog = match code {
         KeyCode::Char('c') => Some(cancel_dialog(app)),
-        KeyCode::Char('x' | 'e' | 'o' | 'w') => device_dialog(app, code),
-        _ => return false,
+        _ => device_dialog(app, code),
     };
     if dialog.is_some() {
         app.note = None;
@@ -374,6 +381,10 @@ fn edit(input: &mut String, code: KeyCode, max_len: usize, allowed: impl Fn(char
 
 /// Turns a confirmed action into a request to send, or records why it was not sent.
 fn confirm(app: &mut App, action: Action) -> Option<Effect> {
+    if app.read_only {
+        app.note = Some(READ_ONLY.to_owned());
+        return None;
+    }
     let request_id = RequestId::random();
     let connected = matches!(app.connection, Connection::Up { .. });
     let outcome = if connected {
@@ -382,10 +393,7 @@ fn confirm(app: &mut App, action: Action) -> Option<Effect> {
         // Queued for a connection that may never come back, it would look sent when it is not.
         Outcome::NotSent("disconnected".to_owned())
     };
-    let request = Request {
-        request_id,
-        action: action.request_action(),
-    };
+    let request = Request::new(request_id, action.request_action());
     push_bounded(
         &mut app.requests,
         RequestRecord {

@@ -63,19 +63,24 @@ impl CatchUp {
 }
 
 fn query(part: SnapshotPart, after: Option<String>) -> Request {
-    Request {
-        request_id: RequestId::random(),
-        action: RequestAction::Snapshot {
+    Request::new(
+        RequestId::random(),
+        RequestAction::Snapshot {
             part,
             store: None,
             after,
         },
-    }
+    )
 }
 
 /// Starts a catch-up at a new connection (replacing any unfinished one) and returns the first
-/// page queries to send.
+/// page queries to send. A read-only console has no key to sign them with (management refuses
+/// unsigned requests), so it shows what arrives live only.
 pub fn start(app: &mut App) -> Vec<Request> {
+    if app.read_only {
+        app.catch_up = None;
+        return Vec::new();
+    }
     let now = app.now;
     let parts: Vec<PartLoad> = SnapshotPart::ALL
         .into_iter()

@@ -229,7 +229,8 @@ fn on_device_event(row: &mut DeviceRow, event: &message::Event, received_at: Dat
         | EventKind::SessionConflict { .. }
         | EventKind::ClockSkew { .. }
         | EventKind::CommandFailed { .. }
-        | EventKind::CommandExpired { .. } => {}
+        | EventKind::CommandExpired { .. }
+        | EventKind::OperatorAction { .. } => {}
     }
 }
 
@@ -361,6 +362,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::ReservationNoShow { .. } => "reservation_no_show",
         EventKind::DeviceService { .. } => "device_service",
         EventKind::ClockSkew { .. } => "clock_skew",
+        EventKind::OperatorAction { .. } => "operator_action",
     }
 }
 
@@ -397,6 +399,12 @@ pub(super) fn search_text(event: &message::Event) -> String {
             Availability::Offline => "offline".to_owned(),
         },
         EventKind::ReservationCreated { ticket_id, .. } => ticket_id.to_string(),
+        EventKind::OperatorAction {
+            operator,
+            action,
+            detail,
+            ..
+        } => format!("{operator} {action} {detail}"),
     };
     format!(
         "{} {device} {} {details}",

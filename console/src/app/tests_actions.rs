@@ -1,7 +1,7 @@
 //! Operator actions through `update`: key → dialog → confirmation → request effect, replies
 //! matched by request id, and nothing pretended while disconnected.
 
-use super::tests::{device, event_msg, key, new_app, online, state_msg, store, t};
+use super::tests::{device, event_msg, key, new_app, online, row, state_msg, store, t};
 use super::*;
 use crate::event::{ConnectionChange, Incoming, MqttMessage};
 use crossterm::event::KeyCode;
@@ -352,4 +352,64 @@ fn a_request_the_connection_refused_is_not_sent() {
         status(&app),
         "force stop shibuya/pc-01: not sent: queue full"
     );
+}
+
+/// Like [`app_on_running_device`], for a console started without an operator key.
+fn read_only_app_on_running_device() -> App {
+    let mut app = new_app();
+    app.read_only = true;
+    assert_eq!(
+        update(&mut app, Event::Connection(ConnectionChange::Up)),
+        None,
+        "no key, no catch-up queries"
+    );
+    assert_eq!(app.catch_up, None);
+    let running = ProgramStatus::Running {
+        session_id: session(),
+        started_at: t("2025-06-01T09:30:00Z"),
+        lease_until: t("2025-06-01T10:30:00Z"),
+        provisional: false,
+    };
+    update(
+        &mut app,
+        state_msg("shibuya", "pc-01", online(running), "2025-06-01T09:59:59Z"),
+    );
+    update(&mut app, key(KeyCode::Char('2')));
+    app
+}
+
+#[test]
+fn without_an_operator_key_actions_say_read_only_instead_of_sending() {
+    let mut app = read_only_app_on_running_device();
+    // Everything is still shown: the device runs its session.
+    assert!(row(&app, "shibuya", "pc-01").session().is_some());
+    for code in ['x', 'e', 'o', 'w', 'c'] {
+        assert_eq!(press(&mut app, KeyCode::Char(code)), None, "{code}");
+        assert_eq!(app.dialog, None, "{code}");
+        assert_eq!(app.note.as_deref(), Some(actions::READ_ONLY), "{code}");
+        assert!(app.requests.is_empty(), "{code}");
+    }
+    // Nothing is due either: no request was ever made.
+    assert_eq!(
+        update(&mut app, Event::Tick(t("2025-06-01T10:00:10Z"))),
+        None
+    );
+}
+
+#[test]
+fn a_dialog_opened_before_going_read_only_sends_nothing() {
+    let mut app = app_on_running_device();
+    assert_eq!(press(&mut app, KeyCode::Char('x')), None);
+    app.read_only = true;
+    assert_eq!(press(&mut app, KeyCode::Char('y')), None);
+    assert_eq!(app.note.as_deref(), Some(actions::READ_ONLY));
+    assert!(app.requests.is_empty());
+}
+
+#[test]
+fn other_keys_still_work_read_only() {
+    let mut app = read_only_app_on_running_device();
+    assert_eq!(press(&mut app, KeyCode::Char('4')), None);
+    assert_eq!(app.view, View::Events);
+    assert_eq!(app.note, None);
 }

@@ -38,8 +38,16 @@ pub fn view(app: &App, frame: &mut Frame, area: Rect) {
     frame.render_widget(Paragraph::new(line).style(style), area);
 }
 
-/// The catch-up's line: while it loads, or when a part of it was given up.
+/// The catch-up's line: while it loads, or when a part of it was given up; or, for a console
+/// without an operator key, that it neither catches up nor acts.
 fn catch_up_line(app: &App) -> Option<(String, Style)> {
+    if app.read_only {
+        return Some((
+            " READ-ONLY: no operator key (--operator-key): live view only, no catch-up, no actions"
+                .to_owned(),
+            Style::new().fg(Color::Black).bg(Color::Gray),
+        ));
+    }
     let catch_up = app.catch_up.as_ref()?;
     if catch_up.is_loading() {
         Some((

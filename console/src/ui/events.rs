@@ -207,6 +207,24 @@ fn describe_device(kind: &EventKind) -> (String, Style) {
             red.add_modifier(Modifier::BOLD),
         ),
         EventKind::DeviceAvailability { .. } => ("device offline".to_owned(), red),
+        EventKind::OperatorAction {
+            operator,
+            action,
+            ok: true,
+            ..
+        } => (
+            format!("{operator}: {action}"),
+            Style::new().fg(Color::Blue),
+        ),
+        EventKind::OperatorAction {
+            operator,
+            action,
+            detail,
+            ..
+        } => {
+            let why = detail.strip_prefix("refused: ").unwrap_or(detail);
+            (format!("{operator}: {action} refused: {why}"), yellow)
+        }
         // Listed by `describe`.
         _ => (String::new(), Style::new()),
     }

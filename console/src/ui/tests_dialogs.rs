@@ -104,3 +104,58 @@ fn a_real_ticket_fits_an_80_by_24_terminal() {
     assert_eq!(lines.len(), 21);
     assert!(lines.iter().all(|line| line.chars().count() == 45));
 }
+
+/// The text of every line of a rendered screen.
+fn screen_text(backend: &TestBackend) -> String {
+    let buffer = backend.buffer();
+    let mut text = String::new();
+    for y in 0..buffer.area.height {
+        for x in 0..buffer.area.width {
+            text.push_str(buffer[(x, y)].symbol());
+        }
+        text.push('\n');
+    }
+    text
+}
+
+#[test]
+fn a_console_without_an_operator_key_says_it_is_read_only() {
+    let mut app = app_on_running_device();
+    app.read_only = true;
+    update(&mut app, key(KeyCode::Char('x')));
+    let text = screen_text(&render(&app));
+    assert!(text.contains("READ-ONLY: no operator key"), "{text}");
+    assert!(text.contains("no operator key: read-only"), "{text}");
+    assert!(text.contains("pc-01"), "{text}");
+}
+
+#[test]
+fn operator_actions_show_in_the_event_tail() {
+    use crate::app::tests::event_msg;
+    use mujin_protocol::message::EventKind;
+    use mujin_protocol::{OperatorId, RequestId};
+    let mut app = app_on_running_device();
+    let action = |operator: &str, ok: bool, detail: &str| EventKind::OperatorAction {
+        operator: OperatorId::parse(operator).unwrap(),
+        request_id: RequestId::random(),
+        action: "force_stop".into(),
+        ok,
+        detail: detail.into(),
+    };
+    let at = "2025-06-01T09:59:58Z";
+    let refused = action(
+        "victor",
+        false,
+        "refused: force_stop needs the operator role",
+    );
+    update(&mut app, event_msg("shibuya", Some("pc-01"), refused, at));
+    let done = action("alice", true, "session stopped");
+    update(&mut app, event_msg("shibuya", Some("pc-01"), done, at));
+    update(&mut app, key(KeyCode::Char('4')));
+    let text = screen_text(&render(&app));
+    assert!(
+        text.contains("victor: force_stop refused: force_stop needs th"),
+        "{text}"
+    );
+    assert!(text.contains("alice: force_stop"), "{text}");
+}

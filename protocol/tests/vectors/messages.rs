@@ -10,7 +10,9 @@ use mujin_protocol::message::{
     Telemetry,
 };
 use mujin_protocol::presence::WorkerStatus;
-use mujin_protocol::signed::{public_key_text, sign_command, sign_desired, sign_trust_list};
+use mujin_protocol::signed::{
+    operator_key_id, public_key_text, sign_command, sign_desired, sign_request_at, sign_trust_list,
+};
 use mujin_protocol::snapshot::{
     BookingSummary, SessionSummary, SnapshotItems, SnapshotPage, SnapshotPart,
 };
@@ -47,6 +49,23 @@ fn time(text: &str) -> DateTime<Utc> {
 /// public key (what agents are given) is `mujin_protocol::signed::public_key_text` of it.
 pub fn command_key() -> SigningKey {
     SigningKey::from_seed(KeyId::parse("c1").unwrap(), &[0x5c; 32]).unwrap()
+}
+
+/// Operator alice's key of the vectors: Ed25519 seed `0xa1` × 32, key id derived from its
+/// public key (`mujin_protocol::signed::operator_key_id`).
+pub fn operator_key() -> SigningKey {
+    let seed = [0xa1; 32];
+    let public = SigningKey::from_seed(KeyId::parse("x").unwrap(), &seed)
+        .unwrap()
+        .public_key();
+    SigningKey::from_seed(operator_key_id(&public.bytes), &seed).unwrap()
+}
+
+/// A request signed by alice, sent at 08:30.
+fn signed_request(id: &str, action: RequestAction) -> Request {
+    let mut request = Request::new(RequestId::parse(id).unwrap(), action);
+    sign_request_at(&operator_key(), &mut request, time("2027-01-15T08:30:00Z"));
+    request
 }
 
 fn store() -> StoreId {
@@ -566,6 +585,31 @@ fn events() -> Vec<(String, MessageVector)> {
             },
         ),
         event(
+            "event-operator-action",
+            "Operator alice force-stopped the session (the request of request-force-stop.json).",
+            time("2027-01-15T08:30:00.250Z"),
+            EventKind::OperatorAction {
+                operator: OperatorId::parse("alice").unwrap(),
+                request_id: RequestId::parse("7d2e4f60-8a1b-4c3d-9e5f-0a1b2c3d4e5f").unwrap(),
+                action: "force_stop".into(),
+                ok: true,
+                detail: "session 6a2f41a3-c54c-4c8b-9f2d-8e1a7b3c5d4e on shibuya/pc-01 stopped"
+                    .into(),
+            },
+        ),
+        event(
+            "event-operator-action-refused",
+            "A force stop refused for the role of the operator who signed it.",
+            time("2027-01-15T08:31:00Z"),
+            EventKind::OperatorAction {
+                operator: OperatorId::parse("victor").unwrap(),
+                request_id: RequestId::parse("e4a5b637-f182-4304-a5c6-718293a4b526").unwrap(),
+                action: "force_stop".into(),
+                ok: false,
+                detail: "refused: force_stop needs the operator role; victor is a viewer".into(),
+            },
+        ),
+        event(
             "event-clock-skew",
             "The device's clock runs 4.2 s ahead of management's.",
             time("2027-01-15T08:10:00Z"),
@@ -579,10 +623,7 @@ fn requests() -> Vec<(String, MessageVector)> {
     let request_topic = || Topic::Requests {
         operator: operator(),
     };
-    let request = |id: &str, action: RequestAction| Request {
-        request_id: RequestId::parse(id).unwrap(),
-        action,
-    };
+    let request = signed_request;
     let walk_in = "3f0b6c1e-2a4d-4e8f-9b7c-5d1e3f5a7b9c";
     vec![
         vector(
@@ -703,14 +744,14 @@ fn snapshots() -> Vec<(String, MessageVector)> {
             Topic::Requests {
                 operator: operator(),
             },
-            &Request {
-                request_id: RequestId::parse(request_id).unwrap(),
-                action: RequestAction::Snapshot {
+            &signed_request(
+                request_id,
+                RequestAction::Snapshot {
                     part: SnapshotPart::Bookings,
                     store: Some(store()),
                     after: Some("1799996400000000:0b7e9a52-6c1d-4f3e-8a2b-9c8d7e6f5a4b".into()),
                 },
-            },
+            ),
         ),
         vector(
             "reply-snapshot-bookings",
