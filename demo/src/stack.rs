@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use mujin_broker::{Broker, BrokerError, BrokerSettings, Credentials};
+use mujin_broker::{Broker, BrokerError, BrokerSettings, Credentials, IdentitySettings};
 use mujin_management::db::{self, DbPool};
 use mujin_management::postgres::PrivateCluster;
-use mujin_management::{booking, keys, MqttSettings};
+use mujin_management::{booking, identities, keys, MqttSettings};
+use mujin_protocol::identity::{Identity, Token};
 use mujin_protocol::signed::public_key_text;
 use mujin_protocol::{DeviceId, KeyId, StoreId};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -235,34 +236,46 @@ const CONSOLE_USER: &str = "console";
 /// The demo's own client that waits for the agents to come online.
 const WATCHER_USER: &str = "demo-watcher";
 
-/// This run's MQTT passwords, one per client; never written anywhere.
+/// This run's MQTT secrets; never written anywhere. Management, the console and the watcher
+/// use fixed accounts with fresh passwords; every device its own enrolled identity.
 struct Secrets {
     management: String,
     console: String,
     watcher: String,
-    /// In the order of the devices.
-    agents: Vec<String>,
+    /// Each device's token, in the order of the devices.
+    agents: Vec<Token>,
 }
 
 impl Secrets {
-    fn new(devices: &[DeviceId]) -> Self {
-        Self {
+    /// Fresh passwords, and a fresh enrolment (so a fresh token) of every device.
+    async fn new(
+        pool: &DbPool,
+        key_dir: &Path,
+        (store, devices): (&StoreId, &[DeviceId]),
+    ) -> anyhow::Result<Self> {
+        let pepper = keys::load_or_create_pepper(key_dir)?;
+        let mut agents = Vec::new();
+        for device in devices {
+            let identity = device_identity(store, device);
+            let enrolled = identities::enrol(pool, &pepper, &identity, chrono::Utc::now())
+                .await
+                .with_context(|| format!("cannot enrol {device}"))?;
+            agents.push(enrolled.token);
+        }
+        Ok(Self {
             management: password(),
             console: password(),
             watcher: password(),
-            agents: devices.iter().map(|_| password()).collect(),
-        }
+            agents,
+        })
     }
 
-    /// What the broker lets in.
-    fn credentials(&self, devices: &[DeviceId]) -> Credentials {
+    /// The fixed accounts the broker lets in (devices come from the database).
+    fn credentials(&self) -> Credentials {
         let mut credentials = Credentials::new();
         credentials.insert(MANAGEMENT_USER, self.management.clone());
         credentials.insert(CONSOLE_USER, self.console.clone());
         credentials.insert(WATCHER_USER, self.watcher.clone());
-        for (device, password) in devices.iter().zip(&self.agents) {
-            credentials.insert(agent_username(device), password.clone());
-        }
         credentials
     }
 }
@@ -288,6 +301,13 @@ async fn add_console_operator(
     Ok(std::sync::Arc::new(key))
 }
 
+fn device_identity(store: &StoreId, device: &DeviceId) -> Identity {
+    Identity::Device {
+        store: store.clone(),
+        device: device.clone(),
+    }
+}
+
 fn ids() -> anyhow::Result<(StoreId, Vec<DeviceId>)> {
     let store = StoreId::parse(STORE)?;
     let devices = DEVICES
@@ -306,9 +326,14 @@ impl Stack {
         let database_url = self.open_database(&paths, &store, &devices).await?;
         let key_id = KeyId::parse(KEY_ID)?;
         let ticket_keys = keys::load_or_create(&paths.keys, &key_id)?;
-        let secrets = Secrets::new(&devices);
+        let pool = self.pool.clone().context("the database is not open")?;
+        let secrets = Secrets::new(&pool, &paths.keys, (&store, &devices)).await?;
+        let identities = IdentitySettings::new(
+            database_url.clone(),
+            keys::load_or_create_pepper(&paths.keys)?,
+        );
 
-        let broker = start_broker(settings.port, secrets.credentials(&devices)).await?;
+        let broker = start_broker(settings.port, secrets.credentials(), identities).await?;
         let port = broker.v4_addr().port();
         self.broker = Some(broker);
         tracing::info!(port, "broker ready");
@@ -343,10 +368,7 @@ impl Stack {
         Ok(Running {
             port,
             console_password: secrets.console,
-            console_key: add_console_operator(
-                self.pool.as_ref().context("the database is not open")?,
-            )
-            .await?,
+            console_key: add_console_operator(&pool).await?,
             customers_ready,
         })
     }
@@ -390,13 +412,13 @@ impl Stack {
         management_key: &str,
     ) -> anyhow::Result<()> {
         let program = agents::write_program(&paths.data)?;
-        for (device, password) in devices.iter().zip(&secrets.agents) {
+        for (device, token) in devices.iter().zip(&secrets.agents) {
             self.agents.push(agents::spawn(&AgentSpec {
                 store,
                 device,
                 broker_port: port,
-                username: agent_username(device),
-                password: password.clone(),
+                username: device_identity(store, device).username(),
+                password: token.expose().to_owned(),
                 scan_pipe: scan_pipe(paths, device),
                 log: paths.logs.join(format!("{device}.log")),
                 program: &program,
@@ -439,10 +461,6 @@ impl Stack {
     }
 }
 
-fn agent_username(device: &DeviceId) -> String {
-    format!("agent-{device}")
-}
-
 fn scan_pipe(paths: &Paths, device: &DeviceId) -> PathBuf {
     paths.pipes.join(format!("{device}.scan"))
 }
@@ -464,8 +482,13 @@ async fn fresh_database(cluster: &PrivateCluster) -> anyhow::Result<String> {
     Ok(cluster.connection_string(DATABASE))
 }
 
-/// The broker on the requested port, or on 1883 when free, else on any free port.
-async fn start_broker(requested: Option<u16>, credentials: Credentials) -> anyhow::Result<Broker> {
+/// The broker (checking the devices' identities) on the requested port, or on 1883 when free,
+/// else on any free port.
+async fn start_broker(
+    requested: Option<u16>,
+    credentials: Credentials,
+    identities: IdentitySettings,
+) -> anyhow::Result<Broker> {
     let settings = |port| BrokerSettings {
         listen_v4: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         listen_v5: None,
@@ -476,11 +499,12 @@ async fn start_broker(requested: Option<u16>, credentials: Credentials) -> anyho
         None if TcpListener::bind((Ipv4Addr::LOCALHOST, DEFAULT_PORT)).is_ok() => DEFAULT_PORT,
         None => mujin_broker::free_local_port()?,
     };
-    match Broker::start(settings(port)).await {
+    let start = |port| Broker::start_with_identities(settings(port), Some(identities.clone()));
+    match start(port).await {
         // Someone took the port between our check and the bind: any free port will do.
         Err(BrokerError::Bind { .. }) if requested.is_none() => {
             let port = mujin_broker::free_local_port()?;
-            Ok(Broker::start(settings(port)).await?)
+            Ok(start(port).await?)
         }
         started => Ok(started?),
     }
@@ -559,7 +583,10 @@ mod tests {
     async fn a_requested_port_in_use_is_an_error() {
         let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = taken.local_addr().unwrap().port();
-        let error = start_broker(Some(port), Credentials::new())
+        let pepper = mujin_protocol::identity::Pepper::from_bytes(&[0u8; 32]).unwrap();
+        // No database there: the broker starts without identities, and fails on the port.
+        let identities = IdentitySettings::new("host=/nonexistent dbname=none", pepper);
+        let error = start_broker(Some(port), Credentials::new(), identities)
             .await
             .err()
             .unwrap();

@@ -14,7 +14,7 @@ use crate::postgres::{ClusterError, PrivateCluster};
 
 /// The database mujin uses in its private cluster.
 const DATABASE_NAME: &str = "mujin";
-use crate::{actions, booking, db, keys, operators, qr, MqttSettings, Settings};
+use crate::{actions, booking, db, identities, keys, operators, qr, MqttSettings, Settings};
 
 /// mujin management: reservations, tickets, scan decisions, stop timers and operator actions.
 #[derive(Debug, Parser)]
@@ -112,6 +112,10 @@ pub enum CliCommand {
     },
     #[command(flatten)]
     Operators(operators::cli::OperatorCommand),
+    /// Broker identities: device-enrol, device-revoke, operator-enrol, service-enrol,
+    /// identities, identity-revoke.
+    #[command(flatten)]
+    Identity(identities::IdentityCommand),
 }
 
 /// Who runs an operator action (written to the log with it).
@@ -365,6 +369,10 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
         CliCommand::Operators(command) => {
             let pool = ready_pool(database_url).await?;
             operators::cli::execute(&pool, &global.data_dir, command).await
+        }
+        CliCommand::Identity(command) => {
+            let pool = ready_pool(database_url).await?;
+            identities::execute(command, &pool, &key_dir(&global.data_dir)).await
         }
     }
 }

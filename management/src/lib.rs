@@ -2,6 +2,7 @@
 //!
 //! - [`booking`]: the store/device registry and reservations (overlaps refused by PostgreSQL);
 //! - [`keys`]: the ticket-signing keys on disk; [`qr`]: tickets as QR codes;
+//! - [`identities`]: who the broker lets in (enrolment, revocation);
 //! - [`authorize`]: the scan rules as a pure function;
 //! - [`scans`]: one transaction per scan, idempotent by scan id;
 //! - [`stop_timer`]: durable stop timers that end sessions on time;
@@ -20,6 +21,7 @@ pub mod booking;
 pub mod cli;
 pub mod db;
 pub mod devices;
+pub mod identities;
 pub mod keys;
 pub mod lifecycle;
 pub mod mqtt;

@@ -1,15 +1,22 @@
-//! A whole mujin stack for one test: the `mujin-broker` process, a fresh database, management
-//! running in-process, and an observer. Agents are added with [`Stack::agent`].
+//! A whole mujin stack for one test: the `mujin-broker` process (checking the database's
+//! identities), a fresh database, management running in-process, and an observer. Devices
+//! registered with [`Stack::add_device`] are enrolled, and their agents ([`Stack::agent`]) connect
+//! with their own identity; management, the observer and the operator use the fixed accounts of
+//! the broker's credentials file.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use mujin_management::booking::{self, Booking, BookingError};
+use mujin_management::identities;
 use mujin_management::keys::{self, TicketKeys};
 use mujin_management::{db, MqttSettings, Settings};
+use mujin_protocol::identity::{Identity, Pepper};
 use mujin_protocol::message::{self, Availability, EventKind};
 use mujin_protocol::presence::WorkerStatus;
 use mujin_protocol::topic::Topic;
@@ -25,7 +32,8 @@ use crate::observer::Observer;
 /// How long the harness waits for one step of a session.
 const SHORT: Duration = Duration::from_secs(10);
 
-/// Usernames and passwords the test broker accepts.
+/// Usernames and passwords of the test broker's credentials file. Agents of devices registered
+/// with [`Stack::add_device`] use their own identity instead of `AGENT`.
 pub const MANAGEMENT: (&str, &str) = ("management", "management-secret");
 pub const AGENT: (&str, &str) = ("agent", "agent-secret");
 pub const OBSERVER: (&str, &str) = ("observer", "observer-secret");
@@ -39,7 +47,11 @@ pub struct Stack {
     pub database_url: String,
     pub pool: Pool,
     pub keys: TicketKeys,
+    /// The pepper of identity tokens (the broker reads the same file, [`Stack::pepper_file`]).
+    pub pepper: Pepper,
     pub observer: Observer,
+    /// The token of each enrolled device.
+    tokens: Mutex<HashMap<(StoreId, DeviceId), String>>,
     broker: Option<Child>,
     management: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -55,11 +67,13 @@ impl Stack {
         crate::init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let port = mujin_broker::free_local_port().expect("a free port");
-        let broker = start_broker(&dir.path().join("credentials.toml"), port).await;
+        // The schema first: the broker reads the identities table from its start.
         let pool = db::pool(&database_url, 4).expect("pool");
         db::migrate(&pool).await.expect("migrations");
         let keys = keys::load_or_create(&key_dir(&dir), &KeyId::parse("k1").expect("key id"))
             .expect("signing key");
+        let pepper = keys::load_or_create_pepper(&key_dir(&dir)).expect("identity pepper");
+        let broker = start_broker(dir.path(), &database_url, port).await;
         let observer = Observer::connect(port, OBSERVER.0, OBSERVER.1).await;
         let mut stack = Stack {
             dir,
@@ -67,7 +81,9 @@ impl Stack {
             database_url,
             pool,
             keys,
+            pepper,
             observer,
+            tokens: Mutex::new(HashMap::new()),
             broker: Some(broker),
             management: None,
         };
@@ -168,14 +184,58 @@ impl Stack {
         }
     }
 
-    /// Registers a device.
+    /// Registers a device and enrols it (once per stack), so its agent connects as itself.
     pub async fn add_device(&self, store: &str, device: &str) -> (StoreId, DeviceId) {
         let store = StoreId::parse(store).expect("store id");
         let device = DeviceId::parse(device).expect("device id");
         booking::add_device(&self.pool, &store, &device, "")
             .await
             .expect("register device");
-        (store, device)
+        let key = (store.clone(), device.clone());
+        let enrolled = self.tokens.lock().expect("tokens").contains_key(&key);
+        if !enrolled {
+            self.enrol_device(&key).await;
+        }
+        key
+    }
+
+    /// Enrols a device (again): a new token for its identity, which its next agent uses; the
+    /// previous token stops working. Returns the new token.
+    pub async fn enrol_device(&self, (store, device): &(StoreId, DeviceId)) -> String {
+        let identity = Identity::Device {
+            store: store.clone(),
+            device: device.clone(),
+        };
+        let enrolled = identities::enrol(&self.pool, &self.pepper, &identity, Utc::now())
+            .await
+            .expect("enrol the device");
+        let token = enrolled.token.expose().to_owned();
+        self.tokens
+            .lock()
+            .expect("tokens")
+            .insert((store.clone(), device.clone()), token.clone());
+        token
+    }
+
+    /// The username and password an agent of `device` connects with: its identity once
+    /// enrolled, else the shared fixed account.
+    pub fn agent_credentials(&self, (store, device): &(StoreId, DeviceId)) -> (String, String) {
+        let tokens = self.tokens.lock().expect("tokens");
+        match tokens.get(&(store.clone(), device.clone())) {
+            Some(token) => {
+                let identity = Identity::Device {
+                    store: store.clone(),
+                    device: device.clone(),
+                };
+                (identity.username(), token.clone())
+            }
+            None => (AGENT.0.to_owned(), AGENT.1.to_owned()),
+        }
+    }
+
+    /// The pepper file the broker was given.
+    pub fn pepper_file(&self) -> PathBuf {
+        key_dir(&self.dir).join(keys::PEPPER_FILE)
     }
 
     /// Books `device` from `now + start` for `length`.
@@ -226,8 +286,7 @@ impl Stack {
     /// any rumqttd restart it comes back empty: no sessions, no retained messages.
     pub async fn restart_broker(&mut self) {
         assert!(self.broker.is_none(), "the broker is still running");
-        self.broker =
-            Some(start_broker(&self.dir.path().join("credentials.toml"), self.port).await);
+        self.broker = Some(start_broker(self.dir.path(), &self.database_url, self.port).await);
     }
 
     /// The lifecycle of every command sent for a session: (action, status, attempts), oldest first.
@@ -274,7 +333,14 @@ impl Stack {
     /// Starts a real agent process that reaches the broker through `port` (e.g. a proxy's).
     pub fn agent_via(&self, port: u16, (store, device): &(StoreId, DeviceId)) -> Agent {
         let key = self.management_key();
-        Agent::spawn(self.dir.path(), port, AGENT, (store, device), &key)
+        let (username, password) = self.agent_credentials(&(store.clone(), device.clone()));
+        Agent::spawn(
+            self.dir.path(),
+            port,
+            (&username, &password),
+            (store, device),
+            &key,
+        )
     }
 
     /// Kills the broker process (as a crash would).
@@ -335,19 +401,24 @@ fn key_dir(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("keys")
 }
 
-/// Starts `mujin-broker` on `port` and waits until it says it listens.
-async fn start_broker(credentials: &std::path::Path, port: u16) -> Child {
+/// Starts `mujin-broker` on `port`, with the fixed accounts in `dir`/credentials.toml and the
+/// identities of `database_url` (pepper in `dir`/keys), and waits until it says it listens.
+async fn start_broker(dir: &Path, database_url: &str, port: u16) -> Child {
+    let credentials = dir.join("credentials.toml");
     let mut file = String::new();
     for (username, password) in [MANAGEMENT, AGENT, OBSERVER, OPERATOR] {
         file.push_str(&format!(
             "[[client]]\nusername = \"{username}\"\npassword = \"{password}\"\n\n"
         ));
     }
-    std::fs::write(credentials, file).expect("write credentials");
+    std::fs::write(&credentials, file).expect("write credentials");
     let mut child = Command::new(crate::binary("mujin-broker"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--credentials")
-        .arg(credentials)
+        .arg(&credentials)
+        .arg("--identity-pepper")
+        .arg(dir.join("keys").join(keys::PEPPER_FILE))
+        .env("MUJIN_BROKER_DATABASE_URL", database_url)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
