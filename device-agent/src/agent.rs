@@ -73,6 +73,7 @@ impl Agent {
         link: Link,
         supervisor: Supervisor,
         offline_after: Duration,
+        repeat_window: Duration,
         management_key: Option<PublicKey>,
     ) -> Self {
         match &management_key {
@@ -96,7 +97,7 @@ impl Agent {
             epochs: EpochFence::default(),
             ended: EndedSessions::default(),
             pending: PendingScans::new(offline_after),
-            repeats: RepeatFilter::default(),
+            repeats: RepeatFilter::new(repeat_window),
             trust: None,
             provisional: None,
             started_tickets: StartedTickets::default(),

@@ -58,6 +58,10 @@ pub struct Args {
     /// provisionally (management confirms or refuses it when it answers).
     #[arg(long, env = "MUJIN_AGENT_OFFLINE_AFTER_MS", default_value_t = 3000)]
     pub offline_after_ms: u64,
+    /// Milliseconds within which the same code read again is the scanner repeating itself (a
+    /// code held in front of it, a stuck trigger) and not a new scan; 0 sends every reading.
+    #[arg(long, env = "MUJIN_AGENT_REPEAT_WINDOW_MS", default_value_t = 3000)]
+    pub repeat_window_ms: u64,
     /// Management's command key as KEYID:HEX (`mujin-management command-key` prints it). When
     /// given, the agent acts only on commands, desired states and trust lists signed with it
     /// and meant for this device; without it, on anything well-formed.
@@ -107,6 +111,7 @@ impl Args {
             telemetry_interval: Duration::from_millis(self.telemetry_interval_ms),
             stop_grace: Duration::from_millis(self.stop_grace_ms),
             offline_after: Duration::from_millis(self.offline_after_ms),
+            repeat_window: Duration::from_millis(self.repeat_window_ms),
             management_key: self.management_key,
         }
     }
@@ -182,6 +187,7 @@ mod tests {
         );
         assert_eq!(settings.stop_grace, Duration::from_secs(3));
         assert_eq!(settings.offline_after, Duration::from_secs(3));
+        assert_eq!(settings.repeat_window, Duration::from_secs(3));
         assert!(settings.read_stdin);
     }
 
@@ -191,6 +197,10 @@ mod tests {
             .unwrap()
             .into_settings();
         assert_eq!(settings.offline_after, Duration::from_millis(1500));
+        let settings = parse(&["--repeat-window-ms", "0", "--", "true"])
+            .unwrap()
+            .into_settings();
+        assert_eq!(settings.repeat_window, Duration::ZERO);
     }
 
     #[test]

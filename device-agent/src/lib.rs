@@ -72,6 +72,8 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// How long a scan may go unanswered before the device checks the ticket offline.
     pub offline_after: Duration,
+    /// The same code read again within this time is not a new scan (zero: every reading is).
+    pub repeat_window: Duration,
     /// Management's command key: when set, only what it signed is acted on.
     pub management_key: Option<PublicKey>,
 }
@@ -93,6 +95,7 @@ impl fmt::Debug for Settings {
             .field("telemetry_interval", &self.telemetry_interval)
             .field("stop_grace", &self.stop_grace)
             .field("offline_after", &self.offline_after)
+            .field("repeat_window", &self.repeat_window)
             .field(
                 "management_key",
                 &self
@@ -141,6 +144,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         link,
         supervisor,
         settings.offline_after,
+        settings.repeat_window,
         settings.management_key,
     );
     let mut telemetry =

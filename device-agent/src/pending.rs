@@ -161,22 +161,34 @@ impl PendingScans {
     }
 }
 
-/// A reading of the same text within this time of the previous one is the scanner repeating
-/// itself (a code held in front of it, a stuck trigger), not a new attempt.
+/// The default window within which a reading of the same text as the previous one is the
+/// scanner repeating itself (a code held in front of it, a stuck trigger), not a new attempt.
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(3);
 
-/// Drops a scanner's repeats: the same text read again within [`REPEAT_WINDOW`] of its last
-/// reading. Each repeat restarts the window, so a scanner stuck on one code sends it once.
-#[derive(Debug, Default)]
+/// Drops a scanner's repeats: the same text read again within the window of its last reading.
+/// Each repeat restarts the window, so a scanner stuck on one code sends it once.
+#[derive(Debug)]
 pub struct RepeatFilter {
+    window: Duration,
     last: Option<(String, Instant)>,
 }
 
+impl Default for RepeatFilter {
+    fn default() -> Self {
+        Self::new(REPEAT_WINDOW)
+    }
+}
+
 impl RepeatFilter {
+    /// A filter with this window; a zero window lets every reading through.
+    pub fn new(window: Duration) -> Self {
+        Self { window, last: None }
+    }
+
     /// Whether `text`, read at `now`, is a repeat of the previous reading.
     pub fn is_repeat(&mut self, text: &str, now: Instant) -> bool {
         let repeat = self.last.as_ref().is_some_and(|(last, at)| {
-            last == text && now.saturating_duration_since(*at) < REPEAT_WINDOW
+            last == text && now.saturating_duration_since(*at) < self.window
         });
         match &mut self.last {
             Some((last, at)) if last == text => *at = now,
@@ -228,6 +240,10 @@ mod tests {
         assert!(!filter.is_repeat("MJ1:B", start + secs(61)));
         assert!(!filter.is_repeat("MJ1:A", start + secs(62)));
         assert!(!filter.is_repeat("MJ1:A", start + secs(62) + REPEAT_WINDOW));
+
+        let mut off = RepeatFilter::new(Duration::ZERO);
+        assert!(!off.is_repeat("MJ1:A", start));
+        assert!(!off.is_repeat("MJ1:A", start));
     }
 
     #[test]

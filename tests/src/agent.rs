@@ -38,6 +38,8 @@ impl Agent {
             .args(["--username", credentials.0])
             .env("MUJIN_AGENT_PASSWORD", credentials.1)
             .args(["--telemetry-interval-ms", "500", "--stop-grace-ms", "1000"])
+            // Several tests scan one ticket twice on purpose, at once.
+            .args(["--repeat-window-ms", "0"])
             .env("MUJIN_AGENT_MANAGEMENT_KEY", management_key)
             .args(["--", "sh", "-c", &program])
             .env("RUST_LOG", "info,rumqttc=warn")
