@@ -7,6 +7,7 @@
 //! - [`scans`]: one transaction per scan, idempotent by scan id;
 //! - [`stop_timer`]: durable stop timers that end sessions on time;
 //! - [`trust`]: the stores' trust lists, for devices that start offline;
+//! - [`ratelimit`]: per-device scan rate limits;
 //! - [`actions`]: operator actions; [`requests`]: the same actions requested over MQTT;
 //! - [`operators`]: who may send requests (signed with the operator's key) and with what role;
 //! - [`mqtt`]: the broker connection; [`db`]: pool and migrations; [`audit`]: the event log;
@@ -29,6 +30,7 @@ pub mod operators;
 pub mod outbox;
 pub mod postgres;
 pub mod qr;
+pub mod ratelimit;
 pub mod requests;
 pub mod scans;
 pub mod snapshot;
@@ -98,6 +100,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         wake_timer: Arc::new(Notify::new()),
         wake_dispatcher: Arc::new(Notify::new()),
         liveness: Arc::new(tokio::sync::Mutex::new(devices::Liveness::default())),
+        scan_limiter: std::sync::Mutex::new(ratelimit::ScanLimiter::default()),
         stop: stop.clone(),
     };
     let liveness_task = tokio::spawn(watch_heartbeats(
@@ -242,6 +245,8 @@ struct Inbox {
     wake_timer: Arc<Notify>,
     wake_dispatcher: Arc<Notify>,
     liveness: Arc<tokio::sync::Mutex<devices::Liveness>>,
+    /// Scans per device: a flooding device is answered `too_many_scans` without a decision.
+    scan_limiter: std::sync::Mutex<ratelimit::ScanLimiter<(StoreId, DeviceId)>>,
     stop: CancellationToken,
 }
 
@@ -290,9 +295,24 @@ impl Inbox {
             }
         };
         let topic = &publish.topic;
+        // Taken once per message (not per retry), before any database work.
+        let flood = self.flood_check(&route);
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.handle_once(&route, &publish.payload, Utc::now()).await {
+            let attempt = match (&route, flood) {
+                (Route::Device { store, device, .. }, Some(first)) => scans::refuse_flood(
+                    &self.pool,
+                    store,
+                    device,
+                    &publish.payload,
+                    first,
+                    Utc::now(),
+                )
+                .await
+                .map(|outcome| outcome.publish),
+                _ => self.handle_once(&route, &publish.payload, Utc::now()).await,
+            };
+            match attempt {
                 Ok(messages) => {
                     mqtt::publish_all(&self.client, messages, &self.stop).await;
                     // Its events (and commands) are in the database: the dispatcher sends them.
@@ -318,6 +338,30 @@ impl Inbox {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+
+    /// For a scan over its device's rate limit, `Some(first refusal of this flood)`.
+    fn flood_check(&self, route: &Route) -> Option<bool> {
+        let Route::Device {
+            store,
+            device,
+            channel: DeviceChannel::Scan,
+        } = route
+        else {
+            return None;
+        };
+        let key = (store.clone(), device.clone());
+        let verdict = match self.scan_limiter.lock() {
+            Ok(mut limiter) => limiter.check(&key, tokio::time::Instant::now()),
+            // A panic while holding it cannot leave the buckets inconsistent.
+            Err(poisoned) => poisoned
+                .into_inner()
+                .check(&key, tokio::time::Instant::now()),
+        };
+        match verdict {
+            ratelimit::Verdict::Allowed => None,
+            ratelimit::Verdict::Limited { first } => Some(first),
         }
     }
 

@@ -439,6 +439,54 @@ async fn refuse_malformed(
     })
 }
 
+/// Answers a scan over its device's rate limit without deciding it (nothing is stored, so the
+/// same scan id sent again later is decided then). `record` adds one `scan_rejected` event to
+/// the audit log: done for the first refused scan of a flood only, so a flood cannot fill it.
+pub async fn refuse_flood(
+    pool: &Pool,
+    store: &StoreId,
+    device: &DeviceId,
+    payload: &[u8],
+    record: bool,
+    now: DateTime<Utc>,
+) -> Result<ScanOutcome, WorkError> {
+    let scan_id = salvage_scan_id(payload);
+    let detail = format!(
+        "more than {} scans in a burst from this device (then one every {} s); scans refused until it slows down",
+        crate::ratelimit::BURST,
+        crate::ratelimit::REFILL.as_secs()
+    );
+    if record {
+        tracing::warn!(%store, %device, "scan flood: refusing this device's scans for now");
+        let event = Event {
+            at: now,
+            store: store.clone(),
+            device: Some(device.clone()),
+            kind: EventKind::ScanRejected {
+                scan_id,
+                reason: RejectReason::TooManyScans,
+                detail: detail.clone(),
+            },
+        };
+        let client = pool.get().await?;
+        audit::record(&client, &event).await?;
+    }
+    let publish = scan_id
+        .map(|scan_id| {
+            let decision = Decision::Rejected {
+                reason: RejectReason::TooManyScans,
+                detail,
+            };
+            scan_result(store, device, scan_id, decision)
+        })
+        .into_iter()
+        .collect();
+    Ok(ScanOutcome {
+        publish,
+        session_started: false,
+    })
+}
+
 fn salvage_scan_id(payload: &[u8]) -> Option<ScanId> {
     if payload.len() > message::MAX_PAYLOAD_BYTES {
         return None;

@@ -112,10 +112,13 @@ pub enum RejectReason {
     UnknownDevice,
     OutOfService,
     DeviceBusy,
+    /// The device sent more scans than management takes from one device (a burst of 5, then
+    /// one a second); this scan was not looked at.
+    TooManyScans,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 14] = [
+    pub const ALL: [RejectReason; 15] = [
         RejectReason::MalformedScan,
         RejectReason::MalformedTicket,
         RejectReason::UnknownKey,
@@ -130,6 +133,7 @@ impl RejectReason {
         RejectReason::UnknownDevice,
         RejectReason::OutOfService,
         RejectReason::DeviceBusy,
+        RejectReason::TooManyScans,
     ];
 
     /// The wire name, e.g. `too_early`.
@@ -149,6 +153,7 @@ impl RejectReason {
             RejectReason::UnknownDevice => "unknown_device",
             RejectReason::OutOfService => "out_of_service",
             RejectReason::DeviceBusy => "device_busy",
+            RejectReason::TooManyScans => "too_many_scans",
         }
     }
 
@@ -173,6 +178,7 @@ impl RejectReason {
             RejectReason::UnknownDevice => "This device is not registered.",
             RejectReason::OutOfService => "This device is out of service.",
             RejectReason::DeviceBusy => "This device is in use.",
+            RejectReason::TooManyScans => "Too many scans: please wait a moment and scan again.",
         }
     }
 }

@@ -172,3 +172,88 @@ async fn a_captured_start_replayed_elsewhere_or_after_its_expiry_is_refused() {
     other_agent.stop().await;
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_flooding_scans_is_answered_too_many_scans_and_others_are_served() {
+    use mujin_protocol::message::{Decision, EventKind, RejectReason, Scan, ScanResult};
+    use mujin_protocol::ScanId;
+
+    let stack = Stack::start().await;
+    let flooder = stack.add_device("shibuya", "pc-01").await;
+    let neighbour = stack.add_device("shibuya", "pc-02").await;
+    let booking = stack.book_now(&neighbour, 30).await;
+    // 60 readings of garbage at once, each with its own scan id.
+    let scan_topic = topic::device(&flooder.0, &flooder.1, DeviceChannel::Scan);
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        let scan = Scan {
+            scan_id: ScanId::random(),
+            ticket: "MJ1:GARBAGE".into(),
+            read_at: Utc::now(),
+            offline: None,
+        };
+        ids.push(scan.scan_id);
+        stack
+            .observer
+            .publish_raw(&scan_topic, message::encode(&scan))
+            .await;
+    }
+    let answers = |reason: RejectReason| {
+        stack
+            .observer
+            .recorded()
+            .into_iter()
+            .filter(|recorded| matches!(recorded.topic, Topic::Device { channel: DeviceChannel::ScanResult, .. }))
+            .filter_map(|recorded| message::decode::<ScanResult>(&recorded.payload).ok())
+            .filter(|result| ids.contains(&result.scan_id))
+            .filter(|result| matches!(&result.decision, Decision::Rejected { reason: r, .. } if *r == reason))
+            .count()
+    };
+    wait_for("every flood scan answered", SHORT, || {
+        let done = (answers(RejectReason::TooManyScans) + answers(RejectReason::MalformedTicket)
+            == ids.len())
+        .then_some(());
+        async move { done }
+    })
+    .await;
+    let decided = answers(RejectReason::MalformedTicket);
+    assert!((5..=8).contains(&decided), "{decided} scans decided");
+
+    // The neighbour is served as usual meanwhile.
+    let mut agent = stack.agent(&neighbour);
+    let (_session, _pid) = stack.start_session(&mut agent, &booking.ticket).await;
+
+    // One event for the flood, not one per scan; nothing stored for the refused ones.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let flood_events = stack
+        .observer
+        .events()
+        .iter()
+        .filter(|event| {
+            matches!(
+                event.kind,
+                EventKind::ScanRejected {
+                    reason: RejectReason::TooManyScans,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(flood_events, 1);
+    let client = stack.pool.get().await.expect("db");
+    let stored: i64 = client
+        .query_one(
+            "SELECT count(*) FROM scans WHERE scan_id = ANY($1)",
+            &[&ids.iter().map(|id| id.as_uuid()).collect::<Vec<_>>()],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, decided as i64);
+    println!(
+        "checked: 60 scans at once → {decided} decided, {} answered too_many_scans, one event; the neighbour's session started",
+        ids.len() - decided
+    );
+    agent.stop().await;
+    stack.shutdown().await;
+}
