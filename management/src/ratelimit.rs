@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How many scans a device may send in a burst.
-pub const BURST: u32 = 5;
+pub const BURST: u32 = 10;
 /// How often a device regains one scan.
 pub const REFILL: Duration = Duration::from_secs(1);
 /// A bucket untouched this long is full again and forgotten.

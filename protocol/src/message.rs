@@ -112,7 +112,7 @@ pub enum RejectReason {
     UnknownDevice,
     OutOfService,
     DeviceBusy,
-    /// The device sent more scans than management takes from one device (a burst of 5, then
+    /// The device sent more scans than management takes from one device (a burst of 10, then
     /// one a second); this scan was not looked at.
     TooManyScans,
 }
