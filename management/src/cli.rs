@@ -14,7 +14,9 @@ use crate::postgres::{ClusterError, PrivateCluster};
 
 /// The database mujin uses in its private cluster.
 const DATABASE_NAME: &str = "mujin";
-use crate::{actions, booking, db, identities, keys, operators, qr, MqttSettings, Settings};
+use crate::{
+    actions, booking, db, identities, keys, mosquitto, operators, qr, MqttSettings, Settings,
+};
 
 /// mujin management: reservations, tickets, scan decisions, stop timers and operator actions.
 #[derive(Debug, Parser)]
@@ -116,6 +118,14 @@ pub enum CliCommand {
     /// identities, identity-revoke.
     #[command(flatten)]
     Identity(identities::IdentityCommand),
+    /// Print (or write with --out) Mosquitto's ACL file for the enrolled identities, for fleets
+    /// that run Mosquitto: devices reach only their own topics. Usernames there use `.` for
+    /// `:`; passwords are added at enrolment with `mosquitto_passwd -b`.
+    MosquittoAcl {
+        /// Write the ACL to this file (replaced whole) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Who runs an operator action (written to the log with it).
@@ -373,6 +383,10 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
         CliCommand::Identity(command) => {
             let pool = ready_pool(database_url).await?;
             identities::execute(command, &pool, &key_dir(&global.data_dir)).await
+        }
+        CliCommand::MosquittoAcl { out } => {
+            let pool = ready_pool(database_url).await?;
+            mosquitto::execute(&pool, out.as_deref()).await
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`booking`]: the store/device registry and reservations (overlaps refused by PostgreSQL);
 //! - [`keys`]: the ticket-signing keys on disk; [`qr`]: tickets as QR codes;
-//! - [`identities`]: who the broker lets in (enrolment, revocation);
+//! - [`identities`]: who the broker lets in (enrolment, revocation); [`mosquitto`]: their ACL
+//!   for fleets on Mosquitto;
 //! - [`authorize`]: the scan rules as a pure function;
 //! - [`scans`]: one transaction per scan, idempotent by scan id;
 //! - [`stop_timer`]: durable stop timers that end sessions on time;
@@ -25,6 +26,7 @@ pub mod devices;
 pub mod identities;
 pub mod keys;
 pub mod lifecycle;
+pub mod mosquitto;
 pub mod mqtt;
 pub mod operators;
 pub mod outbox;

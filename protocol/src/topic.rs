@@ -277,6 +277,16 @@ pub fn every_store_events() -> String {
     format!("{ROOT}/stores/+/events")
 }
 
+/// ACL filter: the trust list of every store (management publishes them).
+pub fn every_store_trust() -> String {
+    format!("{ROOT}/stores/+/trust")
+}
+
+/// ACL filter: the replies to every operator (management publishes them).
+pub fn every_operator_replies() -> String {
+    format!("{ROOT}/operators/+/replies")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +315,8 @@ mod tests {
             "mujin/v1/stores/+/devices/+/ack"
         );
         assert_eq!(every_store_events(), "mujin/v1/stores/+/events");
+        assert_eq!(every_store_trust(), "mujin/v1/stores/+/trust");
+        assert_eq!(every_operator_replies(), "mujin/v1/operators/+/replies");
     }
 
     #[test]
