@@ -98,6 +98,26 @@ pub(crate) fn stale_style(app: &App) -> Style {
     }
 }
 
+/// A table whose selected row is marked, with a bold header, greyed while stale. The highlight
+/// column is always reserved so the columns stay still whether or not a row is selected.
+pub(crate) fn selectable_table<'a, const N: usize>(
+    app: &App,
+    header: [&'a str; N],
+    rows: impl IntoIterator<Item = ratatui::widgets::Row<'a>>,
+    widths: [ratatui::layout::Constraint; N],
+    block: Block<'a>,
+) -> ratatui::widgets::Table<'a> {
+    use ratatui::style::Modifier;
+    use ratatui::widgets::{HighlightSpacing, Row, Table};
+    Table::new(rows, widths)
+        .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .highlight_symbol("▶ ")
+        .highlight_spacing(HighlightSpacing::Always)
+        .style(stale_style(app))
+        .block(block)
+}
+
 /// An empty pane with a grey hint.
 pub(crate) fn placeholder(frame: &mut Frame, area: Rect, block: Block, text: &str) {
     let hint = Line::styled(format!(" {text}"), Style::new().fg(Color::Gray));

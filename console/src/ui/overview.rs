@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 
 use ratatui::layout::{Constraint, Rect};
 use ratatui::style::{Color, Modifier, Style};
-use ratatui::widgets::{Cell, HighlightSpacing, Row, Table, TableState};
+use ratatui::widgets::{Cell, Row, TableState};
 use ratatui::Frame;
 
 use mujin_protocol::StoreId;
 
 use crate::app::{App, DeviceStatus, Store};
-use crate::ui::{format, pane_block, placeholder, stale_style, window};
+use crate::ui::{format, pane_block, placeholder, selectable_table, window};
 
 pub fn view(app: &App, frame: &mut Frame, area: Rect) {
     let title = format!(
@@ -39,10 +39,9 @@ pub fn view(app: &App, frame: &mut Frame, area: Rect) {
         let sessions = store.sessions_by_day.get(&today).copied().unwrap_or(0);
         store_row(id, store, sessions, alerts)
     });
-    let header = Row::new([
+    let header = [
         "STORE", "IDLE", "RUNNING", "OFFLINE", "OUT-SVC", "TODAY", "MIN USED", "ALERTS",
-    ])
-    .style(Style::new().add_modifier(Modifier::BOLD));
+    ];
     let widths = [
         Constraint::Min(10),
         Constraint::Length(5),
@@ -53,13 +52,7 @@ pub fn view(app: &App, frame: &mut Frame, area: Rect) {
         Constraint::Length(8),
         Constraint::Length(6),
     ];
-    let table = Table::new(rows, widths)
-        .header(header)
-        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
-        .highlight_symbol("▶ ")
-        .highlight_spacing(HighlightSpacing::Always)
-        .style(stale_style(app))
-        .block(block);
+    let table = selectable_table(app, header, rows, widths, block);
     let relative = selected.map(|index| index - shown.start);
     let mut state = TableState::default().with_selected(relative);
     frame.render_stateful_widget(table, area, &mut state);

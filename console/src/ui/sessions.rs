@@ -2,12 +2,12 @@
 //! sessions, filtered; the selected row is highlighted (`c` cancels a selected booking).
 
 use ratatui::layout::{Constraint, Rect};
-use ratatui::style::{Color, Modifier, Style};
-use ratatui::widgets::{Cell, HighlightSpacing, Row, Table, TableState};
+use ratatui::style::{Color, Style};
+use ratatui::widgets::{Cell, Row, TableState};
 use ratatui::Frame;
 
 use crate::app::{App, SessionRecord, SessionsRow, View};
-use crate::ui::{filter_note, format, pane_block, placeholder, stale_style, window};
+use crate::ui::{filter_note, format, pane_block, placeholder, selectable_table, window};
 
 pub fn view(app: &App, frame: &mut Frame, area: Rect) {
     let title = format!(
@@ -40,8 +40,7 @@ pub fn view(app: &App, frame: &mut Frame, area: Rect) {
             SessionsRow::Booking(booking) => booking_row(app, booking),
         })
         .collect();
-    let header = Row::new(["STORE", "DEVICE", "ID", "WHEN", "STATE", "TIME"])
-        .style(Style::new().add_modifier(Modifier::BOLD));
+    let header = ["STORE", "DEVICE", "ID", "WHEN", "STATE", "TIME"];
     let widths = [
         Constraint::Min(8),
         Constraint::Min(8),
@@ -50,13 +49,7 @@ pub fn view(app: &App, frame: &mut Frame, area: Rect) {
         Constraint::Length(14),
         Constraint::Length(9),
     ];
-    let table = Table::new(rows, widths)
-        .header(header)
-        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
-        .highlight_symbol("▶ ")
-        .highlight_spacing(HighlightSpacing::Always)
-        .style(stale_style(app))
-        .block(block);
+    let table = selectable_table(app, header, rows, widths, block);
     let mut state = TableState::default().with_selected(Some(selected - shown.start));
     frame.render_stateful_widget(table, area, &mut state);
 }

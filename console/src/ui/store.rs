@@ -11,12 +11,12 @@ use mujin_protocol::DeviceId;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
-use ratatui::widgets::{Cell, HighlightSpacing, Paragraph, Row, Table, TableState};
+use ratatui::widgets::{Cell, Paragraph, Row, TableState};
 use ratatui::Frame;
 
 use crate::app::alerts::{skew_text, MAX_SKEW};
 use crate::app::{App, DeviceRow, DeviceStatus, Pane, View};
-use crate::ui::{events, filter_note, format, pane_block, placeholder, stale_style, window};
+use crate::ui::{events, filter_note, format, pane_block, placeholder, selectable_table, window};
 
 /// Less time left than this is shown in yellow: the customer is about to be stopped.
 const ENDING_SOON: TimeDelta = TimeDelta::minutes(5);
@@ -67,7 +67,7 @@ fn devices_table(app: &App, rows: &[(&DeviceId, &DeviceRow)], frame: &mut Frame,
     let table_rows = rows[shown.clone()]
         .iter()
         .map(|(device, row)| device_row(app, device, row, &next_bookings));
-    let header = Row::new([
+    let header = [
         "DEVICE",
         "STATUS",
         "SESSION",
@@ -75,8 +75,7 @@ fn devices_table(app: &App, rows: &[(&DeviceId, &DeviceRow)], frame: &mut Frame,
         "NEXT",
         "SEEN",
         "SKEW",
-    ])
-    .style(Style::new().add_modifier(Modifier::BOLD));
+    ];
     let widths = [
         Constraint::Min(8),
         Constraint::Length(7),
@@ -86,14 +85,7 @@ fn devices_table(app: &App, rows: &[(&DeviceId, &DeviceRow)], frame: &mut Frame,
         Constraint::Length(4),
         Constraint::Length(7),
     ];
-    let table = Table::new(table_rows, widths)
-        .header(header)
-        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
-        .highlight_symbol("▶ ")
-        // Keep the columns still whether or not a row is selected.
-        .highlight_spacing(HighlightSpacing::Always)
-        .style(stale_style(app))
-        .block(block);
+    let table = selectable_table(app, header, table_rows, widths, block);
     let mut state = TableState::default().with_selected(selected.map(|i| i - shown.start));
     frame.render_stateful_widget(table, area, &mut state);
 }
