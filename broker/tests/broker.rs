@@ -453,3 +453,45 @@ fn binary_needs_the_pepper_with_the_database_and_a_private_pepper_file() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("readable by others"), "{stderr}");
 }
+
+/// A raw MQTT 3.1.1 CONNECT with a clean session and a username and password.
+fn connect_packet(client_id: &str, username: &str, password: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
+    for field in [client_id, username, password] {
+        body.extend_from_slice(&u16::try_from(field.len()).unwrap().to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10, u8::try_from(body.len()).unwrap()];
+    packet.extend(body);
+    packet
+}
+
+#[tokio::test]
+async fn clients_racing_for_one_client_id_do_not_break_the_listener() {
+    use tokio::io::AsyncWriteExt;
+    let broker = start_broker(None).await;
+    let addr = broker.v4_addr();
+    let packet = connect_packet("contested", "console", "console-password");
+    // Connections with the same client id that arrive together and hang up at once: rumqttd
+    // 0.20 left a dead will handler behind for some and panicked on the next one while holding
+    // its listener's lock, after which it let nobody in.
+    for _ in 0..200 {
+        let mut racers = Vec::new();
+        for _ in 0..4 {
+            let packet = packet.clone();
+            racers.push(tokio::spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream.write_all(&packet).await.unwrap();
+            }));
+        }
+        for racer in racers {
+            racer.await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for client_id in ["contested", "someone-else"] {
+        let (_client, mut eventloop) =
+            AsyncClient::new(options(addr, client_id, "console", "console-password"), 10);
+        assert_eq!(wait_connack(&mut eventloop).await, Ok(false), "{client_id}");
+    }
+}
