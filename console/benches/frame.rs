@@ -77,6 +77,7 @@ fn big_app() -> App {
             };
             let (store, device) = (store_id(s), device_id(d));
             let state = ReportedState {
+                signature: None,
                 availability,
                 program: program.clone(),
                 last_exit: None,
@@ -92,6 +93,7 @@ fn big_app() -> App {
                 }),
             );
             let telemetry = Telemetry {
+                signature: None,
                 at: now() + TimeDelta::milliseconds((d as i64 % 7) * 500),
                 uptime_ms: 1,
                 load: Some(0.5),

@@ -399,6 +399,7 @@ mod tests {
             }
         );
         let ack = Ack {
+            signature: None,
             command_id: command.command_id,
             ok: false,
             detail: "no such session".into(),

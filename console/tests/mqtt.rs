@@ -169,6 +169,7 @@ async fn forwards_decoded_messages_and_survives_a_broker_restart() {
     let (device_client, mut device_packets) = publisher(port, "pc-01").await;
     let state_topic = topic::device(&store, &device, DeviceChannel::State);
     let state = ReportedState {
+        signature: None,
         availability: Availability::Online,
         program: ProgramStatus::Idle,
         last_exit: None,
@@ -268,6 +269,7 @@ async fn forwards_decoded_messages_and_survives_a_broker_restart() {
         signature: None,
     };
     let ack = Ack {
+        signature: None,
         command_id: command.command_id,
         ok: true,
         detail: String::new(),
@@ -325,6 +327,7 @@ async fn forwards_decoded_messages_and_survives_a_broker_restart() {
     next_matching(&mut events, "connection up again", is_up).await;
     let (device_client, _device_packets) = publisher(port, "pc-01-again").await;
     let telemetry = Telemetry {
+        signature: None,
         at: Utc::now(),
         uptime_ms: 42,
         load: Some(0.5),

@@ -114,6 +114,7 @@ impl Agent {
 
     fn state(&self, availability: Availability) -> ReportedState {
         ReportedState {
+            signature: None,
             availability,
             program: self.supervisor.status(),
             last_exit: self.last_exit.clone(),
@@ -184,6 +185,7 @@ impl Agent {
                 // Not remembered: a forgery must not stand in for the real command's answer.
                 tracing::warn!(command_id = %command.command_id, %err, "command refused");
                 let ack = Ack {
+                    signature: None,
                     command_id: command.command_id,
                     ok: false,
                     detail: format!("rejected: {}", err.refusal()),
@@ -267,6 +269,7 @@ impl Agent {
 
     fn ack(&mut self, command_id: CommandId, ok: bool, detail: String) {
         let ack = Ack {
+            signature: None,
             command_id,
             ok,
             detail,
@@ -444,6 +447,7 @@ impl Agent {
             return;
         }
         let telemetry = Telemetry {
+            signature: None,
             at: Utc::now(),
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             load: read_load(),

@@ -207,6 +207,8 @@ mod tests {
 
     fn scan() -> Scan {
         Scan {
+            sent_at: None,
+            signature: None,
             scan_id: ScanId::random(),
             ticket: "MJ1:TEST".into(),
             read_at: Utc::now(),

@@ -208,6 +208,8 @@ async fn operator_actions_from_the_command_line() {
         early_grace: std::time::Duration::from_secs(60),
     };
     let scan = Scan {
+        sent_at: None,
+        signature: None,
         scan_id: ScanId::random(),
         ticket: ticket.clone(),
         read_at: chrono::Utc::now(),

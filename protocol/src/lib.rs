@@ -1,5 +1,6 @@
 //! The mujin wire contract: everything two mujin parts must agree on to talk over MQTT.
 //!
+//! - [`device_auth`]: each device's signature on what it publishes;
 //! - [`ids`]: validated identifiers (`StoreId`, `DeviceId`, `TicketId`, …);
 //! - [`identity`]: who connects to the broker (usernames, client ids, token hashes);
 //! - [`topic`]: the versioned topic tree, its builders and its parser;
@@ -13,6 +14,7 @@
 //! This crate has no runtime dependencies (no tokio, no database) so that every part —
 //! and golden vectors for other languages — can share it.
 
+pub mod device_auth;
 pub mod identity;
 pub mod ids;
 pub mod message;

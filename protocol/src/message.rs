@@ -53,6 +53,14 @@ pub struct Scan {
     /// or refuses it and the device stops the program.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline: Option<OfflineStart>,
+    /// When the device sent this copy (set again on every resend): management refuses a scan
+    /// sent more than [`crate::device_auth::DEVICE_MAX_SKEW`] from its own clock, so a
+    /// captured scan replayed later has no effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+    /// The device's signature (see [`crate::device_auth`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 /// A provisional session a device started while management did not answer.
@@ -115,10 +123,18 @@ pub enum RejectReason {
     /// The device sent more scans than management takes from one device (a burst of 10, then
     /// one a second); this scan was not looked at.
     TooManyScans,
+    /// The scan is not signed with the device's own key (see [`crate::device_auth`]): another
+    /// client published it in this device's name.
+    Unauthenticated,
+    /// The scan was sent more than [`crate::device_auth::DEVICE_MAX_SKEW`] from management's
+    /// clock: a replay of a captured scan, or a device whose clock is wrong.
+    StaleScan,
+    /// The ticket is signed with a ticket key that was revoked.
+    RevokedKey,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 15] = [
+    pub const ALL: [RejectReason; 18] = [
         RejectReason::MalformedScan,
         RejectReason::MalformedTicket,
         RejectReason::UnknownKey,
@@ -134,6 +150,9 @@ impl RejectReason {
         RejectReason::OutOfService,
         RejectReason::DeviceBusy,
         RejectReason::TooManyScans,
+        RejectReason::Unauthenticated,
+        RejectReason::StaleScan,
+        RejectReason::RevokedKey,
     ];
 
     /// The wire name, e.g. `too_early`.
@@ -154,6 +173,9 @@ impl RejectReason {
             RejectReason::OutOfService => "out_of_service",
             RejectReason::DeviceBusy => "device_busy",
             RejectReason::TooManyScans => "too_many_scans",
+            RejectReason::Unauthenticated => "unauthenticated",
+            RejectReason::StaleScan => "stale_scan",
+            RejectReason::RevokedKey => "revoked_key",
         }
     }
 
@@ -179,6 +201,10 @@ impl RejectReason {
             RejectReason::OutOfService => "This device is out of service.",
             RejectReason::DeviceBusy => "This device is in use.",
             RejectReason::TooManyScans => "Too many scans: please wait a moment and scan again.",
+            RejectReason::Unauthenticated | RejectReason::StaleScan => {
+                "This device could not be verified. Please ask for help."
+            }
+            RejectReason::RevokedKey => "This ticket is no longer valid.",
         }
     }
 }
@@ -252,6 +278,9 @@ pub struct ReportedState {
     /// When the agent wrote this state; absent in the last will (written at connect time).
     #[serde(default)]
     pub at: Option<DateTime<Utc>>,
+    /// The device's signature (see [`crate::device_auth`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 impl ReportedState {
@@ -262,6 +291,7 @@ impl ReportedState {
             program: ProgramStatus::Idle,
             last_exit: None,
             at: None,
+            signature: None,
         }
     }
 }
@@ -277,6 +307,9 @@ pub struct Telemetry {
     pub load: Option<f64>,
     #[serde(default)]
     pub program: ProgramStatus,
+    /// The device's signature (see [`crate::device_auth`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 /// A command from management to one device.
@@ -403,6 +436,9 @@ pub struct Ack {
     #[serde(default)]
     pub detail: String,
     pub at: DateTime<Utc>,
+    /// The device's signature (see [`crate::device_auth`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 /// Why a session ended, as recorded in its usage record.
@@ -646,6 +682,15 @@ pub enum EventKind {
         action: String,
         ok: bool,
         #[serde(default)]
+        detail: String,
+    },
+    /// A message on this device's topic was dropped because it is not authenticated as the
+    /// device's (unsigned, signed with another key, or sent too far from management's clock):
+    /// someone else publishing in its name, or a replay. Recorded at most once a minute per
+    /// device and channel.
+    DeviceMessageRefused {
+        /// The topic's last level, e.g. `state`.
+        channel: String,
         detail: String,
     },
 }

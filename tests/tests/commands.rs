@@ -19,6 +19,8 @@ async fn scan_without_agent(
     ticket: &str,
 ) -> SessionId {
     let scan = Scan {
+        sent_at: None,
+        signature: None,
         scan_id: ScanId::random(),
         ticket: ticket.to_owned(),
         read_at: Utc::now(),

@@ -227,6 +227,8 @@ async fn the_same_scan_delivered_twice_gives_one_session_and_the_same_answer() {
     let device = stack.add_device("shibuya", "pc-09").await;
     let booking = stack.book_now(&device, 30).await;
     let scan = Scan {
+        sent_at: None,
+        signature: None,
         scan_id: ScanId::random(),
         ticket: booking.ticket.clone(),
         read_at: Utc::now(),
@@ -388,6 +390,8 @@ async fn the_next_customer_of_a_back_to_back_booking_is_not_refused_while_the_st
     };
     let scan = |ticket: &str| {
         message::encode(&Scan {
+            sent_at: None,
+            signature: None,
             scan_id: ScanId::random(),
             ticket: ticket.to_owned(),
             read_at: Utc::now(),
@@ -437,6 +441,8 @@ async fn a_reading_postgresql_cannot_store_is_refused_and_the_worker_carries_on(
     let scan_topic = topic::device(store, dev, DeviceChannel::Scan);
     // A NUL character: PostgreSQL text refuses it.
     let poisoned = Scan {
+        sent_at: None,
+        signature: None,
         scan_id: ScanId::random(),
         ticket: "MJ1:\u{0}ABC".into(),
         read_at: Utc::now(),

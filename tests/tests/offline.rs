@@ -183,6 +183,8 @@ async fn an_offline_start_on_a_used_ticket_is_refused_and_flagged_as_a_conflict(
     let (store, dev) = &device;
     let offline_session = SessionId::random();
     let scan = Scan {
+        sent_at: None,
+        signature: None,
         scan_id: ScanId::random(),
         ticket: booking.ticket.clone(),
         read_at: Utc::now(),

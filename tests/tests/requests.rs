@@ -257,6 +257,8 @@ async fn a_request_sent_twice_is_carried_out_once_and_answered_twice_alike() {
     // an extension sent twice moves its end once.
     let ticket = first.ticket.clone().expect("ticket");
     let scan = Scan {
+        sent_at: None,
+        signature: None,
         scan_id: ScanId::random(),
         ticket,
         read_at: chrono::Utc::now(),
@@ -318,6 +320,8 @@ async fn an_extension_whose_reply_cannot_be_recorded_is_retried_and_applied_once
     let device = stack.add_device("shibuya", "pc-05").await;
     let booking = stack.book_now(&device, 600).await;
     let scan = Scan {
+        sent_at: None,
+        signature: None,
         scan_id: ScanId::random(),
         ticket: booking.ticket.clone(),
         read_at: chrono::Utc::now(),

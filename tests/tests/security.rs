@@ -187,6 +187,8 @@ async fn a_device_flooding_scans_is_answered_too_many_scans_and_others_are_serve
     let mut ids = Vec::new();
     for _ in 0..60 {
         let scan = Scan {
+            sent_at: None,
+            signature: None,
             scan_id: ScanId::random(),
             ticket: "MJ1:GARBAGE".into(),
             read_at: Utc::now(),

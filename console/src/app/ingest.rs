@@ -230,7 +230,8 @@ fn on_device_event(row: &mut DeviceRow, event: &message::Event, received_at: Dat
         | EventKind::ClockSkew { .. }
         | EventKind::CommandFailed { .. }
         | EventKind::CommandExpired { .. }
-        | EventKind::OperatorAction { .. } => {}
+        | EventKind::OperatorAction { .. }
+        | EventKind::DeviceMessageRefused { .. } => {}
     }
 }
 
@@ -363,6 +364,7 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::DeviceService { .. } => "device_service",
         EventKind::ClockSkew { .. } => "clock_skew",
         EventKind::OperatorAction { .. } => "operator_action",
+        EventKind::DeviceMessageRefused { .. } => "device_message_refused",
     }
 }
 
@@ -405,6 +407,7 @@ pub(super) fn search_text(event: &message::Event) -> String {
             detail,
             ..
         } => format!("{operator} {action} {detail}"),
+        EventKind::DeviceMessageRefused { channel, detail } => format!("{channel} {detail}"),
     };
     format!(
         "{} {device} {} {details}",

@@ -45,6 +45,7 @@ pub(crate) fn state_msg(s: &str, d: &str, state: ReportedState, at: &str) -> Eve
 
 pub(crate) fn online(program: ProgramStatus) -> ReportedState {
     ReportedState {
+        signature: None,
         availability: Availability::Online,
         program,
         last_exit: None,
@@ -266,6 +267,7 @@ fn telemetry_brings_a_device_back_online() {
                 store: store("s"),
                 device: device("d"),
                 telemetry: Telemetry {
+                    signature: None,
                     at: t("1970-01-01T00:00:00Z"),
                     uptime_ms: 5,
                     load: None,

@@ -70,6 +70,7 @@ fn ack(s: &str, d: &str, command_id: CommandId, ok: bool, at: &str) -> Event {
         store: super::tests::store(s),
         device: super::tests::device(d),
         ack: Ack {
+            signature: None,
             command_id,
             ok,
             detail: if ok {
@@ -384,6 +385,7 @@ fn clock_skew_beyond_two_seconds_is_flagged() {
                 store: super::tests::store("s"),
                 device: super::tests::device("d"),
                 telemetry: Telemetry {
+                    signature: None,
                     at: t(device_at),
                     uptime_ms: 1,
                     load: Some(0.5),

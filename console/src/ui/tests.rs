@@ -179,6 +179,7 @@ fn add_telemetry(app: &mut App) {
             store: store.clone(),
             device: device.clone(),
             telemetry: Telemetry {
+                signature: None,
                 at: t(&received) + chrono::TimeDelta::milliseconds(300),
                 uptime_ms: 1000,
                 load: Some(load),
@@ -193,6 +194,7 @@ fn add_telemetry(app: &mut App) {
         store,
         device,
         telemetry: Telemetry {
+            signature: None,
             at: t("2025-06-01T09:59:53.800Z"),
             uptime_ms: 1000,
             load: None,
@@ -227,6 +229,7 @@ fn add_commands(app: &mut App) {
     let ack = |store: &str, device: &str, n: u8, ok: bool, detail: &str, at: &str| {
         let (store, device) = ids(store, device);
         let ack = Ack {
+            signature: None,
             command_id: command_id(n),
             ok,
             detail: detail.into(),

@@ -209,6 +209,8 @@ impl Agent {
 pub(crate) fn scan_message(scan_id: ScanId, mut ticket: String) -> Scan {
     loop {
         let scan = Scan {
+            sent_at: None,
+            signature: None,
             scan_id,
             ticket,
             read_at: Utc::now(),

@@ -164,6 +164,8 @@ fn event(
 
 fn scans() -> Vec<(String, MessageVector)> {
     let scan = Scan {
+        sent_at: None,
+        signature: None,
         scan_id: scan_id(),
         ticket: tickets::booking_ticket(),
         read_at: time("2027-01-15T08:00:05.250Z"),
@@ -206,24 +208,28 @@ fn scans() -> Vec<(String, MessageVector)> {
 
 fn device_reports() -> Vec<(String, MessageVector)> {
     let telemetry_running = Telemetry {
+        signature: None,
         at: time("2027-01-15T08:30:00Z"),
         uptime_ms: 5_400_000,
         load: Some(0.52),
         program: running(),
     };
     let telemetry_idle = Telemetry {
+        signature: None,
         at: time("2027-01-15T07:50:00Z"),
         uptime_ms: 3_000_000,
         load: None,
         program: ProgramStatus::Idle,
     };
     let online_running = ReportedState {
+        signature: None,
         availability: Availability::Online,
         program: running(),
         last_exit: None,
         at: Some(time("2027-01-15T08:00:05.510Z")),
     };
     let online_provisional = ReportedState {
+        signature: None,
         availability: Availability::Online,
         program: ProgramStatus::Running {
             session_id: session_id(),
@@ -235,6 +241,7 @@ fn device_reports() -> Vec<(String, MessageVector)> {
         at: Some(time("2027-01-15T08:00:08.310Z")),
     };
     let online_idle = ReportedState {
+        signature: None,
         availability: Availability::Online,
         program: ProgramStatus::Idle,
         last_exit: Some(ProgramExit {
@@ -351,12 +358,14 @@ fn commands() -> Vec<(String, MessageVector)> {
     sign_desired(&key, &mut desired_idle);
     let desired = || device_topic(DeviceChannel::Desired);
     let started = Ack {
+        signature: None,
         command_id: start_command_id(),
         ok: true,
         detail: "started".into(),
         at: time("2027-01-15T08:00:05.512Z"),
     };
     let refused = Ack {
+        signature: None,
         command_id: start_command_id(),
         ok: false,
         detail: "busy with session 2c5ea4c0-4067-41b4-b2c0-8e7d6f5e4d3c".into(),
