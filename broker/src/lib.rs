@@ -5,7 +5,8 @@
 //! - [`IdentitySettings`] — identities from management's PostgreSQL (devices, operators,
 //!   services), each with its own token stored as a keyed hash and bound to its client ids;
 //!   reloaded every 2 s, revoked ones disconnected (module `identities`, `gate`, `watch`);
-//! - [`Broker`] — a running broker: MQTT 3.1.1 listener, optional MQTT 5 listener; bind errors
+//! - [`Broker`] — a running broker: MQTT 3.1.1 listener, optional MQTT 5 listener, optional TLS
+//!   listener ([`TlsListenerSettings`], module `tls`) relaying to the 3.1.1 one; bind errors
 //!   are returned by [`Broker::start`], and [`Broker::shutdown`] closes every connection.
 //! - [`run`] — start, wait for the shutdown future, stop: what the `mujin-broker` binary does.
 //!
@@ -16,6 +17,7 @@ mod credentials;
 mod gate;
 pub mod identities;
 mod server;
+mod tls;
 mod watch;
 
 use std::future::Future;
@@ -25,6 +27,7 @@ use std::path::PathBuf;
 pub use credentials::{Credentials, CredentialsFileError};
 pub use identities::{read_pepper, IdentitySettings};
 pub use server::{Broker, MAX_CONNECTIONS, MAX_PAYLOAD_BYTES};
+pub use tls::TlsListenerSettings;
 
 /// What a broker listens on and whom it lets in.
 #[derive(Debug, Clone)]
@@ -61,21 +64,25 @@ pub enum BrokerError {
     Runtime(#[source] std::io::Error),
     #[error("listener on {addr} failed: {reason}")]
     Listener { addr: SocketAddr, reason: String },
+    #[error("TLS listener: {0}")]
+    Tls(#[source] mujin_transport::TlsError),
 }
 
 /// Runs a broker until `shutdown` completes, then stops it.
 ///
 /// Once the listeners are bound it prints one line per listener on stdout, e.g.
-/// `mujin-broker listening on 127.0.0.1:1883 (MQTT 3.1.1)`, so a supervising process (or a
+/// `mujin-broker listening on 127.0.0.1:1883 (MQTT 3.1.1)` (the TLS one last), so a supervising process (or a
 /// test) can wait for readiness.
 pub async fn run(
     settings: BrokerSettings,
     identities: Option<IdentitySettings>,
+    tls: Option<TlsListenerSettings>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BrokerError> {
     let clients = settings.credentials.len();
     let checks_identities = identities.is_some();
-    let broker = Broker::start_with_identities(settings, identities).await?;
+    let client_certificates = tls.as_ref().map(|tls| tls.client_ca.is_some());
+    let broker = Broker::start_with_tls(settings, identities, tls).await?;
     tracing::info!(
         v4 = %broker.v4_addr(),
         v5 = ?broker.v5_addr(),
@@ -89,6 +96,11 @@ pub async fn run(
     );
     if let Some(addr) = broker.v5_addr() {
         println!("mujin-broker listening on {addr} (MQTT 5)");
+    }
+    if let (Some(addr), Some(required)) = (broker.tls_addr(), client_certificates) {
+        let client_certificates = if required { "required" } else { "not required" };
+        tracing::info!("TLS listening on {addr}, client certificates {client_certificates}");
+        println!("mujin-broker listening on {addr} (MQTT 3.1.1 over TLS)");
     }
     shutdown.await;
     tracing::info!("shutting down");

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use mujin_broker::{BrokerError, BrokerSettings, Credentials, IdentitySettings};
+use mujin_broker::{
+    BrokerError, BrokerSettings, Credentials, IdentitySettings, TlsListenerSettings,
+};
 use tracing_subscriber::EnvFilter;
 
 /// rumqttd is chatty at info (one line per connection); keep it at warn unless RUST_LOG says
@@ -43,6 +45,39 @@ struct Flags {
     /// <data-dir>/keys/identity-pepper (32 bytes, mode 0600).
     #[arg(long, env = "MUJIN_BROKER_IDENTITY_PEPPER", requires = "database_url")]
     identity_pepper: Option<PathBuf>,
+    /// Address of the TLS listener (MQTT 3.1.1 over TLS, relayed to --listen). When TLS is
+    /// used, keep --listen on 127.0.0.1 so that nobody reaches the broker unencrypted.
+    #[arg(
+        long,
+        env = "MUJIN_BROKER_TLS_LISTEN",
+        requires_all = ["tls_cert", "tls_key"]
+    )]
+    tls_listen: Option<SocketAddr>,
+    /// PEM file of the broker's certificate chain (its own certificate first); clients check
+    /// it against their --tls-ca and the host name they connect to.
+    #[arg(long, env = "MUJIN_BROKER_TLS_CERT", requires = "tls_listen")]
+    tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of --tls-cert.
+    #[arg(long, env = "MUJIN_BROKER_TLS_KEY", requires = "tls_listen")]
+    tls_key: Option<PathBuf>,
+    /// PEM file of a CA: TLS clients must then present a certificate it signed.
+    #[arg(long, env = "MUJIN_BROKER_TLS_CLIENT_CA", requires = "tls_listen")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+impl Flags {
+    /// The TLS listener the flags describe, if any (clap makes sure cert and key come with it).
+    fn tls(&self) -> Option<TlsListenerSettings> {
+        match (self.tls_listen, &self.tls_cert, &self.tls_key) {
+            (Some(listen), Some(cert_file), Some(key_file)) => Some(TlsListenerSettings {
+                listen,
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// The accounts the flags name: the credentials file's and the identities' source.
@@ -78,7 +113,7 @@ async fn main() -> ExitCode {
                 listen_v5: flags.listen_v5,
                 credentials,
             };
-            mujin_broker::run(settings, identities, shutdown_signal()).await
+            mujin_broker::run(settings, identities, flags.tls(), shutdown_signal()).await
         }
         Err(error) => Err(error),
     };

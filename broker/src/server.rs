@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::gate::Gate;
+use crate::tls::{self, TlsListenerSettings};
 use crate::watch::{self, Kicker};
 use crate::{BrokerError, BrokerSettings, IdentitySettings};
 
@@ -46,6 +47,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub struct Broker {
     v4_addr: SocketAddr,
     v5_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     /// Runs every listener and client connection; `None` once shut down.
     runtime: Option<Runtime>,
 }
@@ -68,6 +70,19 @@ impl Broker {
         settings: BrokerSettings,
         identities: Option<IdentitySettings>,
     ) -> Result<Broker, BrokerError> {
+        Self::start_with_tls(settings, identities, None).await
+    }
+
+    /// Like [`Broker::start_with_identities`], with a TLS listener too (when given) that relays
+    /// to the MQTT 3.1.1 listener. Its certificate files are read before anything starts, so a
+    /// bad file fails the start with an error naming it.
+    pub async fn start_with_tls(
+        settings: BrokerSettings,
+        identities: Option<IdentitySettings>,
+        tls: Option<TlsListenerSettings>,
+    ) -> Result<Broker, BrokerError> {
+        let tls_listener = tls.as_ref().map(tls::bind).transpose()?;
+        let tls_addr = tls_listener.as_ref().map(|bound| bound.addr);
         let v4_addr = resolve_port(settings.listen_v4)?;
         let v5_addr = settings.listen_v5.map(resolve_port).transpose()?;
         // Cheap early check with the real io::Error; the authoritative one is rumqttd's own
@@ -86,6 +101,7 @@ impl Broker {
         let broker = Broker {
             v4_addr,
             v5_addr,
+            tls_addr,
             runtime: Some(runtime),
         };
 
@@ -128,6 +144,11 @@ impl Broker {
                 }
             }
         }
+        if let (Some(bound), Some(runtime)) = (tls_listener, &broker.runtime) {
+            // Only now: a TLS client must find the plain listener it is relayed to.
+            let upstream = tls::upstream_of(v4_addr);
+            runtime.spawn(tls::serve(bound, upstream, MAX_CONNECTIONS));
+        }
         Ok(broker)
     }
 
@@ -139,6 +160,11 @@ impl Broker {
     /// Where MQTT 5 clients connect, if that listener is enabled.
     pub fn v5_addr(&self) -> Option<SocketAddr> {
         self.v5_addr
+    }
+
+    /// Where TLS clients connect, if that listener is enabled.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Stops accepting, closes every client connection and waits (briefly) until the

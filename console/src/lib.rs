@@ -45,6 +45,8 @@ pub struct Settings {
     pub operator: OperatorId,
     /// The operator's key, which signs every request; without one the console is read-only.
     pub operator_key: Option<Arc<SigningKey>>,
+    /// TLS to the broker (its certificate checked against a CA); plain MQTT without it.
+    pub tls: Option<mujin_transport::TlsSettings>,
 }
 
 impl fmt::Debug for Settings {
@@ -57,6 +59,7 @@ impl fmt::Debug for Settings {
             .field("operator", &self.operator)
             // The key's Debug shows its id only.
             .field("operator_key", &self.operator_key)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -67,7 +70,7 @@ const CHANNEL_CAPACITY: usize = 1024;
 /// Takes over the terminal and shows the stores live until the operator quits.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-    let mqtt = mqtt::spawn(&settings, sender).context("invalid --broker")?;
+    let mqtt = mqtt::spawn(&settings, sender).context("cannot connect to the broker")?;
     let result = match ratatui::try_init() {
         Ok(mut terminal) => {
             let utc_offset = *Local::now().offset();

@@ -40,6 +40,20 @@ struct Flags {
     /// nothing.
     #[arg(long, env = "MUJIN_CONSOLE_OPERATOR_KEY")]
     operator_key: Option<PathBuf>,
+    /// Connect with TLS, accepting only a broker certificate signed by this CA (PEM) and valid
+    /// for the host of --broker.
+    #[arg(long, env = "MUJIN_CONSOLE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// The operator's certificate (PEM), for a broker that requires client certificates.
+    #[arg(long, env = "MUJIN_CONSOLE_TLS_CLIENT_CERT", requires_all = ["tls_ca", "tls_client_key"])]
+    tls_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-client-cert.
+    #[arg(
+        long,
+        env = "MUJIN_CONSOLE_TLS_CLIENT_KEY",
+        requires = "tls_client_cert"
+    )]
+    tls_client_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -61,6 +75,11 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => Some(Arc::new(load_operator_key(path)?)),
         None => None,
     };
+    let tls = mujin_transport::TlsSettings::from_flags(
+        flags.tls_ca,
+        flags.tls_client_cert,
+        flags.tls_client_key,
+    )?;
     let settings = Settings {
         broker: flags.broker,
         username: flags.username,
@@ -68,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         client_id,
         operator,
         operator_key,
+        tls,
     };
     mujin_console::run(settings)
         .await

@@ -60,6 +60,15 @@ pub fn broker_address(text: &str) -> Result<(String, u16), AddressError> {
     Ok((host.to_owned(), port))
 }
 
+/// Why the connection cannot be set up as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("invalid --broker: {0}")]
+    Address(#[from] AddressError),
+    #[error("TLS: {0}")]
+    Tls(#[from] mujin_transport::TlsError),
+}
+
 /// Why a request could not be handed to the connection.
 #[derive(Debug, thiserror::Error)]
 #[error("the connection's queue refused the request: {0}")]
@@ -112,11 +121,13 @@ impl MqttTask {
 }
 
 /// Connects (in the background) and starts forwarding to `events`.
-pub fn spawn(settings: &Settings, events: mpsc::Sender<Event>) -> Result<MqttTask, AddressError> {
+pub fn spawn(settings: &Settings, events: mpsc::Sender<Event>) -> Result<MqttTask, SpawnError> {
     let (host, port) = broker_address(&settings.broker)?;
+    let transport = mujin_transport::transport(settings.tls.as_ref())?;
     let mut options = MqttOptions::new(settings.client_id.clone(), host, port);
     options
         .set_credentials(settings.username.clone(), settings.password.clone())
+        .set_transport(transport)
         .set_keep_alive(KEEP_ALIVE)
         // The broker never expires sessions; a clean session keeps nothing behind for us.
         .set_clean_session(true)

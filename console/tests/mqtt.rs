@@ -92,6 +92,7 @@ fn settings(port: u16, password: &str) -> Settings {
         client_id: format!("mujin-console-test-{port}-{password}"),
         operator: mujin_protocol::OperatorId::parse("alice").unwrap(),
         operator_key: Some(std::sync::Arc::new(operator_key())),
+        tls: None,
     }
 }
 

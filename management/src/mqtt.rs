@@ -34,6 +34,9 @@ pub struct MqttSettings {
     /// Stable and unique per worker (one connection each; also the worker's name on its status
     /// topic, so it must be a valid id: lower-case letters, digits and `-`).
     pub client_id: String,
+    /// TLS to the broker (its certificate checked against a CA, for `host`); plain MQTT
+    /// without it.
+    pub tls: Option<mujin_transport::TlsSettings>,
 }
 
 impl std::fmt::Debug for MqttSettings {
@@ -44,6 +47,7 @@ impl std::fmt::Debug for MqttSettings {
             .field("username", &self.username)
             .field("password", &"***")
             .field("client_id", &self.client_id)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -103,17 +107,22 @@ pub async fn close(client: &AsyncClient, status_topic: &str, timeout: Duration) 
 
 /// Why management cannot connect as configured.
 #[derive(Debug, thiserror::Error)]
-#[error("the MQTT client id {0:?} cannot name a worker: {1}")]
-pub struct BadClientId(String, mujin_protocol::IdError);
+pub enum ConnectError {
+    #[error("the MQTT client id {0:?} cannot name a worker: {1}")]
+    BadClientId(String, mujin_protocol::IdError),
+    #[error("TLS to the broker: {0}")]
+    Tls(#[from] mujin_transport::TlsError),
+}
 
 /// Connects (in the background) and subscribes to `filters` after every CONNACK.
 pub fn connect(
     settings: &MqttSettings,
     filters: Vec<(String, QoS)>,
     stop: CancellationToken,
-) -> Result<Connection, BadClientId> {
+) -> Result<Connection, ConnectError> {
     let worker = WorkerId::parse(&settings.client_id)
-        .map_err(|error| BadClientId(settings.client_id.clone(), error))?;
+        .map_err(|error| ConnectError::BadClientId(settings.client_id.clone(), error))?;
+    let transport = mujin_transport::transport(settings.tls.as_ref())?;
     let status_topic = topic::worker_status(&worker);
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options
@@ -122,6 +131,7 @@ pub fn connect(
         .set_clean_session(true)
         .set_manual_acks(true)
         .set_max_packet_size(64 * 1024, 64 * 1024)
+        .set_transport(transport)
         .set_last_will(LastWill::new(
             &status_topic,
             message::encode(&WorkerStatus::offline()),
@@ -268,10 +278,34 @@ mod tests {
             username: "management".into(),
             password: "secret".into(),
             client_id: "Management #1".into(),
+            tls: None,
         };
         let error = connect(&settings, Vec::new(), CancellationToken::new())
             .err()
             .expect("refused");
         assert!(error.to_string().contains("Management #1"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_refused_before_connecting() {
+        let settings = MqttSettings {
+            host: "127.0.0.1".into(),
+            port: 1,
+            username: "management".into(),
+            password: "secret".into(),
+            client_id: "mujin-management".into(),
+            tls: Some(mujin_transport::TlsSettings {
+                ca_file: "/nonexistent/ca.pem".into(),
+                client_cert: None,
+                client_key: None,
+            }),
+        };
+        let error = connect(&settings, Vec::new(), CancellationToken::new())
+            .err()
+            .expect("refused");
+        assert_eq!(
+            error.to_string(),
+            "TLS to the broker: /nonexistent/ca.pem: no such file"
+        );
     }
 }

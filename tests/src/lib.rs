@@ -5,7 +5,8 @@
 //! - [`agent`]: real `mujin-agent` processes with real child programs;
 //! - [`observer`]: an MQTT client that records everything published, to assert on;
 //! - [`operator`]: registered operators that sign their requests;
-//! - [`proxy`]: a TCP proxy to cut one client off the broker.
+//! - [`proxy`]: a TCP proxy to cut one client off the broker;
+//! - [`tls`]: certificates made at test time, and TLS for a whole stack.
 
 pub mod agent;
 pub mod observer;
@@ -13,6 +14,7 @@ pub mod operator;
 pub mod postgres;
 pub mod proxy;
 pub mod stack;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
