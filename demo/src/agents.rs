@@ -52,6 +52,9 @@ pub struct AgentSpec<'a> {
     pub broker_port: u16,
     pub username: String,
     pub password: String,
+    /// The device's own key (64 hex digits), which signs what it publishes; a secret like the
+    /// password, so it too goes through the environment.
+    pub device_key: String,
     pub scan_pipe: PathBuf,
     pub log: PathBuf,
     pub program: &'a Path,
@@ -65,7 +68,8 @@ pub struct RunningAgent {
     child: Child,
 }
 
-/// The `mujin-agent` flags for one device (the password goes through the environment).
+/// The `mujin-agent` flags for one device (the password and the device key go through the
+/// environment).
 fn agent_args(spec: &AgentSpec<'_>) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "agent",
@@ -103,6 +107,7 @@ pub fn spawn(spec: &AgentSpec<'_>) -> anyhow::Result<RunningAgent> {
     let child = Command::new(exe)
         .args(agent_args(spec))
         .env("MUJIN_AGENT_PASSWORD", &spec.password)
+        .env("MUJIN_AGENT_DEVICE_KEY", &spec.device_key)
         .env(PARENT_PID_VAR, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(log)
@@ -246,6 +251,7 @@ mod tests {
             broker_port: 1999,
             username: "agent-pc-01".into(),
             password: "secret".into(),
+            device_key: "seed".into(),
             scan_pipe: "/data/pipes/pc-01.scan".into(),
             log: "/data/logs/pc-01.log".into(),
             program: Path::new("/data/program.sh"),
@@ -261,6 +267,7 @@ mod tests {
         assert!(text.contains("--management-key c1:00"));
         assert!(text.ends_with("-- /bin/sh /data/program.sh"), "{text}");
         assert!(!text.contains("secret"));
+        assert!(!text.contains("seed"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use mujin_broker::{Broker, BrokerError, BrokerSettings, Credentials, IdentitySet
 use mujin_management::db::{self, DbPool};
 use mujin_management::postgres::PrivateCluster;
 use mujin_management::{booking, identities, keys, MqttSettings};
+use mujin_protocol::device_auth::DeviceKey;
 use mujin_protocol::identity::{Identity, Token};
 use mujin_protocol::signed::public_key_text;
 use mujin_protocol::{DeviceId, KeyId, StoreId};
@@ -242,8 +243,8 @@ struct Secrets {
     management: String,
     console: String,
     watcher: String,
-    /// Each device's token, in the order of the devices.
-    agents: Vec<Token>,
+    /// Each device's token and device key, in the order of the devices.
+    agents: Vec<(Token, DeviceKey)>,
 }
 
 impl Secrets {
@@ -260,7 +261,10 @@ impl Secrets {
             let enrolled = identities::enrol(pool, &pepper, &identity, chrono::Utc::now())
                 .await
                 .with_context(|| format!("cannot enrol {device}"))?;
-            agents.push(enrolled.token);
+            let device_key = enrolled
+                .device_key
+                .with_context(|| format!("no device key for {device}"))?;
+            agents.push((enrolled.token, device_key));
         }
         Ok(Self {
             management: password(),
@@ -412,13 +416,14 @@ impl Stack {
         management_key: &str,
     ) -> anyhow::Result<()> {
         let program = agents::write_program(&paths.data)?;
-        for (device, token) in devices.iter().zip(&secrets.agents) {
+        for (device, (token, device_key)) in devices.iter().zip(&secrets.agents) {
             self.agents.push(agents::spawn(&AgentSpec {
                 store,
                 device,
                 broker_port: port,
                 username: device_identity(store, device).username(),
                 password: token.expose().to_owned(),
+                device_key: device_key.expose_hex(),
                 scan_pipe: scan_pipe(paths, device),
                 log: paths.logs.join(format!("{device}.log")),
                 program: &program,

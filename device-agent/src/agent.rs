@@ -8,7 +8,10 @@ mod scans;
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, SecondsFormat, Utc};
+use mujin_protocol::device_auth::{DeviceKey, DeviceMessage};
 use mujin_protocol::message::{
     decode, encode, Ack, Availability, Command, CommandAction, DesiredState, ProgramExit,
     ReportedState, ScanResult, StopCause, Telemetry,
@@ -64,18 +67,22 @@ pub(crate) struct Agent {
     started_tickets: StartedTickets,
     /// Management's command key; `None` acts on anything well-formed.
     management_key: Option<PublicKey>,
+    /// The device's own key, which signs everything published; `None` sends unsigned.
+    device_key: Option<Arc<DeviceKey>>,
 }
 
 impl Agent {
-    pub(crate) fn new(
-        store: StoreId,
-        device: DeviceId,
-        link: Link,
-        supervisor: Supervisor,
-        offline_after: Duration,
-        repeat_window: Duration,
-        management_key: Option<PublicKey>,
-    ) -> Self {
+    pub(crate) fn new(settings: &crate::Settings, link: Link, supervisor: Supervisor) -> Self {
+        let management_key = settings.management_key.clone();
+        let device_key = settings.device_key.clone();
+        match &device_key {
+            Some(key) => {
+                tracing::info!(key_id = %key.public_key().key_id, "signing what this device publishes")
+            }
+            None => tracing::warn!(
+                "no --device-key: management refuses this device's scans, states, telemetry and acks"
+            ),
+        }
         match &management_key {
             Some(key) => {
                 tracing::info!(key_id = %key.key_id, "acting only on what management's key signed")
@@ -85,8 +92,8 @@ impl Agent {
             ),
         }
         Self {
-            store,
-            device,
+            store: settings.store.clone(),
+            device: settings.device.clone(),
             link,
             connected: false,
             supervisor,
@@ -96,18 +103,30 @@ impl Agent {
             answered_scans: VecDeque::new(),
             epochs: EpochFence::default(),
             ended: EndedSessions::default(),
-            pending: PendingScans::new(offline_after),
-            repeats: RepeatFilter::new(repeat_window),
+            pending: PendingScans::new(settings.offline_after),
+            repeats: RepeatFilter::new(settings.repeat_window),
             trust: None,
             provisional: None,
             started_tickets: StartedTickets::default(),
             management_key,
+            device_key,
         }
     }
 
-    fn publish<T: serde::Serialize>(&self, channel: DeviceChannel, message: &T) {
+    /// Signs `message` as this device's, when the agent has its device key.
+    fn sign<M: DeviceMessage>(&self, message: &mut M) {
+        if let Some(key) = &self.device_key {
+            key.sign(&self.store, &self.device, message);
+        }
+    }
+
+    /// Signs and publishes a message on its channel.
+    fn publish<M: DeviceMessage>(&self, message: &M) {
+        let channel = M::CHANNEL;
+        let mut message = message.clone();
+        self.sign(&mut message);
         let topic = topic::device(&self.store, &self.device, channel);
-        if let Err(err) = self.link.publish(topic, channel, encode(message)) {
+        if let Err(err) = self.link.publish(topic, channel, encode(&message)) {
             tracing::warn!(%err, %channel, "publish dropped");
         }
     }
@@ -125,7 +144,7 @@ impl Agent {
     /// Publishes the state when connected; a reconnection publishes it anyway.
     fn report_state(&self) {
         if self.connected {
-            self.publish(DeviceChannel::State, &self.state(Availability::Online));
+            self.publish(&self.state(Availability::Online));
         }
     }
 
@@ -191,7 +210,7 @@ impl Agent {
                     detail: format!("rejected: {}", err.refusal()),
                     at: Utc::now(),
                 };
-                self.publish(DeviceChannel::Ack, &ack);
+                self.publish(&ack);
                 return;
             }
         }
@@ -202,7 +221,7 @@ impl Agent {
         {
             // A redelivery: answer the same, do not act twice.
             tracing::info!(command_id = %command.command_id, "command seen before; acking again");
-            self.publish(DeviceChannel::Ack, &ack.clone());
+            self.publish(ack);
             return;
         }
         tracing::info!(
@@ -275,7 +294,7 @@ impl Agent {
             detail,
             at: Utc::now(),
         };
-        self.publish(DeviceChannel::Ack, &ack);
+        self.publish(&ack);
         if self.recent_acks.len() >= REMEMBERED_ACKS {
             self.recent_acks.pop_front();
         }
@@ -453,14 +472,14 @@ impl Agent {
             load: read_load(),
             program: self.supervisor.status(),
         };
-        self.publish(DeviceChannel::Telemetry, &telemetry);
+        self.publish(&telemetry);
     }
 
     /// Stops the program, says goodbye (offline state, retained) and disconnects, within a
     /// deadline so that shutdown never hangs on an unreachable broker.
     pub(crate) async fn shut_down(mut self) {
         self.stop(StopCause::AgentShutdown).await;
-        self.publish(DeviceChannel::State, &self.state(Availability::Offline));
+        self.publish(&self.state(Availability::Offline));
         self.link.close(CLOSE_DEADLINE).await;
     }
 }

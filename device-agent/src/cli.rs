@@ -3,10 +3,12 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use mujin_protocol::device_auth::DeviceKey;
 use mujin_protocol::signed::parse_public_key;
 use mujin_protocol::ticket::PublicKey;
 use mujin_protocol::{DeviceId, StoreId};
@@ -67,6 +69,11 @@ pub struct Args {
     /// and meant for this device; without it, on anything well-formed.
     #[arg(long, env = "MUJIN_AGENT_MANAGEMENT_KEY", value_parser = parse_management_key)]
     pub management_key: Option<PublicKey>,
+    /// The device's own key, 64 hex digits (`mujin-management device-enrol` prints it once, as
+    /// MUJIN_AGENT_DEVICE_KEY). Everything the agent publishes is signed with it; management
+    /// refuses device messages that are not.
+    #[arg(long, env = "MUJIN_AGENT_DEVICE_KEY", hide_env_values = true, value_parser = parse_device_key)]
+    pub device_key: Option<Arc<DeviceKey>>,
     /// The operating program and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub program: Vec<OsString>,
@@ -74,6 +81,12 @@ pub struct Args {
 
 fn parse_management_key(text: &str) -> Result<PublicKey, String> {
     parse_public_key(text).map_err(|err| err.to_string())
+}
+
+fn parse_device_key(text: &str) -> Result<Arc<DeviceKey>, String> {
+    DeviceKey::from_hex(text)
+        .map(Arc::new)
+        .map_err(|err| err.to_string())
 }
 
 /// Parses `HOST:PORT` (the host may be a name, an IPv4 address or a bracketed IPv6 address).
@@ -113,6 +126,7 @@ impl Args {
             offline_after: Duration::from_millis(self.offline_after_ms),
             repeat_window: Duration::from_millis(self.repeat_window_ms),
             management_key: self.management_key,
+            device_key: self.device_key,
         }
     }
 }
@@ -215,6 +229,22 @@ mod tests {
         assert_eq!((key.key_id.as_str(), key.bytes), ("c1", [0xab; 32]));
         let err = parse(&["--management-key", "c1:abcd", "--", "true"]).unwrap_err();
         assert!(err.to_string().contains("KEYID:HEX"), "{err}");
+    }
+
+    #[test]
+    fn the_device_key_is_an_optional_flag_never_shown() {
+        let settings = parse(&["--", "true"]).unwrap().into_settings();
+        assert!(settings.device_key.is_none());
+        let key = DeviceKey::generate().unwrap();
+        let seed = key.expose_hex();
+        let settings = parse(&["--device-key", &seed, "--", "true"])
+            .unwrap()
+            .into_settings();
+        let parsed = settings.device_key.as_ref().unwrap();
+        assert_eq!(parsed.public_key(), key.public_key());
+        assert!(!format!("{settings:?}").contains(&seed));
+        let err = parse(&["--device-key", "abcd", "--", "true"]).unwrap_err();
+        assert!(err.to_string().contains("64 hex digits"), "{err}");
     }
 
     #[test]

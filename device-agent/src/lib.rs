@@ -7,6 +7,10 @@
 //! list and, where the store allows it, starts a provisional session that management's answer
 //! to the scan later confirms or stops.
 //!
+//! Given its device key (`--device-key`), the agent signs every scan, state (its last will
+//! included), telemetry report and ack it publishes; management refuses device messages not
+//! signed with the device's own key, so without it the agent says so once at startup.
+//!
 //! Given management's public key (`--management-key`), the agent acts only on commands, desired
 //! states and trust lists signed with it and meant for this device (and, for a command, not
 //! expired); a refused command is answered `rejected: …`. Without it, anything well-formed is
@@ -44,6 +48,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use std::sync::Arc;
+
+use mujin_protocol::device_auth::DeviceKey;
+use mujin_protocol::message::ReportedState;
 use mujin_protocol::ticket::PublicKey;
 use mujin_protocol::{DeviceId, StoreId};
 use tokio::sync::mpsc;
@@ -76,6 +84,9 @@ pub struct Settings {
     pub repeat_window: Duration,
     /// Management's command key: when set, only what it signed is acted on.
     pub management_key: Option<PublicKey>,
+    /// The device's own key, which signs what the agent publishes (its `Debug` shows only the
+    /// key id).
+    pub device_key: Option<Arc<DeviceKey>>,
 }
 
 impl fmt::Debug for Settings {
@@ -103,6 +114,7 @@ impl fmt::Debug for Settings {
                     .as_ref()
                     .map(mujin_protocol::signed::public_key_text),
             )
+            .field("device_key", &self.device_key)
             .finish()
     }
 }
@@ -121,6 +133,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
     drop(scans_tx);
 
+    // Signed now, once: the broker publishes it for us whenever the connection drops.
+    let mut last_will = ReportedState::offline();
+    if let Some(key) = &settings.device_key {
+        key.sign(&settings.store, &settings.device, &mut last_will);
+    }
     let (link, mut link_events) = mqtt::Link::start(&mqtt::LinkSettings {
         store: settings.store.clone(),
         device: settings.device.clone(),
@@ -128,6 +145,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         port: settings.broker_port,
         username: settings.username.clone(),
         password: settings.password.clone(),
+        last_will,
     });
     let supervisor = program::Supervisor::new(
         program::ProgramSpec {
@@ -138,15 +156,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         },
         settings.stop_grace,
     );
-    let mut agent = agent::Agent::new(
-        settings.store,
-        settings.device,
-        link,
-        supervisor,
-        settings.offline_after,
-        settings.repeat_window,
-        settings.management_key,
-    );
+    let mut agent = agent::Agent::new(&settings, link, supervisor);
     let mut telemetry =
         tokio::time::interval(settings.telemetry_interval.max(Duration::from_millis(10)));
     telemetry.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -39,6 +39,8 @@ pub struct LinkSettings {
     pub port: u16,
     pub username: String,
     pub password: String,
+    /// The offline state the broker publishes when the connection drops (signed by the caller).
+    pub last_will: ReportedState,
 }
 
 /// The client side of the connection, used by the main loop; never blocks.
@@ -73,7 +75,7 @@ fn options(settings: &LinkSettings) -> MqttOptions {
         .set_credentials(settings.username.clone(), settings.password.clone())
         .set_last_will(LastWill::new(
             topic::device(&settings.store, &settings.device, DeviceChannel::State),
-            encode(&ReportedState::offline()),
+            encode(&settings.last_will),
             QoS::AtLeastOnce,
             true,
         ));

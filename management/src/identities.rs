@@ -7,6 +7,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use deadpool_postgres::Pool;
+use mujin_protocol::device_auth::{DeviceKey, DeviceKeyError};
 use mujin_protocol::identity::{Identity, IdentityError, Pepper, ServiceName, Token};
 use mujin_protocol::signed::public_key_text;
 use mujin_protocol::{DeviceId, OperatorId, StoreId};
@@ -117,6 +118,8 @@ pub enum IdentityDbError {
     Unknown(String),
     #[error("cannot create a token: {0}")]
     Token(#[from] IdentityError),
+    #[error("cannot create a device key: {0}")]
+    DeviceKey(#[from] DeviceKeyError),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -140,6 +143,9 @@ pub struct Enrolled {
     pub token: Token,
     /// True when an earlier token of this identity was replaced (it stops working).
     pub replaced: bool,
+    /// A device's new device key (its public half is stored; an earlier one stops working);
+    /// `None` for other identities.
+    pub device_key: Option<DeviceKey>,
 }
 
 /// One identity as listed (no secret).
@@ -159,7 +165,8 @@ pub enum Revoked {
 }
 
 /// Creates `identity` with a new token, or gives it a new one (the old token stops working and
-/// a revocation is lifted). A device is registered (with its store) when it is not yet.
+/// a revocation is lifted). A device is registered (with its store) when it is not yet, and
+/// gets a new device key in the same transaction (replacing its earlier one).
 pub async fn enrol(
     pool: &Pool,
     pepper: &Pepper,
@@ -174,6 +181,10 @@ pub async fn enrol(
         }
         Identity::Operator(operator) => (None, None, Some(operator.as_str()), None),
         Identity::Service(name) => (None, None, None, Some(name.as_str())),
+    };
+    let device_key = match identity {
+        Identity::Device { .. } => Some(DeviceKey::generate()?),
+        _ => None,
     };
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
@@ -213,6 +224,25 @@ pub async fn enrol(
             ],
         )
         .await?;
+    if let (Some(store), Some(device), Some(key)) = (store, device, &device_key) {
+        let public = key.public_key();
+        transaction
+            .execute(
+                "INSERT INTO device_keys (store_id, device_id, key_id, public_key, created_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (store_id, device_id) DO UPDATE
+                     SET key_id = EXCLUDED.key_id, public_key = EXCLUDED.public_key,
+                         created_at = EXCLUDED.created_at",
+                &[
+                    &store,
+                    &device,
+                    &public.key_id.as_str(),
+                    &public.bytes.as_slice(),
+                    &now,
+                ],
+            )
+            .await?;
+    }
     transaction.commit().await?;
     let replaced: bool = row.get(0);
     tracing::info!(username = %identity, replaced, "enrolled an identity");
@@ -220,16 +250,27 @@ pub async fn enrol(
         identity: identity.clone(),
         token,
         replaced,
+        device_key,
     })
 }
 
 /// Revokes the identity `username`: the broker refuses it and disconnects it within seconds.
+/// A device's key is deleted too, so management refuses what is signed with it.
 pub async fn revoke(
     pool: &Pool,
     username: &str,
     now: DateTime<Utc>,
 ) -> Result<Revoked, IdentityDbError> {
     let client = pool.get().await?;
+    // Also for an identity revoked before: the key must not outlive the revocation.
+    client
+        .execute(
+            "DELETE FROM device_keys AS k USING identities AS i
+             WHERE i.username = $1 AND i.kind = 'device'
+               AND k.store_id = i.store_id AND k.device_id = i.device_id",
+            &[&username],
+        )
+        .await?;
     let revoked = client
         .query_opt(
             "UPDATE identities SET revoked_at = $2 WHERE username = $1 AND revoked_at IS NULL
@@ -293,12 +334,20 @@ pub fn device_enrolment_text(enrolled: &Enrolled, broker: &str, management_key: 
          MUJIN_AGENT_USERNAME={username}\n\
          MUJIN_AGENT_PASSWORD={}\n\
          MUJIN_AGENT_MANAGEMENT_KEY={management_key}\n\
-         # or as flags, with MUJIN_AGENT_PASSWORD set as above:\n\
+         # or as flags, with MUJIN_AGENT_PASSWORD and MUJIN_AGENT_DEVICE_KEY set as above:\n\
          #   mujin-agent --store {store} --device {device} --broker {broker} --username {username} \
          --management-key {management_key} -- PROGRAM [ARGS...]\n",
         enrolled.identity.client_id_rule(),
         enrolled.token.expose(),
     ));
+    if let Some(key) = &enrolled.device_key {
+        // The device key's seed, like the token, is printed this once and stored nowhere.
+        text.push_str(&format!(
+            "# the device key signs what the agent publishes; management refuses the rest\n\
+             MUJIN_AGENT_DEVICE_KEY={}\n",
+            key.expose_hex()
+        ));
+    }
     text
 }
 
@@ -357,10 +406,13 @@ mod tests {
     use super::*;
 
     fn enrolled(identity: Identity) -> Enrolled {
+        let device_key =
+            matches!(identity, Identity::Device { .. }).then(|| DeviceKey::generate().unwrap());
         Enrolled {
             identity,
             token: Token::generate().unwrap(),
             replaced: false,
+            device_key,
         }
     }
 
@@ -372,6 +424,12 @@ mod tests {
         });
         let text = device_enrolment_text(&enrolled, "10.0.0.1:1883", "c1:abcd");
         assert_eq!(text.matches(enrolled.token.expose()).count(), 1, "{text}");
+        let seed = enrolled.device_key.as_ref().unwrap().expose_hex();
+        assert!(
+            text.contains(&format!("\nMUJIN_AGENT_DEVICE_KEY={seed}\n")),
+            "{text}"
+        );
+        assert_eq!(text.matches(&seed).count(), 1, "{text}");
         for line in [
             "MUJIN_AGENT_USERNAME=device:shibuya:pc-01",
             "MUJIN_AGENT_BROKER=10.0.0.1:1883",

@@ -9,6 +9,7 @@
 //! - [`stop_timer`]: durable stop timers that end sessions on time;
 //! - [`trust`]: the stores' trust lists, for devices that start offline;
 //! - [`ratelimit`]: per-device scan rate limits;
+//! - [`device_keys`]: every device message must be signed with its device's own key;
 //! - [`actions`]: operator actions; [`requests`]: the same actions requested over MQTT;
 //! - [`operators`]: who may send requests (signed with the operator's key) and with what role;
 //! - [`mqtt`]: the broker connection; [`db`]: pool and migrations; [`audit`]: the event log;
@@ -22,6 +23,7 @@ pub mod authorize;
 pub mod booking;
 pub mod cli;
 pub mod db;
+pub mod device_keys;
 pub mod devices;
 pub mod identities;
 pub mod keys;
@@ -103,6 +105,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         wake_dispatcher: Arc::new(Notify::new()),
         liveness: Arc::new(tokio::sync::Mutex::new(devices::Liveness::default())),
         scan_limiter: std::sync::Mutex::new(ratelimit::ScanLimiter::default()),
+        device_auth: device_keys::DeviceAuth::new(pool.clone()),
         stop: stop.clone(),
     };
     let liveness_task = tokio::spawn(watch_heartbeats(
@@ -249,7 +252,22 @@ struct Inbox {
     liveness: Arc<tokio::sync::Mutex<devices::Liveness>>,
     /// Scans per device: a flooding device is answered `too_many_scans` without a decision.
     scan_limiter: std::sync::Mutex<ratelimit::ScanLimiter<(StoreId, DeviceId)>>,
+    /// Checks that device messages are signed with their device's own key.
+    device_auth: device_keys::DeviceAuth,
     stop: CancellationToken,
+}
+
+/// What becomes of a message before any database work.
+enum Admission {
+    /// Handled normally.
+    Handle,
+    /// A scan over its device's rate limit; `true` for the first refusal of a flood.
+    Flood(bool),
+    /// Not authenticated as its device's; `record`: write an event about it this time.
+    Refused {
+        refusal: device_keys::Refusal,
+        record: bool,
+    },
 }
 
 impl Inbox {
@@ -297,21 +315,40 @@ impl Inbox {
             }
         };
         let topic = &publish.topic;
-        // Taken once per message (not per retry), before any database work.
-        let flood = self.flood_check(&route);
+        // Decided once per message (not per retry), before any database work: first whether the
+        // device really sent it, then (for a scan) whether the device floods.
+        let admission = match self.authenticate(&route, &publish.payload).await {
+            Some((refusal, record)) => Admission::Refused { refusal, record },
+            None => self
+                .flood_check(&route)
+                .map_or(Admission::Handle, Admission::Flood),
+        };
         let mut backoff = Duration::from_millis(100);
         loop {
-            let attempt = match (&route, flood) {
-                (Route::Device { store, device, .. }, Some(first)) => scans::refuse_flood(
-                    &self.pool,
-                    store,
-                    device,
-                    &publish.payload,
-                    first,
-                    Utc::now(),
-                )
-                .await
-                .map(|outcome| outcome.publish),
+            let attempt = match (&route, &admission) {
+                (Route::Device { store, device, .. }, Admission::Flood(first)) => {
+                    scans::refuse_flood(
+                        &self.pool,
+                        store,
+                        device,
+                        &publish.payload,
+                        *first,
+                        Utc::now(),
+                    )
+                    .await
+                    .map(|outcome| outcome.publish)
+                }
+                (
+                    Route::Device {
+                        store,
+                        device,
+                        channel,
+                    },
+                    Admission::Refused { refusal, record },
+                ) => {
+                    let target = (store, device, *channel);
+                    device_keys::refuse(&self.pool, target, refusal, *record, Utc::now()).await
+                }
                 _ => self.handle_once(&route, &publish.payload, Utc::now()).await,
             };
             match attempt {
@@ -321,7 +358,8 @@ impl Inbox {
                     // A heartbeat records something only on a change, and wakes it then itself
                     // (heartbeats are the bulk of the traffic: one dispatch pass each would be
                     // thousands of transactions a second for a large fleet).
-                    if !route.is_heartbeat() {
+                    let recorded = matches!(admission, Admission::Refused { record: true, .. });
+                    if !route.is_heartbeat() || recorded {
                         self.wake_dispatcher.notify_one();
                     }
                     return true;
@@ -340,6 +378,26 @@ impl Inbox {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+
+    /// For a device message not authenticated as its device's: why, and whether to record it.
+    async fn authenticate(
+        &self,
+        route: &Route,
+        payload: &[u8],
+    ) -> Option<(device_keys::Refusal, bool)> {
+        match route {
+            Route::Device {
+                store,
+                device,
+                channel,
+            } => {
+                self.device_auth
+                    .authenticate(store, device, *channel, payload)
+                    .await
+            }
+            Route::Request { .. } => None,
         }
     }
 

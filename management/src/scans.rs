@@ -487,6 +487,41 @@ pub async fn refuse_flood(
     })
 }
 
+/// Answers a scan that is not authenticated as its device's (or was sent outside the time
+/// window) without deciding it: its scan id is not stored, so a forgery cannot take the id of a
+/// real scan. `record` adds a `scan_rejected` event (the caller limits how often).
+pub async fn refuse_unauthenticated(
+    pool: &Pool,
+    (store, device): (&StoreId, &DeviceId),
+    scan_id: ScanId,
+    (reason, detail): (RejectReason, &str),
+    record: bool,
+    now: DateTime<Utc>,
+) -> Result<ScanOutcome, WorkError> {
+    if record {
+        let event = Event {
+            at: now,
+            store: store.clone(),
+            device: Some(device.clone()),
+            kind: EventKind::ScanRejected {
+                scan_id: Some(scan_id),
+                reason,
+                detail: detail.to_owned(),
+            },
+        };
+        let client = pool.get().await?;
+        audit::record(&client, &event).await?;
+    }
+    let decision = Decision::Rejected {
+        reason,
+        detail: detail.to_owned(),
+    };
+    Ok(ScanOutcome {
+        publish: vec![scan_result(store, device, scan_id, decision)],
+        session_started: false,
+    })
+}
+
 fn salvage_scan_id(payload: &[u8]) -> Option<ScanId> {
     if payload.len() > message::MAX_PAYLOAD_BYTES {
         return None;

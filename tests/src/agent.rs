@@ -22,17 +22,22 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `mujin-agent` for `store`/`device` against the broker on `port`, trusting
-    /// `management_key` (`KEYID:HEX`).
+    /// `management_key` (`KEYID:HEX`) and signing with `device_key` (64 hex digits) if given.
     pub fn spawn(
         dir: &Path,
         port: u16,
         credentials: (&str, &str),
         (store, device): (&StoreId, &DeviceId),
         management_key: &str,
+        device_key: Option<&str>,
     ) -> Agent {
         let pid_file = dir.join(format!("{store}-{device}.pid"));
         let program = format!("echo $$ > '{}'; exec sleep 600", pid_file.display());
-        let mut child = Command::new(crate::binary("mujin-agent"))
+        let mut command = Command::new(crate::binary("mujin-agent"));
+        if let Some(device_key) = device_key {
+            command.env("MUJIN_AGENT_DEVICE_KEY", device_key);
+        }
+        let mut child = command
             .args(["--store", store.as_str(), "--device", device.as_str()])
             .args(["--broker", &format!("127.0.0.1:{port}")])
             .args(["--username", credentials.0])

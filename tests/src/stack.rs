@@ -1,13 +1,14 @@
 //! A whole mujin stack for one test: the `mujin-broker` process (checking the database's
 //! identities), a fresh database, management running in-process, and an observer. Devices
 //! registered with [`Stack::add_device`] are enrolled, and their agents ([`Stack::agent`]) connect
-//! with their own identity; management, the observer and the operator use the fixed accounts of
-//! the broker's credentials file.
+//! with their own identity and sign with their own device key ([`Stack::sign_as`] signs a
+//! hand-made device message the same way); management, the observer and the operator use the
+//! fixed accounts of the broker's credentials file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ use mujin_management::booking::{self, Booking, BookingError};
 use mujin_management::identities;
 use mujin_management::keys::{self, TicketKeys};
 use mujin_management::{db, MqttSettings, Settings};
+use mujin_protocol::device_auth::{DeviceKey, DeviceMessage};
 use mujin_protocol::identity::{Identity, Pepper};
 use mujin_protocol::message::{self, Availability, EventKind};
 use mujin_protocol::presence::WorkerStatus;
@@ -52,6 +54,8 @@ pub struct Stack {
     pub observer: Observer,
     /// The token of each enrolled device.
     tokens: Mutex<HashMap<(StoreId, DeviceId), String>>,
+    /// The device key of each enrolled device (its latest enrolment's).
+    device_keys: Mutex<HashMap<(StoreId, DeviceId), Arc<DeviceKey>>>,
     broker: Option<Child>,
     management: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -84,6 +88,7 @@ impl Stack {
             pepper,
             observer,
             tokens: Mutex::new(HashMap::new()),
+            device_keys: Mutex::new(HashMap::new()),
             broker: Some(broker),
             management: None,
         };
@@ -199,8 +204,8 @@ impl Stack {
         key
     }
 
-    /// Enrols a device (again): a new token for its identity, which its next agent uses; the
-    /// previous token stops working. Returns the new token.
+    /// Enrols a device (again): a new token and device key for its identity, which its next
+    /// agent uses; the previous ones stop working. Returns the new token.
     pub async fn enrol_device(&self, (store, device): &(StoreId, DeviceId)) -> String {
         let identity = Identity::Device {
             store: store.clone(),
@@ -210,6 +215,12 @@ impl Stack {
             .await
             .expect("enrol the device");
         let token = enrolled.token.expose().to_owned();
+        if let Some(device_key) = enrolled.device_key {
+            self.device_keys
+                .lock()
+                .expect("device keys")
+                .insert((store.clone(), device.clone()), Arc::new(device_key));
+        }
         self.tokens
             .lock()
             .expect("tokens")
@@ -231,6 +242,27 @@ impl Stack {
             }
             None => (AGENT.0.to_owned(), AGENT.1.to_owned()),
         }
+    }
+
+    /// The device key of an enrolled device.
+    pub fn device_key(&self, (store, device): &(StoreId, DeviceId)) -> Option<Arc<DeviceKey>> {
+        let keys = self.device_keys.lock().expect("device keys");
+        keys.get(&(store.clone(), device.clone())).cloned()
+    }
+
+    /// Signs a hand-made message with `device`'s key, as its agent would (a scan's `sent_at` is
+    /// left as it is: see [`Stack::sign_scan_as`]). Panics for a device not enrolled.
+    pub fn sign_as<M: DeviceMessage>(&self, device: &(StoreId, DeviceId), message: &mut M) {
+        let key = self
+            .device_key(device)
+            .unwrap_or_else(|| panic!("{}/{} is not enrolled", device.0, device.1));
+        key.sign(&device.0, &device.1, message);
+    }
+
+    /// Stamps `scan` as sent now and signs it as `device`'s.
+    pub fn sign_scan_as(&self, device: &(StoreId, DeviceId), scan: &mut message::Scan) {
+        scan.sent_at = Some(Utc::now());
+        self.sign_as(device, scan);
     }
 
     /// The pepper file the broker was given.
@@ -333,13 +365,16 @@ impl Stack {
     /// Starts a real agent process that reaches the broker through `port` (e.g. a proxy's).
     pub fn agent_via(&self, port: u16, (store, device): &(StoreId, DeviceId)) -> Agent {
         let key = self.management_key();
-        let (username, password) = self.agent_credentials(&(store.clone(), device.clone()));
+        let id = (store.clone(), device.clone());
+        let (username, password) = self.agent_credentials(&id);
+        let device_key = self.device_key(&id).map(|key| key.expose_hex());
         Agent::spawn(
             self.dir.path(),
             port,
             (&username, &password),
             (store, device),
             &key,
+            device_key.as_deref(),
         )
     }
 

@@ -18,7 +18,7 @@ async fn scan_without_agent(
     (store, device): &(StoreId, DeviceId),
     ticket: &str,
 ) -> SessionId {
-    let scan = Scan {
+    let mut scan = Scan {
         sent_at: None,
         signature: None,
         scan_id: ScanId::random(),
@@ -26,6 +26,7 @@ async fn scan_without_agent(
         read_at: Utc::now(),
         offline: None,
     };
+    stack.sign_scan_as(&(store.clone(), device.clone()), &mut scan);
     let scan_topic = topic::device(store, device, DeviceChannel::Scan);
     stack
         .observer

@@ -126,13 +126,14 @@ async fn a_program_that_exits_by_itself_closes_its_session_and_a_skewed_clock_is
 
     // A device whose clock runs 5 s ahead.
     let (store, dev) = &device;
-    let telemetry = Telemetry {
+    let mut telemetry = Telemetry {
         signature: None,
         at: Utc::now() + chrono::Duration::seconds(5),
         uptime_ms: 1,
         load: None,
         program: ProgramStatus::Idle,
     };
+    stack.sign_as(&device, &mut telemetry);
     stack
         .observer
         .publish_raw(

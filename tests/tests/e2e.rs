@@ -226,7 +226,7 @@ async fn the_same_scan_delivered_twice_gives_one_session_and_the_same_answer() {
     let stack = Stack::start().await;
     let device = stack.add_device("shibuya", "pc-09").await;
     let booking = stack.book_now(&device, 30).await;
-    let scan = Scan {
+    let mut scan = Scan {
         sent_at: None,
         signature: None,
         scan_id: ScanId::random(),
@@ -234,6 +234,7 @@ async fn the_same_scan_delivered_twice_gives_one_session_and_the_same_answer() {
         read_at: Utc::now(),
         offline: None,
     };
+    stack.sign_scan_as(&device, &mut scan);
     let (store, dev) = &device;
     let scan_topic = topic::device(store, dev, DeviceChannel::Scan);
     let payload = message::encode(&scan);
@@ -440,7 +441,7 @@ async fn a_reading_postgresql_cannot_store_is_refused_and_the_worker_carries_on(
     let (store, dev) = &device;
     let scan_topic = topic::device(store, dev, DeviceChannel::Scan);
     // A NUL character: PostgreSQL text refuses it.
-    let poisoned = Scan {
+    let mut poisoned = Scan {
         sent_at: None,
         signature: None,
         scan_id: ScanId::random(),
@@ -448,6 +449,7 @@ async fn a_reading_postgresql_cannot_store_is_refused_and_the_worker_carries_on(
         read_at: Utc::now(),
         offline: None,
     };
+    stack.sign_scan_as(&device, &mut poisoned);
     stack
         .observer
         .publish_raw(&scan_topic, message::encode(&poisoned))

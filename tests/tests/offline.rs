@@ -182,7 +182,7 @@ async fn an_offline_start_on_a_used_ticket_is_refused_and_flagged_as_a_conflict(
     // A device with a stale trust list reports an offline start on the same ticket.
     let (store, dev) = &device;
     let offline_session = SessionId::random();
-    let scan = Scan {
+    let mut scan = Scan {
         sent_at: None,
         signature: None,
         scan_id: ScanId::random(),
@@ -194,6 +194,7 @@ async fn an_offline_start_on_a_used_ticket_is_refused_and_flagged_as_a_conflict(
             lease_until: booking.claims.not_after,
         }),
     };
+    stack.sign_scan_as(&device, &mut scan);
     stack
         .observer
         .publish_raw(

@@ -256,7 +256,7 @@ async fn a_request_sent_twice_is_carried_out_once_and_answered_twice_alike() {
     // The walk-in ticket starts a session (no agent needed: the scan is published directly);
     // an extension sent twice moves its end once.
     let ticket = first.ticket.clone().expect("ticket");
-    let scan = Scan {
+    let mut scan = Scan {
         sent_at: None,
         signature: None,
         scan_id: ScanId::random(),
@@ -264,6 +264,7 @@ async fn a_request_sent_twice_is_carried_out_once_and_answered_twice_alike() {
         read_at: chrono::Utc::now(),
         offline: None,
     };
+    stack.sign_scan_as(&device, &mut scan);
     let scan_topic = topic::device(&device.0, &device.1, DeviceChannel::Scan);
     stack
         .observer
@@ -319,7 +320,7 @@ async fn an_extension_whose_reply_cannot_be_recorded_is_retried_and_applied_once
     let stack = Stack::start().await;
     let device = stack.add_device("shibuya", "pc-05").await;
     let booking = stack.book_now(&device, 600).await;
-    let scan = Scan {
+    let mut scan = Scan {
         sent_at: None,
         signature: None,
         scan_id: ScanId::random(),
@@ -327,6 +328,7 @@ async fn an_extension_whose_reply_cannot_be_recorded_is_retried_and_applied_once
         read_at: chrono::Utc::now(),
         offline: None,
     };
+    stack.sign_scan_as(&device, &mut scan);
     let scan_topic = topic::device(&device.0, &device.1, DeviceChannel::Scan);
     stack
         .observer

@@ -186,7 +186,7 @@ async fn a_device_flooding_scans_is_answered_too_many_scans_and_others_are_serve
     let scan_topic = topic::device(&flooder.0, &flooder.1, DeviceChannel::Scan);
     let mut ids = Vec::new();
     for _ in 0..60 {
-        let scan = Scan {
+        let mut scan = Scan {
             sent_at: None,
             signature: None,
             scan_id: ScanId::random(),
@@ -194,6 +194,7 @@ async fn a_device_flooding_scans_is_answered_too_many_scans_and_others_are_serve
             read_at: Utc::now(),
             offline: None,
         };
+        stack.sign_scan_as(&flooder, &mut scan);
         ids.push(scan.scan_id);
         stack
             .observer

@@ -24,13 +24,18 @@ impl Agent {
         self.pending.next_deadline()
     }
 
-    /// Publishes one scan; a scan that cannot be queued now is sent again later anyway.
+    /// Publishes one scan, stamped with the time of this sending and signed (management refuses
+    /// a scan sent too long ago: a replay); a scan that cannot be queued now is sent again later
+    /// anyway.
     fn send_scan(&self, scan: &Scan) {
         if !self.connected {
             return;
         }
+        let mut scan = scan.clone();
+        scan.sent_at = Some(Utc::now());
+        self.sign(&mut scan);
         let topic = topic::device(&self.store, &self.device, DeviceChannel::Scan);
-        if let Err(err) = self.link.publish(topic, DeviceChannel::Scan, encode(scan)) {
+        if let Err(err) = self.link.publish(topic, DeviceChannel::Scan, encode(&scan)) {
             tracing::warn!(%err, scan_id = %scan.scan_id, "scan not queued; it is sent again later");
         }
     }
@@ -205,7 +210,8 @@ impl Agent {
 }
 
 /// Builds the scan message, cutting the ticket text until the payload fits the size every
-/// mujin part accepts (escaped control characters can make the JSON much longer than the text).
+/// mujin part accepts (escaped control characters can make the JSON much longer than the text),
+/// with room for the sending time and signature each sending adds.
 pub(crate) fn scan_message(scan_id: ScanId, mut ticket: String) -> Scan {
     loop {
         let scan = Scan {
@@ -216,7 +222,7 @@ pub(crate) fn scan_message(scan_id: ScanId, mut ticket: String) -> Scan {
             read_at: Utc::now(),
             offline: None,
         };
-        if encode(&scan).len() <= MAX_PAYLOAD_BYTES || scan.ticket.is_empty() {
+        if sent_size(&scan) <= MAX_PAYLOAD_BYTES || scan.ticket.is_empty() {
             return scan;
         }
         ticket = scan.ticket;
@@ -228,6 +234,27 @@ pub(crate) fn scan_message(scan_id: ScanId, mut ticket: String) -> Scan {
     }
 }
 
+/// The size of `scan` as sent: with a sending time and a signature (an Ed25519 signature in hex
+/// under a device key id).
+fn sent_size(scan: &Scan) -> usize {
+    let placeholder = mujin_protocol::signed::Signature {
+        key_id: mujin_protocol::KeyId::parse(&format!("dv{}", "0".repeat(14)))
+            .expect("dv and 14 hex digits make a valid key id"),
+        sig: "0".repeat(128),
+    };
+    encode(&Scan {
+        sent_at: Some(Utc::now()),
+        signature: Some(placeholder),
+        offline: Some(OfflineStart {
+            session_id: SessionId::random(),
+            started_at: Utc::now(),
+            lease_until: Utc::now(),
+        }),
+        ..scan.clone()
+    })
+    .len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +263,21 @@ mod tests {
     fn scans_always_fit_in_a_payload() {
         let ticket = "\u{1}".repeat(crate::scanner::MAX_LINE_BYTES);
         let scan = scan_message(ScanId::random(), ticket);
-        assert!(encode(&scan).len() <= MAX_PAYLOAD_BYTES);
+        assert!(sent_size(&scan) <= MAX_PAYLOAD_BYTES);
+        let key = mujin_protocol::device_auth::DeviceKey::generate().unwrap();
+        let mut sent = scan.clone();
+        sent.sent_at = Some(Utc::now());
+        sent.offline = Some(OfflineStart {
+            session_id: SessionId::random(),
+            started_at: Utc::now(),
+            lease_until: Utc::now(),
+        });
+        key.sign(
+            &"shibuya".parse().unwrap(),
+            &"pc-01".parse().unwrap(),
+            &mut sent,
+        );
+        assert!(encode(&sent).len() <= MAX_PAYLOAD_BYTES);
         assert!(!scan.ticket.is_empty());
 
         let plain = "MJ1:ABC".to_owned();

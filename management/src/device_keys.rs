@@ -1,0 +1,531 @@
+//! Device message authentication: every scan, state, telemetry report and ack on a device's topic
+//! must be signed with *that* device's key (see [`mujin_protocol::device_auth`]), since broker
+//! credentials alone do not stop device A from publishing on device B's topics.
+//!
+//! - [`DeviceKeyCache`]: the `device_keys` table in memory, reloaded when older than
+//!   [`REFRESH`] and, at most every [`MISS_RELOAD`], when a message names a key it does not hold
+//!   (a device enrolled or re-enrolled a moment ago), so enrolments apply without a restart;
+//! - [`Received`] and [`check`]: the pure decision for one message;
+//! - [`RefusalThrottle`]: at most one `device_message_refused` event a minute per device and
+//!   channel, so a forger cannot fill the audit log;
+//! - [`DeviceAuth`]: the above for the inbox, and [`refuse`]: what a refused message leads to.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use deadpool_postgres::Pool;
+use mujin_protocol::device_auth::{self, DeviceMessage, DEVICE_MAX_SKEW};
+use mujin_protocol::message::{self, Ack, RejectReason, ReportedState, Scan, Telemetry};
+use mujin_protocol::signed::VerifyError;
+use mujin_protocol::ticket::PublicKey;
+use mujin_protocol::topic::DeviceChannel;
+use mujin_protocol::{DeviceId, KeyId, ScanId, StoreId};
+use tokio::time::Instant;
+
+use crate::db::WorkError;
+use crate::mqtt::Outbound;
+use crate::ratelimit::{ScanLimiter, Verdict};
+use crate::{audit, scans};
+
+/// How old the cached keys may get before the next message reloads them.
+pub const REFRESH: Duration = Duration::from_secs(3);
+/// How often at most a message signed with a key not in the cache reloads it.
+pub const MISS_RELOAD: Duration = Duration::from_millis(500);
+/// How often at most a refused state, telemetry report or ack of one device and channel is
+/// recorded as an event.
+pub const REFUSAL_EVENT_INTERVAL: Duration = Duration::from_secs(60);
+
+type DeviceKeyMap = HashMap<(StoreId, DeviceId), PublicKey>;
+
+/// The current public key of every enrolled device, loaded from the `device_keys` table.
+pub struct DeviceKeyCache {
+    pool: Pool,
+    cached: Mutex<Cached>,
+}
+
+#[derive(Default)]
+struct Cached {
+    keys: DeviceKeyMap,
+    /// When the last load was tried (even a failed one, so an outage is not retried per message).
+    loaded_at: Option<Instant>,
+}
+
+impl Cached {
+    /// Whether a lookup at `now` should reload first: always when stale, sooner on a miss.
+    fn reload_due(&self, now: Instant, miss: bool) -> bool {
+        let max_age = if miss { MISS_RELOAD } else { REFRESH };
+        self.loaded_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= max_age)
+    }
+}
+
+impl DeviceKeyCache {
+    pub fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            cached: Mutex::new(Cached::default()),
+        }
+    }
+
+    fn cached(&self) -> std::sync::MutexGuard<'_, Cached> {
+        // A panic while holding it cannot leave the map half-replaced.
+        self.cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The key of `device`, reloading first when the cache is stale or has no key `signed_with`
+    /// for it. A failed reload keeps the last keys (logged): a database outage must not make
+    /// every device unauthenticated.
+    pub async fn key_of(
+        &self,
+        store: &StoreId,
+        device: &DeviceId,
+        signed_with: Option<&KeyId>,
+    ) -> Option<PublicKey> {
+        let id = (store.clone(), device.clone());
+        let now = Instant::now();
+        let due = {
+            let cached = self.cached();
+            let miss = match (cached.keys.get(&id), signed_with) {
+                (Some(key), Some(signed_with)) => key.key_id != *signed_with,
+                (None, _) => true,
+                (Some(_), None) => false,
+            };
+            cached.reload_due(now, miss)
+        };
+        if due {
+            let loaded = load(&self.pool).await;
+            let mut cached = self.cached();
+            cached.loaded_at = Some(now);
+            match loaded {
+                Ok(keys) => cached.keys = keys,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot reload the device keys; keeping the last ones")
+                }
+            }
+        }
+        self.cached().keys.get(&id).cloned()
+    }
+}
+
+/// Every device key in the table (rows that do not parse are left out, logged).
+async fn load(pool: &Pool) -> Result<DeviceKeyMap, WorkError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT store_id, device_id, key_id, public_key FROM device_keys",
+            &[],
+        )
+        .await?;
+    let mut keys = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let (store, device, key_id): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        let bytes: Vec<u8> = row.get(3);
+        let parsed = (
+            StoreId::parse(&store),
+            DeviceId::parse(&device),
+            KeyId::parse(&key_id),
+            <[u8; 32]>::try_from(bytes.as_slice()),
+        );
+        match parsed {
+            (Ok(store), Ok(device), Ok(key_id), Ok(bytes)) => {
+                keys.insert((store, device), PublicKey { key_id, bytes });
+            }
+            _ => tracing::error!(store, device, key_id, "unreadable device key row; ignored"),
+        }
+    }
+    Ok(keys)
+}
+
+/// The inbox's check of device messages: the key cache and how often refusals are recorded.
+pub struct DeviceAuth {
+    keys: DeviceKeyCache,
+    /// Unauthenticated scans recorded as events, per device (each one is answered).
+    refused_scans: Mutex<ScanLimiter<(StoreId, DeviceId)>>,
+    /// Other unauthenticated device messages recorded as events.
+    refusals: Mutex<RefusalThrottle>,
+}
+
+impl DeviceAuth {
+    pub fn new(pool: Pool) -> Self {
+        Self {
+            keys: DeviceKeyCache::new(pool),
+            refused_scans: Mutex::new(ScanLimiter::default()),
+            refusals: Mutex::new(RefusalThrottle::default()),
+        }
+    }
+
+    /// For a message on `device`'s `channel` not signed with that device's key (or a scan sent
+    /// outside the time window): why, and whether to record an event about it this time.
+    /// Payloads that do not parse pass: they keep the handling of malformed messages.
+    pub async fn authenticate(
+        &self,
+        store: &StoreId,
+        device: &DeviceId,
+        channel: DeviceChannel,
+        payload: &[u8],
+    ) -> Option<(Refusal, bool)> {
+        let received = Received::decode(channel, payload)?;
+        let key = self
+            .keys
+            .key_of(store, device, received.signed_with())
+            .await;
+        let refusal = check(key.as_ref(), store, device, &received, Utc::now()).err()?;
+        let now = Instant::now();
+        let record = if channel == DeviceChannel::Scan {
+            let id = (store.clone(), device.clone());
+            let mut limiter = self
+                .refused_scans
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            limiter.check(&id, now) == Verdict::Allowed
+        } else {
+            self.refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .should_record(store, device, channel, now)
+        };
+        if record {
+            tracing::warn!(%store, %device, %channel, reason = %refusal.reason, detail = refusal.detail, "device message refused");
+        } else {
+            tracing::debug!(%store, %device, %channel, reason = %refusal.reason, "device message refused again");
+        }
+        Some((refusal, record))
+    }
+}
+
+/// Answers an unauthenticated scan (never deciding it, nor storing its id) or drops another
+/// device message; `record` writes an event about it. Returns what to publish.
+pub async fn refuse(
+    pool: &Pool,
+    (store, device, channel): (&StoreId, &DeviceId, DeviceChannel),
+    refusal: &Refusal,
+    record: bool,
+    now: DateTime<Utc>,
+) -> Result<Vec<Outbound>, WorkError> {
+    if let (DeviceChannel::Scan, Some(scan_id)) = (channel, refusal.scan_id) {
+        let outcome = scans::refuse_unauthenticated(
+            pool,
+            (store, device),
+            scan_id,
+            (refusal.reason, &refusal.detail),
+            record,
+            now,
+        )
+        .await?;
+        return Ok(outcome.publish);
+    }
+    if record {
+        let event = message::Event {
+            at: now,
+            store: store.clone(),
+            device: Some(device.clone()),
+            kind: message::EventKind::DeviceMessageRefused {
+                channel: channel.as_str().to_owned(),
+                detail: refusal.detail.clone(),
+            },
+        };
+        let client = pool.get().await?;
+        audit::record(&client, &event).await?;
+    }
+    Ok(Vec::new())
+}
+
+/// A device message decoded far enough to authenticate it.
+#[derive(Debug, Clone)]
+pub enum Received {
+    Scan(Scan),
+    State(ReportedState),
+    Telemetry(Telemetry),
+    Ack(Ack),
+}
+
+impl Received {
+    /// The message of `channel` in `payload`; `None` when it does not parse (it keeps the
+    /// handling of malformed payloads) or the channel is not one devices publish on.
+    pub fn decode(channel: DeviceChannel, payload: &[u8]) -> Option<Received> {
+        match channel {
+            DeviceChannel::Scan => message::decode(payload).ok().map(Received::Scan),
+            DeviceChannel::State => message::decode(payload).ok().map(Received::State),
+            DeviceChannel::Telemetry => message::decode(payload).ok().map(Received::Telemetry),
+            DeviceChannel::Ack => message::decode(payload).ok().map(Received::Ack),
+            _ => None,
+        }
+    }
+
+    /// The key id the message says it is signed with.
+    pub fn signed_with(&self) -> Option<&KeyId> {
+        let signature = match self {
+            Received::Scan(message) => message.signature(),
+            Received::State(message) => message.signature(),
+            Received::Telemetry(message) => message.signature(),
+            Received::Ack(message) => message.signature(),
+        };
+        signature.map(|signature| &signature.key_id)
+    }
+}
+
+/// Why a device message was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `Unauthenticated` or `StaleScan` (a scan's answer and event carry it).
+    pub reason: RejectReason,
+    pub detail: String,
+    /// The scan's id, for its answer.
+    pub scan_id: Option<ScanId>,
+}
+
+/// Checks a message received on `device`'s topic of `store` against that device's key `key`
+/// (`None`: no key enrolled) and, for a scan, its sending time against `now`.
+pub fn check(
+    key: Option<&PublicKey>,
+    store: &StoreId,
+    device: &DeviceId,
+    received: &Received,
+    now: DateTime<Utc>,
+) -> Result<(), Refusal> {
+    let scan_id = match received {
+        Received::Scan(scan) => Some(scan.scan_id),
+        _ => None,
+    };
+    let refusal = |reason, detail| Refusal {
+        reason,
+        detail,
+        scan_id,
+    };
+    let Some(key) = key else {
+        return Err(refusal(
+            RejectReason::Unauthenticated,
+            "no device key is enrolled for this device".to_owned(),
+        ));
+    };
+    let verified = match received {
+        Received::Scan(message) => device_auth::verify(key, store, device, message),
+        Received::State(message) => device_auth::verify(key, store, device, message),
+        Received::Telemetry(message) => device_auth::verify(key, store, device, message),
+        Received::Ack(message) => device_auth::verify(key, store, device, message),
+    };
+    if let Err(error) = verified {
+        return Err(refusal(
+            RejectReason::Unauthenticated,
+            signature_detail(&error, &key.key_id),
+        ));
+    }
+    if let Received::Scan(scan) = received {
+        if let Err(error) = device_auth::check_sent_at(scan, now) {
+            return Err(refusal(RejectReason::StaleScan, time_detail(&error, now)));
+        }
+    }
+    Ok(())
+}
+
+fn signature_detail(error: &VerifyError, device_key: &KeyId) -> String {
+    match error {
+        VerifyError::Unsigned => "unsigned: not signed with this device's key".to_owned(),
+        VerifyError::UnknownKey(other) => {
+            format!("signed with another key ({other}), not this device's key ({device_key})")
+        }
+        _ => format!("the signature does not verify with this device's key ({device_key})"),
+    }
+}
+
+fn time_detail(error: &VerifyError, now: DateTime<Utc>) -> String {
+    let window = DEVICE_MAX_SKEW.num_minutes();
+    match error {
+        VerifyError::OutOfTime(sent_at) => format!(
+            "sent at {}, outside the {window}-minute window around management's clock ({}): a replay or a wrong device clock",
+            clock(*sent_at),
+            clock(now)
+        ),
+        _ => format!("the scan does not say when it was sent (it must be within {window} minutes)"),
+    }
+}
+
+fn clock(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Remembers when a refusal of each (store, device, channel) was last recorded. Pure: the
+/// caller passes the clock. In memory, per worker.
+#[derive(Debug, Default)]
+pub struct RefusalThrottle {
+    last: HashMap<(StoreId, DeviceId, DeviceChannel), Instant>,
+}
+
+impl RefusalThrottle {
+    /// Whether a refusal at `now` should be recorded (and if so, remembers it).
+    pub fn should_record(
+        &mut self,
+        store: &StoreId,
+        device: &DeviceId,
+        channel: DeviceChannel,
+        now: Instant,
+    ) -> bool {
+        // Entries past the interval say nothing any more; dropping them bounds the map.
+        if self.last.len() > 1_000 {
+            self.last
+                .retain(|_, at| now.saturating_duration_since(*at) < REFUSAL_EVENT_INTERVAL);
+        }
+        let key = (store.clone(), device.clone(), channel);
+        match self.last.get(&key) {
+            Some(at) if now.saturating_duration_since(*at) < REFUSAL_EVENT_INTERVAL => false,
+            _ => {
+                self.last.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+    use mujin_protocol::device_auth::DeviceKey;
+    use mujin_protocol::message::ProgramStatus;
+
+    use super::*;
+
+    fn ids() -> (StoreId, DeviceId, DeviceId) {
+        (
+            StoreId::parse("shibuya").unwrap(),
+            DeviceId::parse("pc-01").unwrap(),
+            DeviceId::parse("pc-02").unwrap(),
+        )
+    }
+
+    fn scan(sent_at: DateTime<Utc>) -> Scan {
+        Scan {
+            scan_id: ScanId::random(),
+            ticket: "MJ1:ABC".into(),
+            read_at: sent_at,
+            offline: None,
+            sent_at: Some(sent_at),
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn only_the_devices_own_key_passes() {
+        let (store, a, b) = ids();
+        let key_a = DeviceKey::generate().unwrap();
+        let key_b = DeviceKey::generate().unwrap();
+        let now = Utc::now();
+        let mut signed_by_b = scan(now);
+        key_b.sign(&store, &b, &mut signed_by_b);
+        let public_b = key_b.public_key();
+        let on_b = |message: &Scan, key: Option<&PublicKey>| {
+            check(key, &store, &b, &Received::Scan(message.clone()), now)
+        };
+        assert_eq!(on_b(&signed_by_b, Some(&public_b)), Ok(()));
+
+        let mut signed_by_a = scan(now);
+        key_a.sign(&store, &a, &mut signed_by_a);
+        let refused = on_b(&signed_by_a, Some(&public_b)).unwrap_err();
+        assert_eq!(refused.reason, RejectReason::Unauthenticated);
+        assert!(refused.detail.contains("another key"), "{}", refused.detail);
+        assert_eq!(refused.scan_id, Some(signed_by_a.scan_id));
+
+        // A's key signing for B's topic: the key id is B's only if it is B's key.
+        let mut forged = scan(now);
+        key_a.sign(&store, &b, &mut forged);
+        forged.signature.as_mut().unwrap().key_id = public_b.key_id.clone();
+        let refused = on_b(&forged, Some(&public_b)).unwrap_err();
+        assert!(
+            refused.detail.contains("does not verify"),
+            "{}",
+            refused.detail
+        );
+
+        let refused = on_b(&scan(now), Some(&public_b)).unwrap_err();
+        assert!(refused.detail.starts_with("unsigned"), "{}", refused.detail);
+        let refused = on_b(&signed_by_b, None).unwrap_err();
+        assert!(
+            refused.detail.contains("no device key"),
+            "{}",
+            refused.detail
+        );
+    }
+
+    #[test]
+    fn a_scan_sent_outside_the_window_is_stale() {
+        let (store, _, b) = ids();
+        let key = DeviceKey::generate().unwrap();
+        let now = Utc::now();
+        let mut old = scan(now - TimeDelta::minutes(6));
+        key.sign(&store, &b, &mut old);
+        let refused = check(
+            Some(&key.public_key()),
+            &store,
+            &b,
+            &Received::Scan(old),
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(refused.reason, RejectReason::StaleScan);
+        assert!(
+            refused.detail.contains("5-minute window"),
+            "{}",
+            refused.detail
+        );
+    }
+
+    #[test]
+    fn states_telemetry_and_acks_are_checked_too() {
+        let (store, a, b) = ids();
+        let key_a = DeviceKey::generate().unwrap();
+        let key_b = DeviceKey::generate().unwrap();
+        let mut state = ReportedState::offline();
+        key_a.sign(&store, &a, &mut state);
+        let received = Received::decode(DeviceChannel::State, &message::encode(&state)).unwrap();
+        assert_eq!(received.signed_with(), Some(&key_a.public_key().key_id));
+        let now = Utc::now();
+        assert!(check(Some(&key_b.public_key()), &store, &b, &received, now).is_err());
+        assert_eq!(
+            check(Some(&key_a.public_key()), &store, &a, &received, now),
+            Ok(())
+        );
+        let telemetry = Telemetry {
+            at: now,
+            uptime_ms: 1,
+            load: None,
+            program: ProgramStatus::Idle,
+            signature: None,
+        };
+        let received =
+            Received::decode(DeviceChannel::Telemetry, &message::encode(&telemetry)).unwrap();
+        assert!(check(Some(&key_b.public_key()), &store, &b, &received, now).is_err());
+        assert!(Received::decode(DeviceChannel::Ack, b"{").is_none());
+        assert!(Received::decode(DeviceChannel::Command, b"{}").is_none());
+    }
+
+    #[test]
+    fn refusals_are_recorded_once_a_minute_per_device_and_channel() {
+        let (store, a, b) = ids();
+        let mut throttle = RefusalThrottle::default();
+        let start = Instant::now();
+        assert!(throttle.should_record(&store, &a, DeviceChannel::State, start));
+        assert!(!throttle.should_record(&store, &a, DeviceChannel::State, start));
+        assert!(throttle.should_record(&store, &a, DeviceChannel::Telemetry, start));
+        assert!(throttle.should_record(&store, &b, DeviceChannel::State, start));
+        let later = start + REFUSAL_EVENT_INTERVAL - Duration::from_millis(1);
+        assert!(!throttle.should_record(&store, &a, DeviceChannel::State, later));
+        let after = start + REFUSAL_EVENT_INTERVAL;
+        assert!(throttle.should_record(&store, &a, DeviceChannel::State, after));
+    }
+
+    #[test]
+    fn the_cache_reloads_when_stale_and_sooner_on_a_miss() {
+        let start = Instant::now();
+        let mut cached = Cached::default();
+        assert!(cached.reload_due(start, false), "never loaded");
+        cached.loaded_at = Some(start);
+        assert!(!cached.reload_due(start + Duration::from_millis(100), true));
+        assert!(cached.reload_due(start + MISS_RELOAD, true));
+        assert!(!cached.reload_due(start + MISS_RELOAD, false));
+        assert!(cached.reload_due(start + REFRESH, false));
+    }
+}
