@@ -120,6 +120,7 @@ async fn run_console(running: Running, interrupt: &mut Interrupt) -> anyhow::Res
         client_id: "mujin-demo-console".to_owned(),
         operator: mujin_protocol::OperatorId::parse(CONSOLE_USER).context("operator id")?,
         operator_key: Some(running.console_key),
+        tls: None,
     };
     tokio::select! {
         result = mujin_console::run(settings) => result,
@@ -530,6 +531,7 @@ fn start_management(
             username: MANAGEMENT_USER.to_owned(),
             password,
             client_id: "mujin-demo-management".to_owned(),
+            tls: None,
         },
         key_dir: key_dir.to_owned(),
         key_id,

@@ -74,9 +74,38 @@ pub struct Args {
     /// refuses device messages that are not.
     #[arg(long, env = "MUJIN_AGENT_DEVICE_KEY", hide_env_values = true, value_parser = parse_device_key)]
     pub device_key: Option<Arc<DeviceKey>>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// The operating program and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub program: Vec<OsString>,
+}
+
+/// TLS to the broker.
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    /// Connect with TLS, accepting only a broker certificate signed by this CA (PEM) and valid
+    /// for the host of --broker.
+    #[arg(long, env = "MUJIN_AGENT_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This device's certificate (PEM), for a broker that requires client certificates.
+    #[arg(long, env = "MUJIN_AGENT_TLS_CLIENT_CERT", requires_all = ["tls_ca", "tls_client_key"])]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-client-cert.
+    #[arg(long, env = "MUJIN_AGENT_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS settings, if --tls-ca turns TLS on (clap already refused partial client
+    /// certificates).
+    fn settings(self) -> Option<mujin_transport::TlsSettings> {
+        self.tls_ca.map(|ca_file| mujin_transport::TlsSettings {
+            ca_file,
+            client_cert: self.tls_client_cert,
+            client_key: self.tls_client_key,
+        })
+    }
 }
 
 fn parse_management_key(text: &str) -> Result<PublicKey, String> {
@@ -127,6 +156,7 @@ impl Args {
             repeat_window: Duration::from_millis(self.repeat_window_ms),
             management_key: self.management_key,
             device_key: self.device_key,
+            tls: self.tls.settings(),
         }
     }
 }
@@ -245,6 +275,48 @@ mod tests {
         assert!(!format!("{settings:?}").contains(&seed));
         let err = parse(&["--device-key", "abcd", "--", "true"]).unwrap_err();
         assert!(err.to_string().contains("64 hex digits"), "{err}");
+    }
+
+    #[test]
+    fn tls_is_on_with_a_ca_and_a_client_certificate_needs_its_key() {
+        let settings = parse(&["--", "true"]).unwrap().into_settings();
+        assert_eq!(settings.tls, None);
+        let settings = parse(&["--tls-ca", "ca.pem", "--", "true"])
+            .unwrap()
+            .into_settings();
+        let tls = settings.tls.unwrap();
+        assert_eq!((tls.ca_file, tls.client_cert), ("ca.pem".into(), None));
+        let settings = parse(&[
+            "--tls-ca",
+            "ca.pem",
+            "--tls-client-cert",
+            "c.pem",
+            "--tls-client-key",
+            "k.pem",
+            "--",
+            "true",
+        ])
+        .unwrap()
+        .into_settings();
+        assert_eq!(settings.tls.unwrap().client_key, Some("k.pem".into()));
+        assert!(parse(&[
+            "--tls-ca",
+            "ca.pem",
+            "--tls-client-cert",
+            "c.pem",
+            "--",
+            "true"
+        ])
+        .is_err());
+        assert!(parse(&[
+            "--tls-client-cert",
+            "c.pem",
+            "--tls-client-key",
+            "k.pem",
+            "--",
+            "true"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct Settings {
     /// The device's own key, which signs what the agent publishes (its `Debug` shows only the
     /// key id).
     pub device_key: Option<Arc<DeviceKey>>,
+    /// TLS to the broker (its certificate checked against a CA); plain MQTT without it.
+    pub tls: Option<mujin_transport::TlsSettings>,
 }
 
 impl fmt::Debug for Settings {
@@ -115,6 +117,7 @@ impl fmt::Debug for Settings {
                     .map(mujin_protocol::signed::public_key_text),
             )
             .field("device_key", &self.device_key)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -138,6 +141,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     if let Some(key) = &settings.device_key {
         key.sign(&settings.store, &settings.device, &mut last_will);
     }
+    // Read once, before anything runs: a bad certificate file is a configuration error.
+    let transport = mujin_transport::transport(settings.tls.as_ref())
+        .context("cannot set up TLS to the broker")?;
     let (link, mut link_events) = mqtt::Link::start(&mqtt::LinkSettings {
         store: settings.store.clone(),
         device: settings.device.clone(),
@@ -146,6 +152,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         username: settings.username.clone(),
         password: settings.password.clone(),
         last_will,
+        transport,
     });
     let supervisor = program::Supervisor::new(
         program::ProgramSpec {

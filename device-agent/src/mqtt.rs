@@ -41,6 +41,8 @@ pub struct LinkSettings {
     pub password: String,
     /// The offline state the broker publishes when the connection drops (signed by the caller).
     pub last_will: ReportedState,
+    /// Plain TCP, or TLS checking the broker's certificate (`mujin_transport::transport`).
+    pub transport: rumqttc::Transport,
 }
 
 /// The client side of the connection, used by the main loop; never blocks.
@@ -73,6 +75,7 @@ fn options(settings: &LinkSettings) -> MqttOptions {
         .set_keep_alive(Duration::from_secs(5))
         .set_clean_session(true)
         .set_credentials(settings.username.clone(), settings.password.clone())
+        .set_transport(settings.transport.clone())
         .set_last_will(LastWill::new(
             topic::device(&settings.store, &settings.device, DeviceChannel::State),
             encode(&settings.last_will),

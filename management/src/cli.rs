@@ -182,6 +182,16 @@ pub struct RunArgs {
     /// (lower-case letters, digits and `-`).
     #[arg(long, env = "MUJIN_MQTT_CLIENT_ID", default_value = "mujin-management")]
     pub client_id: String,
+    /// Connect with TLS, accepting only a broker certificate signed by this CA (PEM) and valid
+    /// for the host of --broker.
+    #[arg(long, env = "MUJIN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This worker's certificate (PEM), for a broker that requires client certificates.
+    #[arg(long, env = "MUJIN_TLS_CLIENT_CERT", requires_all = ["tls_ca", "tls_client_key"])]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-client-cert.
+    #[arg(long, env = "MUJIN_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
     /// Seconds before its window a ticket is already accepted.
     #[arg(long, env = "MUJIN_EARLY_GRACE_SECS", default_value_t = 60)]
     pub early_grace_secs: u64,
@@ -310,6 +320,11 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
                     username: args.username.clone(),
                     password: args.password.clone(),
                     client_id: args.client_id.clone(),
+                    tls: mujin_transport::TlsSettings::from_flags(
+                        args.tls_ca.clone(),
+                        args.tls_client_cert.clone(),
+                        args.tls_client_key.clone(),
+                    )?,
                 },
                 key_dir: key_dir(&global.data_dir),
                 key_id: global.key_id.clone(),

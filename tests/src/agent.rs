@@ -22,7 +22,11 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `mujin-agent` for `store`/`device` against the broker on `port`, trusting
-    /// `management_key` (`KEYID:HEX`) and signing with `device_key` (64 hex digits) if given.
+    /// `management_key` (`KEYID:HEX`) and signing with `device_key` (64 hex digits) if given;
+    /// `extra_args` go before the program (e.g. TLS flags).
+    // One flat list of the agent's settings, as on its command line; a struct would only
+    // rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         dir: &Path,
         port: u16,
@@ -30,6 +34,7 @@ impl Agent {
         (store, device): (&StoreId, &DeviceId),
         management_key: &str,
         device_key: Option<&str>,
+        extra_args: &[String],
     ) -> Agent {
         let pid_file = dir.join(format!("{store}-{device}.pid"));
         let program = format!("echo $$ > '{}'; exec sleep 600", pid_file.display());
@@ -45,6 +50,7 @@ impl Agent {
             .args(["--telemetry-interval-ms", "500", "--stop-grace-ms", "1000"])
             // Several tests scan one ticket twice on purpose, at once.
             .args(["--repeat-window-ms", "0"])
+            .args(extra_args)
             .env("MUJIN_AGENT_MANAGEMENT_KEY", management_key)
             .args(["--", "sh", "-c", &program])
             .env("RUST_LOG", "info,rumqttc=warn")

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
 use crate::observer::Observer;
+use crate::tls::StackTls;
 
 /// How long the harness waits for one step of a session.
 const SHORT: Duration = Duration::from_secs(10);
@@ -58,6 +59,8 @@ pub struct Stack {
     device_keys: Mutex<HashMap<(StoreId, DeviceId), Arc<DeviceKey>>>,
     broker: Option<Child>,
     management: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    /// TLS on the broker and for management and agents ([`Stack::start_with_tls`]).
+    pub tls: Option<StackTls>,
 }
 
 impl Stack {
@@ -66,10 +69,23 @@ impl Stack {
         Self::start_on(crate::postgres::fresh_database().await).await
     }
 
+    /// Like [`Stack::start`], with the broker's TLS listener on and management and agents
+    /// connecting through it (the observer stays on the plain listener), client certificates
+    /// required or not.
+    pub async fn start_with_tls(client_certificates: bool) -> Stack {
+        let database_url = crate::postgres::fresh_database().await;
+        Self::start_on_with(database_url, Some(client_certificates)).await
+    }
+
     /// Like [`Stack::start`], on the given (empty) database.
     pub async fn start_on(database_url: String) -> Stack {
+        Self::start_on_with(database_url, None).await
+    }
+
+    async fn start_on_with(database_url: String, tls_client_certificates: Option<bool>) -> Stack {
         crate::init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
+        let tls = tls_client_certificates.map(|required| StackTls::new(dir.path(), required));
         let port = mujin_broker::free_local_port().expect("a free port");
         // The schema first: the broker reads the identities table from its start.
         let pool = db::pool(&database_url, 4).expect("pool");
@@ -77,7 +93,7 @@ impl Stack {
         let keys = keys::load_or_create(&key_dir(&dir), &KeyId::parse("k1").expect("key id"))
             .expect("signing key");
         let pepper = keys::load_or_create_pepper(&key_dir(&dir)).expect("identity pepper");
-        let broker = start_broker(dir.path(), &database_url, port).await;
+        let broker = start_broker(dir.path(), &database_url, port, tls.as_ref()).await;
         let observer = Observer::connect(port, OBSERVER.0, OBSERVER.1).await;
         let mut stack = Stack {
             dir,
@@ -91,6 +107,7 @@ impl Stack {
             device_keys: Mutex::new(HashMap::new()),
             broker: Some(broker),
             management: None,
+            tls,
         };
         stack.start_management();
         stack.wait_for_management().await;
@@ -136,10 +153,11 @@ impl Stack {
             database_url: self.database_url.clone(),
             mqtt: MqttSettings {
                 host: "127.0.0.1".into(),
-                port: self.port,
+                port: self.tls.as_ref().map_or(self.port, |tls| tls.port),
                 username: MANAGEMENT.0.into(),
                 password: MANAGEMENT.1.into(),
                 client_id: "mujin-management".into(),
+                tls: self.tls.as_ref().map(StackTls::client),
             },
             key_dir: key_dir(&self.dir),
             key_id: KeyId::parse("k1").expect("key id"),
@@ -162,12 +180,17 @@ impl Stack {
     /// Like [`Stack::spawn_management_process`], with its own MQTT client id, so several
     /// workers can run at once.
     pub fn spawn_management_worker(&self, client_id: &str) -> Child {
+        let (port, tls_args) = match &self.tls {
+            Some(tls) => (tls.port, tls.client_args()),
+            None => (self.port, Vec::new()),
+        };
         Command::new(crate::binary("mujin-management"))
             .arg("--database-url")
             .arg(&self.database_url)
             .arg("--data-dir")
             .arg(self.dir.path())
-            .args(["run", "--broker", &format!("127.0.0.1:{}", self.port)])
+            .args(["run", "--broker", &format!("127.0.0.1:{port}")])
+            .args(tls_args)
             .args(["--username", MANAGEMENT.0, "--early-grace-secs", "5"])
             .args(["--client-id", client_id])
             .env("MUJIN_MQTT_PASSWORD", MANAGEMENT.1)
@@ -304,9 +327,11 @@ impl Stack {
         .expect("booking")
     }
 
-    /// Starts a real agent process for the device.
+    /// Starts a real agent process for the device (through the TLS listener when the stack
+    /// has one).
     pub fn agent(&self, (store, device): &(StoreId, DeviceId)) -> Agent {
-        self.agent_via(self.port, &(store.clone(), device.clone()))
+        let port = self.tls.as_ref().map_or(self.port, |tls| tls.port);
+        self.agent_via(port, &(store.clone(), device.clone()))
     }
 
     /// Management's command key as agents are given it (`KEYID:HEX`).
@@ -318,7 +343,8 @@ impl Stack {
     /// any rumqttd restart it comes back empty: no sessions, no retained messages.
     pub async fn restart_broker(&mut self) {
         assert!(self.broker.is_none(), "the broker is still running");
-        self.broker = Some(start_broker(self.dir.path(), &self.database_url, self.port).await);
+        let tls = self.tls.as_ref();
+        self.broker = Some(start_broker(self.dir.path(), &self.database_url, self.port, tls).await);
     }
 
     /// The lifecycle of every command sent for a session: (action, status, attempts), oldest first.
@@ -375,6 +401,11 @@ impl Stack {
             (store, device),
             &key,
             device_key.as_deref(),
+            &self
+                .tls
+                .as_ref()
+                .map(StackTls::client_args)
+                .unwrap_or_default(),
         )
     }
 
@@ -438,7 +469,7 @@ fn key_dir(dir: &tempfile::TempDir) -> PathBuf {
 
 /// Starts `mujin-broker` on `port`, with the fixed accounts in `dir`/credentials.toml and the
 /// identities of `database_url` (pepper in `dir`/keys), and waits until it says it listens.
-async fn start_broker(dir: &Path, database_url: &str, port: u16) -> Child {
+async fn start_broker(dir: &Path, database_url: &str, port: u16, tls: Option<&StackTls>) -> Child {
     let credentials = dir.join("credentials.toml");
     let mut file = String::new();
     for (username, password) in [MANAGEMENT, AGENT, OBSERVER, OPERATOR] {
@@ -449,6 +480,7 @@ async fn start_broker(dir: &Path, database_url: &str, port: u16) -> Child {
     std::fs::write(&credentials, file).expect("write credentials");
     let mut child = Command::new(crate::binary("mujin-broker"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(tls.map(StackTls::broker_args).unwrap_or_default())
         .arg("--credentials")
         .arg(&credentials)
         .arg("--identity-pepper")
