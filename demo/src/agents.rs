@@ -60,6 +60,8 @@ pub struct AgentSpec<'a> {
     pub program: &'a Path,
     /// Management's command key (`KEYID:HEX`): the agent acts only on what it signed.
     pub management_key: String,
+    /// Management's root key (`KEYID:HEX`): the agent trusts only trust lists it signed.
+    pub root_key: String,
 }
 
 /// A running agent process.
@@ -86,6 +88,8 @@ fn agent_args(spec: &AgentSpec<'_>) -> Vec<OsString> {
         "1000",
         "--management-key",
         &spec.management_key,
+        "--root-key",
+        &spec.root_key,
         "--scan-pipe",
     ]
     .into_iter()
@@ -256,6 +260,7 @@ mod tests {
             log: "/data/logs/pc-01.log".into(),
             program: Path::new("/data/program.sh"),
             management_key: "c1:00".into(),
+            root_key: "r1:00".into(),
         };
         let args: Vec<String> = agent_args(&spec)
             .iter()

@@ -322,6 +322,14 @@ fn ids() -> anyhow::Result<(StoreId, Vec<DeviceId>)> {
     Ok((store, devices))
 }
 
+/// The public keys every agent is given (`KEYID:HEX`).
+struct AgentKeys {
+    /// Management's command key: commands and desired states.
+    management: String,
+    /// Management's root key: trust lists.
+    root: String,
+}
+
 impl Stack {
     /// Starts every part in order. Each part is stored as soon as it runs, so that
     /// [`Stack::shutdown`] stops it even when a later part fails.
@@ -349,8 +357,11 @@ impl Stack {
             &paths.keys,
             key_id,
         ));
-        let management_key = public_key_text(&ticket_keys.command.public_key());
-        self.spawn_agents(&paths, (&store, &devices), port, &secrets, &management_key)?;
+        let agent_keys = AgentKeys {
+            management: public_key_text(&ticket_keys.command.public_key()),
+            root: public_key_text(&ticket_keys.root.public_key()),
+        };
+        self.spawn_agents(&paths, (&store, &devices), port, &secrets, &agent_keys)?;
 
         let (ready_tx, customers_ready) = oneshot::channel();
         let watcher = Watcher {
@@ -414,7 +425,7 @@ impl Stack {
         (store, devices): (&StoreId, &[DeviceId]),
         port: u16,
         secrets: &Secrets,
-        management_key: &str,
+        keys: &AgentKeys,
     ) -> anyhow::Result<()> {
         let program = agents::write_program(&paths.data)?;
         for (device, (token, device_key)) in devices.iter().zip(&secrets.agents) {
@@ -428,7 +439,8 @@ impl Stack {
                 scan_pipe: scan_pipe(paths, device),
                 log: paths.logs.join(format!("{device}.log")),
                 program: &program,
-                management_key: management_key.to_owned(),
+                management_key: keys.management.clone(),
+                root_key: keys.root.clone(),
             })?);
         }
         Ok(())

@@ -67,6 +67,8 @@ pub(crate) struct Agent {
     started_tickets: StartedTickets,
     /// Management's command key; `None` acts on anything well-formed.
     management_key: Option<PublicKey>,
+    /// Management's root key, which signs trust lists; `None` uses no trust list.
+    root_key: Option<PublicKey>,
     /// The device's own key, which signs everything published; `None` sends unsigned.
     device_key: Option<Arc<DeviceKey>>,
 }
@@ -81,6 +83,12 @@ impl Agent {
             }
             None => tracing::warn!(
                 "no --device-key: management refuses this device's scans, states, telemetry and acks"
+            ),
+        }
+        match &settings.root_key {
+            Some(key) => tracing::info!(key_id = %key.key_id, "using only trust lists signed with the root key"),
+            None => tracing::warn!(
+                "no --root-key: trust lists are ignored, so this device never starts a session offline"
             ),
         }
         match &management_key {
@@ -109,6 +117,7 @@ impl Agent {
             provisional: None,
             started_tickets: StartedTickets::default(),
             management_key,
+            root_key: settings.root_key.clone(),
             device_key,
         }
     }

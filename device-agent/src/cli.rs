@@ -65,10 +65,15 @@ pub struct Args {
     #[arg(long, env = "MUJIN_AGENT_REPEAT_WINDOW_MS", default_value_t = 3000)]
     pub repeat_window_ms: u64,
     /// Management's command key as KEYID:HEX (`mujin-management command-key` prints it). When
-    /// given, the agent acts only on commands, desired states and trust lists signed with it
-    /// and meant for this device; without it, on anything well-formed.
+    /// given, the agent acts only on commands and desired states signed with it and meant for
+    /// this device; without it, on anything well-formed.
     #[arg(long, env = "MUJIN_AGENT_MANAGEMENT_KEY", value_parser = parse_management_key)]
     pub management_key: Option<PublicKey>,
+    /// Management's root key as KEYID:HEX (`mujin-management root-key` prints it). Only trust
+    /// lists signed with it are used to check tickets offline; without it, none is and the
+    /// device never starts a session offline.
+    #[arg(long, env = "MUJIN_AGENT_ROOT_KEY", value_parser = parse_management_key)]
+    pub root_key: Option<PublicKey>,
     /// The device's own key, 64 hex digits (`mujin-management device-enrol` prints it once, as
     /// MUJIN_AGENT_DEVICE_KEY). Everything the agent publishes is signed with it; management
     /// refuses device messages that are not.
@@ -155,6 +160,7 @@ impl Args {
             offline_after: Duration::from_millis(self.offline_after_ms),
             repeat_window: Duration::from_millis(self.repeat_window_ms),
             management_key: self.management_key,
+            root_key: self.root_key,
             device_key: self.device_key,
             tls: self.tls.settings(),
         }
@@ -259,6 +265,19 @@ mod tests {
         assert_eq!((key.key_id.as_str(), key.bytes), ("c1", [0xab; 32]));
         let err = parse(&["--management-key", "c1:abcd", "--", "true"]).unwrap_err();
         assert!(err.to_string().contains("KEYID:HEX"), "{err}");
+    }
+
+    #[test]
+    fn the_root_key_is_an_optional_flag() {
+        let settings = parse(&["--", "true"]).unwrap().into_settings();
+        assert_eq!(settings.root_key, None);
+        let hex = "cd".repeat(32);
+        let settings = parse(&["--root-key", &format!("r1:{hex}"), "--", "true"])
+            .unwrap()
+            .into_settings();
+        let key = settings.root_key.unwrap();
+        assert_eq!((key.key_id.as_str(), key.bytes), ("r1", [0xcd; 32]));
+        assert!(parse(&["--root-key", "r1", "--", "true"]).is_err());
     }
 
     #[test]

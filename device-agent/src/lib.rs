@@ -11,8 +11,11 @@
 //! included), telemetry report and ack it publishes; management refuses device messages not
 //! signed with the device's own key, so without it the agent says so once at startup.
 //!
-//! Given management's public key (`--management-key`), the agent acts only on commands, desired
-//! states and trust lists signed with it and meant for this device (and, for a command, not
+//! Given management's root key (`--root-key`), the agent uses only trust lists signed with it;
+//! without it, it uses none (and so never starts offline).
+//!
+//! Given management's public key (`--management-key`), the agent acts only on commands and
+//! desired states signed with it and meant for this device (and, for a command, not
 //! expired); a refused command is answered `rejected: …`. Without it, anything well-formed is
 //! acted on, which the agent says once at startup.
 //!
@@ -84,6 +87,9 @@ pub struct Settings {
     pub repeat_window: Duration,
     /// Management's command key: when set, only what it signed is acted on.
     pub management_key: Option<PublicKey>,
+    /// Management's root key: only trust lists signed with it are used; without it none is, and
+    /// the device never starts a session offline.
+    pub root_key: Option<PublicKey>,
     /// The device's own key, which signs what the agent publishes (its `Debug` shows only the
     /// key id).
     pub device_key: Option<Arc<DeviceKey>>,
@@ -113,6 +119,13 @@ impl fmt::Debug for Settings {
                 "management_key",
                 &self
                     .management_key
+                    .as_ref()
+                    .map(mujin_protocol::signed::public_key_text),
+            )
+            .field(
+                "root_key",
+                &self
+                    .root_key
                     .as_ref()
                     .map(mujin_protocol::signed::public_key_text),
             )

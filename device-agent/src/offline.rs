@@ -214,6 +214,7 @@ mod tests {
                 store: None,
                 offline_start: true,
                 keys: vec![TrustedKey::from(&key.public_key())],
+                revoked_keys: Vec::new(),
                 refused_tickets: Vec::new(),
                 truncated: false,
                 signature: None,

@@ -41,6 +41,7 @@ impl Store {
             store: None,
             offline_start,
             keys: vec![TrustedKey::from(&self.key.public_key())],
+            revoked_keys: Vec::new(),
             refused_tickets: refused
                 .iter()
                 .map(|ticket_id| RefusedTicket {
@@ -280,6 +281,62 @@ async fn nothing_starts_offline_when_the_store_forbids_it_or_refuses_the_ticket(
     assert_eq!(again.offline, None);
 
     // Each scan told the customer it waits for management, so none started offline.
+    assert!(!harness.pidfile().exists(), "a program was started");
+    harness.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_ticket_of_a_revoked_key_never_starts_offline() {
+    let mut harness = Harness::start(SLEEPER).await;
+    let store = Store::new();
+    let (ticket, _) = store.ticket(&harness, in_seconds(60));
+    let mut list = store.trust_list(true, &[]);
+    // Rotated and revoked: the key is gone from the list, its id listed as revoked.
+    let new_key = SigningKey::from_seed(KeyId::parse("k2").unwrap(), &[8; 32]).unwrap();
+    list.keys = vec![TrustedKey::from(&new_key.public_key())];
+    list.revoked_keys = vec![store.key.key_id().clone()];
+    harness.publish_trust(&list).await;
+    harness.scan(&ticket).await;
+    let scan = harness.wait_scan(|scan| scan.ticket == ticket).await;
+    harness
+        .wait_screen(|line| {
+            line == "REFUSED (checked offline, revoked_key): This ticket is no longer valid."
+        })
+        .await;
+    let again = harness
+        .wait_scan(|resent| resent.scan_id == scan.scan_id)
+        .await;
+    assert_eq!(again.offline, None);
+    assert!(!harness.pidfile().exists(), "a program was started");
+    harness.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trust_list_not_signed_with_the_root_key_is_ignored() {
+    let mut harness = Harness::start(SLEEPER).await;
+    // An attacker with broker credentials publishes a list trusting their own ticket key,
+    // signed with a key of their own, then with management's command key (not the root key).
+    let attacker = Store {
+        key: SigningKey::from_seed(KeyId::parse("k1").unwrap(), &[66; 32]).unwrap(),
+    };
+    let mut forged = attacker.trust_list(true, &[]);
+    forged.store = Some(harness.store.clone());
+    for signer in [
+        SigningKey::from_seed(KeyId::parse("r1").unwrap(), &[67; 32]).unwrap(),
+        support::command_key(),
+    ] {
+        let mut list = forged.clone();
+        mujin_protocol::signed::sign_trust_list(&signer, &mut list);
+        harness.publish_raw_trust(&list).await;
+        let (ticket, _) = attacker.ticket(&harness, in_seconds(60));
+        harness.scan(&ticket).await;
+        let scan = harness.wait_scan(|scan| scan.ticket == ticket).await;
+        harness.wait_screen(|line| line == NOT_ANSWERING).await;
+        let again = harness
+            .wait_scan(|resent| resent.scan_id == scan.scan_id)
+            .await;
+        assert_eq!(again.offline, None);
+    }
     assert!(!harness.pidfile().exists(), "a program was started");
     harness.shutdown().await;
 }

@@ -142,6 +142,7 @@ fn ticket_refusal(error: &TicketError) -> Refusal {
     let reason = match error {
         TicketError::UnknownKey(_) => RejectReason::UnknownKey,
         TicketError::BadSignature => RejectReason::BadSignature,
+        TicketError::RevokedKey(_) => RejectReason::RevokedKey,
         _ => RejectReason::MalformedTicket,
     };
     refuse(reason, error.to_string())
@@ -241,6 +242,10 @@ mod tests {
             (
                 TicketError::UnknownKey("k9".into()),
                 RejectReason::UnknownKey,
+            ),
+            (
+                TicketError::RevokedKey("k1".into()),
+                RejectReason::RevokedKey,
             ),
             (TicketError::NotATicket, RejectReason::MalformedTicket),
             (TicketError::BadEncoding, RejectReason::MalformedTicket),

@@ -15,7 +15,8 @@ use crate::postgres::{ClusterError, PrivateCluster};
 /// The database mujin uses in its private cluster.
 const DATABASE_NAME: &str = "mujin";
 use crate::{
-    actions, booking, db, identities, keys, mosquitto, operators, qr, MqttSettings, Settings,
+    actions, booking, db, identities, keys, mosquitto, operators, qr, ticket_keys, MqttSettings,
+    Settings,
 };
 
 /// mujin management: reservations, tickets, scan decisions, stop timers and operator actions.
@@ -41,19 +42,37 @@ pub struct GlobalArgs {
     /// Where mujin keeps its private PostgreSQL cluster and signing keys.
     #[arg(long, env = "MUJIN_DATA_DIR", default_value = ".mujin", global = true)]
     pub data_dir: PathBuf,
-    /// The ticket-signing key used for new tickets (kept in <data-dir>/keys/<id>.pk8).
-    #[arg(long, env = "MUJIN_KEY_ID", default_value = "k1", value_parser = KeyId::parse, global = true)]
-    pub key_id: KeyId,
+    /// The ticket key for new tickets while no ticket key is recorded yet (default k1; kept in
+    /// <data-dir>/keys/<id>.pk8); with `ticket-key rotate`, the id of the new key. Afterwards
+    /// the database says which key is current.
+    #[arg(long, env = "MUJIN_KEY_ID", value_parser = KeyId::parse, global = true)]
+    pub key_id: Option<KeyId>,
+}
+
+impl GlobalArgs {
+    /// The ticket key an empty key table is seeded with.
+    pub fn seed_key_id(&self) -> KeyId {
+        self.key_id
+            .clone()
+            .unwrap_or_else(|| KeyId::parse("k1").expect("k1 is a valid key id"))
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run the worker: decide scans, start and stop sessions.
     Run(RunArgs),
-    /// Print the public key of the command key (`KEYID:HEX`), which signs commands, desired
-    /// states and trust lists; give it to every agent with `--management-key`. The key is
-    /// created in <data-dir>/keys/ when missing.
+    /// Print the public key of the command key (`KEYID:HEX`), which signs commands and desired
+    /// states; give it to every agent with `--management-key`. The key is created in
+    /// <data-dir>/keys/ when missing.
     CommandKey,
+    /// Print the public key of the root key (`KEYID:HEX`), which signs the stores' trust lists
+    /// (the ticket keys devices trust offline); give it to every agent with `--root-key`. The
+    /// key is created in <data-dir>/keys/root-r1.pk8 when missing.
+    RootKey,
+    /// Ticket keys: list, rotate, revoke.
+    #[command(subcommand)]
+    TicketKey(TicketKeyCommand),
     /// Register a device (and its store).
     DeviceAdd {
         #[arg(long, value_parser = StoreId::parse)]
@@ -125,6 +144,26 @@ pub enum CliCommand {
         /// Write the ACL to this file (replaced whole) instead of printing it.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+/// The ticket-key subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TicketKeyCommand {
+    /// List the ticket keys: id, state (current, retired, revoked) and when each was created,
+    /// retired and revoked.
+    List,
+    /// Create a new ticket key (id from the global --key-id, default the next free kN), make it
+    /// current and retire the current one. New tickets are signed with the new key; tickets
+    /// of the retired key stay valid until they expire. Running workers switch within seconds.
+    Rotate,
+    /// Revoke a retired ticket key: its tickets are refused (`revoked_key`) within seconds,
+    /// by management and by devices checking offline. The current key cannot be revoked:
+    /// rotate first.
+    Revoke {
+        /// The key id (see `ticket-key list`).
+        #[arg(value_parser = KeyId::parse)]
+        key_id: KeyId,
     },
 }
 
@@ -294,10 +333,20 @@ fn print_command_key(global: &GlobalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the root key's public key, creating the key when missing.
+fn print_root_key(global: &GlobalArgs) -> anyhow::Result<()> {
+    let key = keys::load_or_create_root_key(&key_dir(&global.data_dir))?;
+    println!("{}", public_key_text(&key.public_key()));
+    Ok(())
+}
+
 /// Runs one command line.
 pub async fn execute(cli: Cli) -> anyhow::Result<()> {
-    if let CliCommand::CommandKey = cli.command {
-        return print_command_key(&cli.global); // needs no database
+    // These need no database.
+    match cli.command {
+        CliCommand::CommandKey => return print_command_key(&cli.global),
+        CliCommand::RootKey => return print_root_key(&cli.global),
+        _ => {}
     }
     let database = open_database(&cli.global).await?;
     let result = execute_with(&cli, &database.url).await;
@@ -327,12 +376,17 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
                     )?,
                 },
                 key_dir: key_dir(&global.data_dir),
-                key_id: global.key_id.clone(),
+                key_id: global.seed_key_id(),
                 early_grace: Duration::from_secs(args.early_grace_secs),
             };
             crate::run(settings, shutdown_signal()).await
         }
         CliCommand::CommandKey => print_command_key(global),
+        CliCommand::RootKey => print_root_key(global),
+        CliCommand::TicketKey(command) => {
+            let pool = ready_pool(database_url).await?;
+            ticket_key(global, &pool, command).await
+        }
         CliCommand::DeviceAdd {
             store,
             device,
@@ -404,6 +458,67 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
             mosquitto::execute(&pool, out.as_deref()).await
         }
     }
+}
+
+async fn ticket_key(
+    global: &GlobalArgs,
+    pool: &deadpool_postgres::Pool,
+    command: &TicketKeyCommand,
+) -> anyhow::Result<()> {
+    let dir = key_dir(&global.data_dir);
+    let now = Utc::now();
+    // An installation from before the key table gets its keys recorded first.
+    ticket_keys::seed_if_empty(pool, &dir, &global.seed_key_id(), now).await?;
+    match command {
+        TicketKeyCommand::List => print!("{}", ticket_key_table(&ticket_keys::list(pool).await?)),
+        TicketKeyCommand::Rotate => {
+            let rotation = ticket_keys::rotate(pool, &dir, global.key_id.clone(), now).await?;
+            println!(
+                "ticket key {} is now current: new tickets are signed with it (running workers \
+                 switch within seconds)",
+                rotation.current
+            );
+            if let Some(retired) = rotation.retired {
+                println!(
+                    "ticket key {retired} is retired: its tickets stay valid until they expire; \
+                     revoke it with `mujin-management ticket-key revoke {retired}`"
+                );
+            }
+        }
+        TicketKeyCommand::Revoke { key_id } => {
+            match ticket_keys::revoke(pool, key_id, now).await? {
+                ticket_keys::Revocation::Now { open_bookings } => println!(
+                    "revoked ticket key {key_id}: its tickets are refused (revoked_key) within \
+                 seconds; {open_bookings} open booking(s) hold a ticket signed with it and need \
+                 a new one"
+                ),
+                ticket_keys::Revocation::Already(at) => {
+                    println!("ticket key {key_id} was already revoked at {}", clock(at))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `ticket-key list` table.
+fn ticket_key_table(keys: &[ticket_keys::TicketKey]) -> String {
+    let when = |time: Option<DateTime<Utc>>| time.map_or_else(|| "-".to_owned(), clock);
+    let mut text = format!(
+        "{:<12}  {:<8}  {:<20}  {:<20}  revoked\n",
+        "key", "state", "created", "retired"
+    );
+    for key in keys {
+        text.push_str(&format!(
+            "{:<12}  {:<8}  {:<20}  {:<20}  {}\n",
+            key.key_id().as_str(),
+            key.state().as_str(),
+            clock(key.created_at),
+            when(key.retired_at),
+            when(key.revoked_at)
+        ));
+    }
+    text
 }
 
 async fn list_sessions(database_url: &str) -> anyhow::Result<()> {
@@ -525,8 +640,14 @@ async fn reserve(
         (None, None) => bail!("give the booking length with --minutes N (or --seconds N)"),
     };
     let ends_at = starts_at + chrono::Duration::seconds(length);
-    let keys = keys::load_or_create(&key_dir(&global.data_dir), &global.key_id)?;
     let pool = ready_pool(database_url).await?;
+    let keys = ticket_keys::open(
+        &pool,
+        &key_dir(&global.data_dir),
+        &global.seed_key_id(),
+        now,
+    )
+    .await?;
     let booking = booking::reserve(
         &pool,
         &keys.signing,

@@ -72,9 +72,10 @@ pub async fn execute(command: &IdentityCommand, pool: &Pool, key_dir: &Path) -> 
             let enrolled = enrol_printing(device_identity(store, device)).await?;
             let command_key = keys::load_or_create_command_key(key_dir)?;
             let management_key = public_key_text(&command_key.public_key());
+            let root_key = public_key_text(&keys::load_or_create_root_key(key_dir)?.public_key());
             print!(
                 "{}",
-                device_enrolment_text(&enrolled, broker, &management_key)
+                device_enrolment_text(&enrolled, broker, (&management_key, &root_key))
             );
         }
         IdentityCommand::OperatorEnrol { operator } => {
@@ -317,7 +318,11 @@ pub async fn list(pool: &Pool) -> Result<Vec<IdentityRow>, IdentityDbError> {
 /// What `device-enrol` prints: a ready-to-use agent configuration holding the token (printed
 /// this once, nowhere else), as environment lines a shell can source (`set -a; . ./FILE`); the
 /// rest are comments.
-pub fn device_enrolment_text(enrolled: &Enrolled, broker: &str, management_key: &str) -> String {
+pub fn device_enrolment_text(
+    enrolled: &Enrolled,
+    broker: &str,
+    (management_key, root_key): (&str, &str),
+) -> String {
     let Identity::Device { store, device } = &enrolled.identity else {
         return credentials_text(enrolled);
     };
@@ -334,9 +339,10 @@ pub fn device_enrolment_text(enrolled: &Enrolled, broker: &str, management_key: 
          MUJIN_AGENT_USERNAME={username}\n\
          MUJIN_AGENT_PASSWORD={}\n\
          MUJIN_AGENT_MANAGEMENT_KEY={management_key}\n\
+         MUJIN_AGENT_ROOT_KEY={root_key}\n\
          # or as flags, with MUJIN_AGENT_PASSWORD and MUJIN_AGENT_DEVICE_KEY set as above:\n\
          #   mujin-agent --store {store} --device {device} --broker {broker} --username {username} \
-         --management-key {management_key} -- PROGRAM [ARGS...]\n",
+         --management-key {management_key} --root-key {root_key} -- PROGRAM [ARGS...]\n",
         enrolled.identity.client_id_rule(),
         enrolled.token.expose(),
     ));
@@ -422,7 +428,7 @@ mod tests {
             store: StoreId::parse("shibuya").unwrap(),
             device: DeviceId::parse("pc-01").unwrap(),
         });
-        let text = device_enrolment_text(&enrolled, "10.0.0.1:1883", "c1:abcd");
+        let text = device_enrolment_text(&enrolled, "10.0.0.1:1883", ("c1:abcd", "r1:ef01"));
         assert_eq!(text.matches(enrolled.token.expose()).count(), 1, "{text}");
         let seed = enrolled.device_key.as_ref().unwrap().expose_hex();
         assert!(
@@ -434,6 +440,7 @@ mod tests {
             "MUJIN_AGENT_USERNAME=device:shibuya:pc-01",
             "MUJIN_AGENT_BROKER=10.0.0.1:1883",
             "MUJIN_AGENT_MANAGEMENT_KEY=c1:abcd",
+            "MUJIN_AGENT_ROOT_KEY=r1:ef01",
             "# client id  mujin-agent.shibuya.pc-01",
         ] {
             assert!(text.contains(line), "{line} missing from {text}");

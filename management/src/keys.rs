@@ -1,6 +1,7 @@
 //! Management's keys on disk: one PKCS#8 file per key id in a directory only the owner can
-//! read — the ticket-signing keys (`{key_id}.pk8`) and the command key that signs what devices
-//! act on (`command-{key_id}.pk8`) — and the pepper that keys the hashes of identity tokens
+//! read — the ticket-signing keys (`{key_id}.pk8`, their lifecycle is in [`crate::ticket_keys`]),
+//! the command key that signs what devices act on (`command-{key_id}.pk8`) and the root key that
+//! signs the stores' trust lists (`root-{key_id}.pk8`) — and the pepper that keys the hashes of identity tokens
 //! (`identity-pepper`, 32 random bytes, shared with the broker). A key is created on first use;
 //! its bytes are never logged.
 
@@ -46,14 +47,19 @@ pub const PEPPER_FILE: &str = "identity-pepper";
 pub const COMMAND_KEY_ID: &str = "c1";
 /// How command key files are named: this prefix, the key id, `.pk8`.
 const COMMAND_FILE_PREFIX: &str = "command-";
+/// The id of management's root key (its file is `root-r1.pk8`).
+pub const ROOT_KEY_ID: &str = "r1";
+/// How root key files are named: this prefix, the key id, `.pk8`.
+const ROOT_FILE_PREFIX: &str = "root-";
 
-/// The key that signs new tickets, every public key that verifies them, and the command key
-/// that signs commands, desired states and trust lists.
+/// The key that signs new tickets, every public key that verifies them, the command key that
+/// signs commands and desired states, and the root key that signs trust lists.
 #[derive(Debug)]
 pub struct TicketKeys {
     pub signing: SigningKey,
     pub keyring: Keyring,
     pub command: Arc<SigningKey>,
+    pub root: Arc<SigningKey>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
@@ -63,32 +69,57 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
     }
 }
 
-/// Loads the signing key `key_id` from `dir` (creating both with owner-only permissions when
-/// missing) and every other key there for verification.
+/// Loads the signing key `key_id` from `dir` (creating it, the command and the root key with
+/// owner-only permissions when missing) and every ticket key there for verification. (The
+/// worker takes its ticket keys from the database instead, see [`crate::ticket_keys`].)
 pub fn load_or_create(dir: &Path, key_id: &KeyId) -> Result<TicketKeys, KeyFileError> {
-    let path = key_path(dir, key_id);
-    let signing = load_or_create_file(dir, &path, key_id, "ticket-signing")?;
+    let signing = load_or_create_ticket_key(dir, key_id)?;
     let command = Arc::new(load_or_create_command_key(dir)?);
-    let mut keyring = Keyring::default();
+    let root = Arc::new(load_or_create_root_key(dir)?);
+    let keyring = Keyring::new(ticket_key_files(dir)?.iter().map(SigningKey::public_key));
+    Ok(TicketKeys {
+        signing,
+        keyring,
+        command,
+        root,
+    })
+}
+
+/// Every ticket-signing key in `dir` (the files `{key_id}.pk8`; not the command or root key).
+pub fn ticket_key_files(dir: &Path) -> Result<Vec<SigningKey>, KeyFileError> {
+    let mut keys = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_error(dir))? {
         let entry = entry.map_err(io_error(dir))?;
         let file = entry.path();
         let Some(id) = file
             .file_name()
             .and_then(|name| name.to_str())
-            .filter(|name| !name.starts_with(COMMAND_FILE_PREFIX))
             .and_then(|name| name.strip_suffix(".pk8"))
             .and_then(|stem| KeyId::parse(stem).ok())
+            .filter(is_ticket_key_id)
         else {
             continue;
         };
-        keyring.add(read_key(&file, &id)?.public_key());
+        keys.push(read_key(&file, &id)?);
     }
-    Ok(TicketKeys {
-        signing,
-        keyring,
-        command,
-    })
+    keys.sort_by(|a, b| a.key_id().as_str().cmp(b.key_id().as_str()));
+    Ok(keys)
+}
+
+/// Whether `key_id` may name a ticket key: the command and root keys' file names are taken.
+pub fn is_ticket_key_id(key_id: &KeyId) -> bool {
+    let id = key_id.as_str();
+    !id.starts_with(COMMAND_FILE_PREFIX) && !id.starts_with(ROOT_FILE_PREFIX)
+}
+
+/// Loads the ticket-signing key `key_id` from `dir`, creating it (and `dir`) when missing.
+pub fn load_or_create_ticket_key(dir: &Path, key_id: &KeyId) -> Result<SigningKey, KeyFileError> {
+    load_or_create_file(dir, &key_path(dir, key_id), key_id, "ticket-signing")
+}
+
+/// Loads the ticket-signing key `key_id` from `dir`; a missing file is an error.
+pub fn load_ticket_key(dir: &Path, key_id: &KeyId) -> Result<SigningKey, KeyFileError> {
+    read_key(&key_path(dir, key_id), key_id)
 }
 
 /// Loads management's command key from `dir`, creating it (and `dir`) when missing.
@@ -96,6 +127,14 @@ pub fn load_or_create_command_key(dir: &Path) -> Result<SigningKey, KeyFileError
     let key_id = KeyId::parse(COMMAND_KEY_ID).expect("the command key id is a valid id");
     let path = dir.join(format!("{COMMAND_FILE_PREFIX}{key_id}.pk8"));
     load_or_create_file(dir, &path, &key_id, "command")
+}
+
+/// Loads management's root key (which signs the trust lists) from `dir`, creating it (and
+/// `dir`) when missing.
+pub fn load_or_create_root_key(dir: &Path) -> Result<SigningKey, KeyFileError> {
+    let key_id = KeyId::parse(ROOT_KEY_ID).expect("the root key id is a valid id");
+    let path = dir.join(format!("{ROOT_FILE_PREFIX}{key_id}.pk8"));
+    load_or_create_file(dir, &path, &key_id, "root")
 }
 
 /// Loads the identity pepper from `dir` (`identity-pepper`), creating it (and `dir`) with
@@ -225,6 +264,37 @@ mod tests {
             load_or_create_command_key(dir.path()).unwrap().public_key(),
             first.command.public_key()
         );
+    }
+
+    #[test]
+    fn the_root_key_is_created_once_apart_from_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create(dir.path(), &KeyId::parse("k1").unwrap()).unwrap();
+        let path = dir.path().join("root-r1.pk8");
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(first.root.key_id().as_str(), "r1");
+        assert_ne!(
+            first.root.public_key().bytes,
+            first.command.public_key().bytes
+        );
+        assert_ne!(
+            first.root.public_key().bytes,
+            first.signing.public_key().bytes
+        );
+        assert_eq!(
+            load_or_create_root_key(dir.path()).unwrap().public_key(),
+            first.root.public_key()
+        );
+        let ticket_keys: Vec<String> = ticket_key_files(dir.path())
+            .unwrap()
+            .iter()
+            .map(|key| key.key_id().to_string())
+            .collect();
+        assert_eq!(ticket_keys, ["k1"]);
+        assert!(!is_ticket_key_id(&KeyId::parse("root-r2").unwrap()));
+        assert!(!is_ticket_key_id(&KeyId::parse("command-c2").unwrap()));
+        assert!(is_ticket_key_id(&KeyId::parse("k7").unwrap()));
     }
 
     #[test]

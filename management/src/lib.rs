@@ -1,7 +1,8 @@
 //! The mujin management worker: the one place that decides who may use which device when.
 //!
 //! - [`booking`]: the store/device registry and reservations (overlaps refused by PostgreSQL);
-//! - [`keys`]: the ticket-signing keys on disk; [`qr`]: tickets as QR codes;
+//! - [`keys`]: the signing keys on disk; [`ticket_keys`]: which ticket key is current, retired
+//!   or revoked (rotation, revocation); [`qr`]: tickets as QR codes;
 //! - [`identities`]: who the broker lets in (enrolment, revocation); [`mosquitto`]: their ACL
 //!   for fleets on Mosquitto;
 //! - [`authorize`]: the scan rules as a pure function;
@@ -39,6 +40,7 @@ pub mod requests;
 pub mod scans;
 pub mod snapshot;
 pub mod stop_timer;
+pub mod ticket_keys;
 pub mod trust;
 
 use std::future::Future;
@@ -50,7 +52,7 @@ use anyhow::Context;
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use mujin_protocol::message::{self, Availability, ReportedState};
-use mujin_protocol::ticket::SigningKey;
+use mujin_protocol::ticket::Keyring;
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
 use mujin_protocol::{DeviceId, KeyId, OperatorId, StoreId};
 use rumqttc::{AsyncClient, Publish, QoS};
@@ -68,7 +70,8 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     /// Directory of the ticket-signing keys (created with owner-only permissions).
     pub key_dir: PathBuf,
-    /// The key that signs new tickets.
+    /// The key that signs new tickets when the key table is still empty (afterwards the table
+    /// says which key is current; see [`ticket_keys`]).
     pub key_id: KeyId,
     /// How long before its window a ticket is already accepted.
     pub early_grace: Duration,
@@ -80,26 +83,40 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     db::migrate(&pool)
         .await
         .context("cannot prepare the database")?;
-    let keys = keys::load_or_create(&settings.key_dir, &settings.key_id)?;
+    let command_key = Arc::new(keys::load_or_create_command_key(&settings.key_dir)?);
+    let root_key = Arc::new(keys::load_or_create_root_key(&settings.key_dir)?);
+    let ticket_keys = ticket_keys::LiveKeys::new(
+        ticket_keys::open(&pool, &settings.key_dir, &settings.key_id, Utc::now())
+            .await
+            .context("cannot load the ticket keys")?,
+    );
     let stop = CancellationToken::new();
     // The connection outlives the workers so their last publishes and acks still go out.
     let stop_mqtt = CancellationToken::new();
     let connection = mqtt::connect(&settings.mqtt, subscriptions(), stop_mqtt.clone())?;
+    // Rotations and revocations apply within one trust-list refresh.
+    let reload_task = tokio::spawn(ticket_keys::reload_every(
+        pool.clone(),
+        settings.key_dir.clone(),
+        ticket_keys.clone(),
+        trust::REFRESH,
+        stop.clone(),
+    ));
     let trust_task = tokio::spawn(trust::run(
         pool.clone(),
         connection.client.clone(),
-        keys.keyring.keys().to_vec(),
-        keys.command.clone(),
+        ticket_keys.clone(),
+        root_key,
         connection.connected.clone(),
         stop.clone(),
     ));
     let inbox = Inbox {
         pool: pool.clone(),
         rules: ScanRules {
-            keyring: keys.keyring,
+            keyring: Keyring::default(), // replaced by the live keys at each scan
             early_grace: settings.early_grace,
         },
-        signing_key: keys.signing,
+        ticket_keys,
         client: connection.client.clone(),
         wake_timer: Arc::new(Notify::new()),
         wake_dispatcher: Arc::new(Notify::new()),
@@ -130,7 +147,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         connection.client.clone(),
         connection.connected.clone(),
         inbox.wake_dispatcher.clone(),
-        keys.command.clone(),
+        command_key,
         stop.clone(),
     ));
     let inbox_task = tokio::spawn(inbox.run(connection.incoming));
@@ -144,7 +161,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         dispatcher_task,
         liveness_task,
         lifecycle_task,
-        trust_task
+        trust_task,
+        reload_task
     );
     // Let queued publishes and acks go out before the connection closes; a full queue (broker
     // gone) must not hold shutdown.
@@ -244,8 +262,10 @@ impl Route {
 /// operators' requests.
 struct Inbox {
     pool: Pool,
+    /// The scan rules; their keyring is taken from `ticket_keys` at each scan.
     rules: ScanRules,
-    signing_key: SigningKey,
+    /// The ticket keys as of the last reload: new tickets are signed with the current one.
+    ticket_keys: ticket_keys::LiveKeys,
     client: AsyncClient,
     wake_timer: Arc<Notify>,
     wake_dispatcher: Arc<Notify>,
@@ -435,8 +455,9 @@ impl Inbox {
     ) -> Result<Vec<mqtt::Outbound>, db::WorkError> {
         let (store, device, channel) = match route {
             Route::Request { operator } => {
+                let keys = self.ticket_keys.current();
                 let reply =
-                    requests::handle_request(&self.pool, &self.signing_key, operator, payload, now)
+                    requests::handle_request(&self.pool, &keys.signing, operator, payload, now)
                         .await?;
                 // A force stop or extension moved a session's end.
                 self.wake_timer.notify_one();
@@ -450,9 +471,12 @@ impl Inbox {
         };
         match channel {
             DeviceChannel::Scan => {
+                let rules = ScanRules {
+                    keyring: self.ticket_keys.current().keyring.clone(),
+                    ..self.rules.clone()
+                };
                 let outcome =
-                    scans::handle_scan(&self.pool, &self.rules, store, device, payload, now)
-                        .await?;
+                    scans::handle_scan(&self.pool, &rules, store, device, payload, now).await?;
                 if outcome.session_started {
                     self.wake_timer.notify_one();
                 }

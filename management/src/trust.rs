@@ -1,8 +1,9 @@
 //! Publishes every store's trust list (retained on `mujin/v1/stores/{store}/trust`): the keys
-//! tickets are signed with, the tickets still inside their window that must be refused anyway
-//! (cancelled, or already used), and whether the store allows offline starts. Devices use it to
-//! check a ticket by themselves when management does not answer. Each list names its store and
-//! is signed with management's command key, so devices given that key trust no other list.
+//! tickets are signed with (never a revoked one), the ids of the revoked ones, the tickets still
+//! inside their window that must be refused anyway (cancelled, or already used), and whether the
+//! store allows offline starts. Devices use it to check a ticket by themselves when management
+//! does not answer. Each list names its store and is signed with management's root key, so
+//! devices given that key (`--root-key`) trust no other list.
 //!
 //! The lists are rebuilt from PostgreSQL every [`REFRESH`] and published when they changed, and
 //! all again after every (re)connection (the broker keeps nothing across restarts).
@@ -15,7 +16,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use mujin_protocol::message::{self, RejectReason};
 use mujin_protocol::signed::sign_trust_list;
-use mujin_protocol::ticket::{PublicKey, SigningKey};
+use mujin_protocol::ticket::{Keyring, SigningKey};
 use mujin_protocol::topic::Topic;
 use mujin_protocol::trust::{RefusedTicket, TrustList, TrustedKey, MAX_REFUSED_TICKETS};
 use mujin_protocol::{StoreId, TicketId};
@@ -25,15 +26,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::WorkError;
 use crate::mqtt::{publish_all, Outbound};
+use crate::ticket_keys::LiveKeys;
 
 /// How often the lists are rebuilt: a cancelled or used ticket reaches the devices' lists
 /// within this time.
 pub const REFRESH: Duration = Duration::from_secs(2);
 
-/// Builds every store's trust list from the database.
+/// Builds every store's trust list from the database, with the keys of `keyring`.
 pub async fn build_lists(
     pool: &Pool,
-    keys: &[PublicKey],
+    keyring: &Keyring,
     now: DateTime<Utc>,
 ) -> Result<Vec<(StoreId, TrustList)>, WorkError> {
     let client = pool.get().await?;
@@ -68,7 +70,8 @@ pub async fn build_lists(
             reason,
         });
     }
-    let keys: Vec<TrustedKey> = keys.iter().map(TrustedKey::from).collect();
+    let keys: Vec<TrustedKey> = keyring.keys().iter().map(TrustedKey::from).collect();
+    let revoked_keys = keyring.revoked().to_vec();
     let mut lists = Vec::with_capacity(stores.len());
     for row in &stores {
         let Ok(store) = StoreId::parse(row.get(0)) else {
@@ -85,6 +88,7 @@ pub async fn build_lists(
                 store: listed,
                 offline_start: row.get(1),
                 keys: keys.clone(),
+                revoked_keys: revoked_keys.clone(),
                 refused_tickets,
                 truncated,
                 signature: None,
@@ -103,21 +107,22 @@ fn content(list: &TrustList) -> TrustList {
     }
 }
 
-/// Publishes the trust lists while connected, until `stop` is cancelled.
+/// Publishes the trust lists while connected, until `stop` is cancelled, with the ticket keys
+/// of `keys` as they are at each refresh, signed with `root_key`.
 pub async fn run(
     pool: Pool,
     client: AsyncClient,
-    keys: Vec<PublicKey>,
-    command_key: Arc<SigningKey>,
+    keys: LiveKeys,
+    root_key: Arc<SigningKey>,
     mut connected: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
     let mut published: HashMap<StoreId, TrustList> = HashMap::new();
     loop {
         if *connected.borrow_and_update() {
-            match build_lists(&pool, &keys, Utc::now()).await {
+            match build_lists(&pool, &keys.current().keyring, Utc::now()).await {
                 Ok(lists) => {
-                    let messages = changed(&mut published, lists, &command_key);
+                    let messages = changed(&mut published, lists, &root_key);
                     publish_all(&client, messages, &stop).await;
                 }
                 Err(error) => {
@@ -143,11 +148,11 @@ pub async fn run(
 fn changed(
     published: &mut HashMap<StoreId, TrustList>,
     lists: Vec<(StoreId, TrustList)>,
-    command_key: &SigningKey,
+    root_key: &SigningKey,
 ) -> Vec<Outbound> {
     let mut messages = Vec::new();
     for (store, mut list) in lists {
-        sign_trust_list(command_key, &mut list);
+        sign_trust_list(root_key, &mut list);
         let content = content(&list);
         if published.get(&store) == Some(&content) {
             continue;
@@ -183,6 +188,7 @@ mod tests {
             store: Some(StoreId::parse("shibuya").unwrap()),
             offline_start,
             keys: vec![TrustedKey::from(&key.public_key())],
+            revoked_keys: Vec::new(),
             refused_tickets: (0..refused)
                 .map(|_| RefusedTicket {
                     ticket_id: TicketId::random(),
@@ -194,15 +200,15 @@ mod tests {
         }
     }
 
-    fn command_key() -> SigningKey {
-        SigningKey::from_seed(KeyId::parse("c1").unwrap(), &[5; 32]).unwrap()
+    fn root_key() -> SigningKey {
+        SigningKey::from_seed(KeyId::parse("r1").unwrap(), &[5; 32]).unwrap()
     }
 
     #[test]
     fn only_changed_lists_are_published_again() {
         let store = StoreId::parse("shibuya").unwrap();
         let mut published = HashMap::new();
-        let key = command_key();
+        let key = root_key();
         let first = list(false, 0);
         assert_eq!(
             changed(&mut published, vec![(store.clone(), first.clone())], &key).len(),
@@ -232,7 +238,15 @@ mod tests {
     #[test]
     fn a_full_list_fits_in_a_payload() {
         let mut full = list(true, MAX_REFUSED_TICKETS);
-        sign_trust_list(&command_key(), &mut full);
+        // Some rotations and revocations later.
+        for n in 2..6u8 {
+            let key = SigningKey::from_seed(KeyId::parse(&format!("k{n}")).unwrap(), &[n; 32]);
+            full.keys.push(TrustedKey::from(&key.unwrap().public_key()));
+        }
+        full.revoked_keys = (10..20)
+            .map(|n| KeyId::parse(&format!("k{n}")).unwrap())
+            .collect();
+        sign_trust_list(&root_key(), &mut full);
         assert!(message::encode(&full).len() <= message::MAX_PAYLOAD_BYTES);
     }
 }

@@ -418,3 +418,118 @@ fn store_settings_are_shown_and_changed() {
     );
     assert!(!bad.status.success());
 }
+
+#[test]
+fn ticket_keys_rotate_and_revoke_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| management(&data, args);
+    let added = run(&["device-add", "--store", "shibuya", "--device", "pc-01"]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    let reserve = |from: &str| {
+        let booked = run(&[
+            "reserve",
+            "--store",
+            "shibuya",
+            "--device",
+            "pc-01",
+            "--from",
+            from,
+            "--minutes",
+            "30",
+            "--quiet",
+        ]);
+        assert!(booked.status.success(), "{}", stderr(&booked));
+        let ticket = stdout(&booked).trim().to_owned();
+        mujin_protocol::ticket::parse_unverified(&ticket)
+            .unwrap()
+            .claims
+            .key_id
+    };
+    assert_eq!(reserve("+1h").as_str(), "k1");
+    let listed = stdout(&run(&["ticket-key", "list"]));
+    assert!(listed.starts_with("key "), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("k1            current"),
+        "{listed}"
+    );
+
+    let refused = run(&["ticket-key", "revoke", "k1"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("ticket key k1 is the current key"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let rotated = run(&["ticket-key", "rotate"]);
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    let text = stdout(&rotated);
+    assert!(text.contains("ticket key k2 is now current"), "{text}");
+    assert!(text.contains("ticket key k1 is retired"), "{text}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("keys/k2.pk8"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(reserve("+2h").as_str(), "k2");
+
+    let taken = run(&["ticket-key", "rotate", "--key-id", "k1"]);
+    assert!(
+        stderr(&taken).contains("ticket key k1 already exists"),
+        "{}",
+        stderr(&taken)
+    );
+    let reserved = run(&["ticket-key", "rotate", "--key-id", "root-r2"]);
+    assert!(
+        stderr(&reserved).contains("root-r2 cannot be a ticket key id"),
+        "{}",
+        stderr(&reserved)
+    );
+    let unknown = run(&["ticket-key", "revoke", "k9"]);
+    assert!(
+        stderr(&unknown).contains("ticket key k9 does not exist"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    let revoked = run(&["ticket-key", "revoke", "k1"]);
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    assert!(
+        stdout(&revoked).contains("revoked ticket key k1")
+            && stdout(&revoked).contains("1 open booking(s)"),
+        "{}",
+        stdout(&revoked)
+    );
+    let again = stdout(&run(&["ticket-key", "revoke", "k1"]));
+    assert!(
+        again.contains("ticket key k1 was already revoked at"),
+        "{again}"
+    );
+    let listed = stdout(&run(&["ticket-key", "list"]));
+    let states: Vec<(&str, &str)> = listed
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let mut columns = line.split_whitespace();
+            (columns.next().unwrap(), columns.next().unwrap())
+        })
+        .collect();
+    assert_eq!(states, [("k1", "revoked"), ("k2", "current")], "{listed}");
+
+    let root = run(&["root-key"]);
+    assert!(root.status.success(), "{}", stderr(&root));
+    let root = mujin_protocol::signed::parse_public_key(&stdout(&root)).unwrap();
+    assert_eq!(root.key_id.as_str(), "r1");
+    let command = stdout(&run(&["command-key"]));
+    assert!(!command.contains(&data_encoding_hex(&root.bytes)));
+}
+
+fn data_encoding_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}

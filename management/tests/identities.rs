@@ -95,6 +95,12 @@ async fn enrolment_prints_the_token_once_and_stores_only_its_hash() {
         env_value(&enrolled, "MUJIN_AGENT_MANAGEMENT_KEY"),
         command_key.trim()
     );
+    let root_key = succeeded(&management(&data, &["root-key"]));
+    assert_eq!(
+        env_value(&enrolled, "MUJIN_AGENT_ROOT_KEY"),
+        root_key.trim()
+    );
+    assert_ne!(root_key, command_key);
     assert!(enrolled.contains("mujin-agent.shibuya.pc-01"), "{enrolled}");
     // The device was registered on the way.
     assert!(succeeded(&management(&data, &["devices"])).contains("shibuya/pc-01"));

@@ -1,6 +1,7 @@
-//! Signed messages: commands, desired states and trust lists carry an Ed25519 signature by
-//! management's *command key*, and operators' requests one by the operator's own key, so that a
-//! client holding only broker credentials (the broker has no topic ACL) cannot make a device or
+//! Signed messages: commands and desired states carry an Ed25519 signature by management's
+//! *command key*, trust lists one by its *root key* (which vouches for the ticket keys a device
+//! trusts offline), and operators' requests one by the operator's own key, so that a client
+//! holding only broker credentials (the broker has no topic ACL) cannot make a device or
 //! management act.
 //!
 //! The signed bytes are a context string per message type (`mujin-command-v1\0`, …) followed by
@@ -430,6 +431,7 @@ mod tests {
             store: Some(store()),
             offline_start: false,
             keys: Vec::new(),
+            revoked_keys: Vec::new(),
             refused_tickets: Vec::new(),
             truncated: false,
             signature: None,

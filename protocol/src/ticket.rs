@@ -70,6 +70,8 @@ pub enum TicketError {
     UnknownKey(String),
     #[error("the ticket's signature does not match")]
     BadSignature,
+    #[error("the ticket is signed with key {0:?}, which was revoked")]
+    RevokedKey(String),
 }
 
 /// Why a signing key could not be created or loaded.
@@ -157,17 +159,33 @@ pub struct PublicKey {
     pub bytes: [u8; 32],
 }
 
-/// The public keys a verifier trusts, by key id.
+/// The public keys a verifier trusts, by key id, and the ids of revoked keys (whose tickets are
+/// refused as such rather than as signed with an unknown key).
 #[derive(Debug, Clone, Default)]
 pub struct Keyring {
     keys: Vec<PublicKey>,
+    revoked: Vec<KeyId>,
 }
 
 impl Keyring {
     pub fn new(keys: impl IntoIterator<Item = PublicKey>) -> Self {
         Self {
             keys: keys.into_iter().collect(),
+            revoked: Vec::new(),
         }
+    }
+
+    /// Refuses tickets of `key_id` from now on, as [`TicketError::RevokedKey`].
+    pub fn revoke(&mut self, key_id: KeyId) {
+        self.keys.retain(|known| known.key_id != key_id);
+        if !self.revoked.contains(&key_id) {
+            self.revoked.push(key_id);
+        }
+    }
+
+    /// The ids of the revoked keys.
+    pub fn revoked(&self) -> &[KeyId] {
+        &self.revoked
     }
 
     /// The trusted keys.
@@ -184,6 +202,9 @@ impl Keyring {
     /// the caller's decision (see management's scan rules).
     pub fn verify(&self, text: &str) -> Result<TicketClaims, TicketError> {
         let parsed = parse_unverified(text)?;
+        if self.revoked.contains(&parsed.claims.key_id) {
+            return Err(TicketError::RevokedKey(parsed.claims.key_id.to_string()));
+        }
         let key = self
             .keys
             .iter()
@@ -332,6 +353,23 @@ mod tests {
             not_after: DateTime::from_timestamp(1_800_003_600, 0).unwrap(),
             key_id: KeyId::parse("k1").unwrap(),
         }
+    }
+
+    #[test]
+    fn a_revoked_key_refuses_its_tickets_by_name() {
+        let old = key("k1", 7);
+        let new = key("k2", 8);
+        let mut ring = Keyring::new([old.public_key(), new.public_key()]);
+        let text = old.issue(&claims());
+        assert!(ring.verify(&text).is_ok());
+        ring.revoke(KeyId::parse("k1").unwrap());
+        assert_eq!(
+            ring.verify(&text),
+            Err(TicketError::RevokedKey("k1".into()))
+        );
+        assert_eq!(ring.revoked(), [KeyId::parse("k1").unwrap()]);
+        assert_eq!(ring.keys(), [new.public_key()]);
+        assert!(ring.verify(&new.issue(&claims())).is_ok());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The store's trust list, retained on `mujin/v1/stores/{store}/trust`: what a device needs to
 //! check a ticket by itself when management does not answer — the ticket-verification keys,
-//! the tickets it must refuse anyway (cancelled or already used) and whether the store allows
-//! offline starts at all — plus [`check_offline`], the rules the device applies.
+//! the ids of revoked ticket keys, the tickets it must refuse anyway (cancelled or already used)
+//! and whether the store allows offline starts at all — plus [`check_offline`], the rules the
+//! device applies. Management signs each list with its root key (see [`crate::signed`]).
 //!
 //! An offline start is provisional: the device reports it with the scan once management is
 //! reachable again, and management has the last word.
@@ -28,8 +29,12 @@ pub struct TrustList {
     pub store: Option<StoreId>,
     /// Whether this store's devices may start a provisional session on their own.
     pub offline_start: bool,
-    /// The keys tickets may be signed with.
+    /// The keys tickets may be signed with (never a revoked one).
     pub keys: Vec<TrustedKey>,
+    /// Ticket keys that were revoked: their tickets are refused `revoked_key` (absent from
+    /// older managements).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_keys: Vec<KeyId>,
     /// Tickets whose window is still open but which must not start a session.
     #[serde(default)]
     pub refused_tickets: Vec<RefusedTicket>,
@@ -77,9 +82,14 @@ pub struct RefusedTicket {
 }
 
 impl TrustList {
-    /// The verification keys (entries that are not valid keys are skipped).
+    /// The verification keys (entries that are not valid keys are skipped), refusing the
+    /// revoked ones.
     pub fn keyring(&self) -> Keyring {
-        Keyring::new(self.keys.iter().filter_map(TrustedKey::public_key))
+        let mut keyring = Keyring::new(self.keys.iter().filter_map(TrustedKey::public_key));
+        for key_id in &self.revoked_keys {
+            keyring.revoke(key_id.clone());
+        }
+        keyring
     }
 }
 
@@ -114,6 +124,7 @@ pub fn check_offline(
         let reason = match error {
             TicketError::UnknownKey(_) => RejectReason::UnknownKey,
             TicketError::BadSignature => RejectReason::BadSignature,
+            TicketError::RevokedKey(_) => RejectReason::RevokedKey,
             _ => RejectReason::MalformedTicket,
         };
         refuse(reason, error.to_string())
@@ -178,6 +189,7 @@ mod tests {
             store: None,
             offline_start: true,
             keys: vec![TrustedKey::from(&key.public_key())],
+            revoked_keys: Vec::new(),
             refused_tickets: Vec::new(),
             truncated: false,
             signature: None,
@@ -268,5 +280,30 @@ mod tests {
             reason: RejectReason::Cancelled,
         });
         assert_eq!(check(&list, &text, &claims, 20), RejectReason::Cancelled);
+    }
+
+    #[test]
+    fn a_ticket_of_a_revoked_key_is_refused_as_such() {
+        let (mut list, key, claims) = setup();
+        let text = key.issue(&claims);
+        list.keys.clear();
+        list.revoked_keys.push(claims.key_id.clone());
+        let refusal =
+            check_offline(&list, &text, &claims.store, &claims.device, at(20), false).unwrap_err();
+        assert_eq!(refusal.reason, RejectReason::RevokedKey);
+        assert!(refusal.detail.contains("\"k1\""), "{}", refusal.detail);
+        // Even if a list still carried the key, the revocation wins.
+        list.keys.push(TrustedKey::from(&key.public_key()));
+        assert_eq!(check(&list, &text, &claims, 20), RejectReason::RevokedKey);
+    }
+
+    #[test]
+    fn lists_of_older_managements_have_no_revoked_keys() {
+        let (list, _, _) = setup();
+        let mut json: serde_json::Value = serde_json::to_value(&list).unwrap();
+        assert!(json.get("revoked_keys").is_none());
+        json.as_object_mut().unwrap().remove("revoked_keys");
+        let parsed: TrustList = serde_json::from_value(json).unwrap();
+        assert!(parsed.revoked_keys.is_empty());
     }
 }

@@ -1,6 +1,6 @@
 //! Real `mujin-agent` processes, each running a real child program that writes its pid to a
-//! file so tests can check whether it is alive. Each is given management's command key, so it
-//! acts only on what management signed.
+//! file so tests can check whether it is alive. Each is given management's command and root
+//! keys, so it acts only on what management signed.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,8 +22,9 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `mujin-agent` for `store`/`device` against the broker on `port`, trusting
-    /// `management_key` (`KEYID:HEX`) and signing with `device_key` (64 hex digits) if given;
-    /// `extra_args` go before the program (e.g. TLS flags).
+    /// `management_key` for commands and `root_key` for trust lists (both `KEYID:HEX`) and
+    /// signing with `device_key` (64 hex digits) if given; `extra_args` go before the program
+    /// (e.g. TLS flags).
     // One flat list of the agent's settings, as on its command line; a struct would only
     // rename them.
     #[allow(clippy::too_many_arguments)]
@@ -33,6 +34,7 @@ impl Agent {
         credentials: (&str, &str),
         (store, device): (&StoreId, &DeviceId),
         management_key: &str,
+        root_key: &str,
         device_key: Option<&str>,
         extra_args: &[String],
     ) -> Agent {
@@ -52,6 +54,7 @@ impl Agent {
             .args(["--repeat-window-ms", "0"])
             .args(extra_args)
             .env("MUJIN_AGENT_MANAGEMENT_KEY", management_key)
+            .env("MUJIN_AGENT_ROOT_KEY", root_key)
             .args(["--", "sh", "-c", &program])
             .env("RUST_LOG", "info,rumqttc=warn")
             .stdin(Stdio::piped())

@@ -339,6 +339,11 @@ impl Stack {
         mujin_protocol::signed::public_key_text(&self.keys.command.public_key())
     }
 
+    /// Management's root key as agents are given it (`KEYID:HEX`): it signs the trust lists.
+    pub fn root_key(&self) -> String {
+        mujin_protocol::signed::public_key_text(&self.keys.root.public_key())
+    }
+
     /// Starts the broker process again on the same port (after [`Stack::kill_broker`]); like
     /// any rumqttd restart it comes back empty: no sessions, no retained messages.
     pub async fn restart_broker(&mut self) {
@@ -400,6 +405,7 @@ impl Stack {
             (&username, &password),
             (store, device),
             &key,
+            &self.root_key(),
             device_key.as_deref(),
             &self
                 .tls

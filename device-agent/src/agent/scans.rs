@@ -181,12 +181,17 @@ impl Agent {
         }
     }
 
-    /// Keeps the store's newest valid trust list.
+    /// Keeps the store's newest trust list signed with the root key; without the root key,
+    /// none (a list anyone could publish must not let tickets start sessions offline).
     pub(super) fn on_trust_list(&mut self, payload: &[u8]) {
+        let Some(key) = &self.root_key else {
+            tracing::debug!("no --root-key: ignoring the trust list");
+            return;
+        };
         let decoded = decode::<TrustList>(payload);
-        if let (Some(key), Ok(list)) = (&self.management_key, &decoded) {
+        if let Ok(list) = &decoded {
             if let Err(err) = verify_trust_list(key, list, &self.store) {
-                tracing::warn!(issued_at = %list.issued_at, %err, "trust list refused; ignoring it");
+                tracing::warn!(issued_at = %list.issued_at, %err, "trust list not signed with the root key for this store; ignoring it");
                 return;
             }
         }

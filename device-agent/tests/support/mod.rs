@@ -40,6 +40,11 @@ pub fn command_key() -> SigningKey {
     SigningKey::from_seed(KeyId::parse("c1").unwrap(), &[0x5c; 32]).unwrap()
 }
 
+/// Management's root key, which signs trust lists.
+pub fn root_key() -> SigningKey {
+    SigningKey::from_seed(KeyId::parse("r1").unwrap(), &[0x4f; 32]).unwrap()
+}
+
 /// A message management saw on one of the device's channels.
 pub struct Seen {
     pub channel: DeviceChannel,
@@ -329,8 +334,21 @@ impl Harness {
             store: Some(self.store.clone()),
             ..list.clone()
         };
-        sign_trust_list(&command_key(), &mut list);
+        sign_trust_list(&root_key(), &mut list);
         list
+    }
+
+    /// Publishes `list` as it is (no signing), retained, on the store's trust topic.
+    pub async fn publish_raw_trust(&self, list: &TrustList) {
+        self.management
+            .publish(
+                topic::trust(&self.store),
+                QoS::AtLeastOnce,
+                true,
+                encode(list),
+            )
+            .await
+            .unwrap();
     }
 
     /// Publishes the store's trust list (signed), retained, like management.
@@ -463,6 +481,7 @@ pub fn spawn_agent(
             "--management-key",
             &public_key_text(&command_key().public_key()),
         ])
+        .args(["--root-key", &public_key_text(&root_key().public_key())])
         .arg("--")
         .args(program)
         .env("PIDFILE", dir.join("program.pid"))

@@ -820,6 +820,7 @@ fn trust() -> Vec<(String, MessageVector)> {
         store: Some(store()),
         offline_start: true,
         keys: vec![TrustedKey::from(&tickets::booking_key())],
+        revoked_keys: Vec::new(),
         refused_tickets: vec![RefusedTicket {
             ticket_id: TicketId::parse("0b7e9a52-6c1d-4f3e-8a2b-9c8d7e6f5a4b").unwrap(),
             reason: RejectReason::Cancelled,

@@ -84,6 +84,7 @@ pub fn error_kind(error: &TicketError) -> (&'static str, Option<String>) {
         TicketError::BadWindow => ("bad_window", None),
         TicketError::UnknownKey(key_id) => ("unknown_key", Some(key_id.clone())),
         TicketError::BadSignature => ("bad_signature", None),
+        TicketError::RevokedKey(key_id) => ("revoked_key", Some(key_id.clone())),
     }
 }
 
