@@ -77,7 +77,7 @@ pub struct Args {
     /// The device's own key, 64 hex digits (`mujin-management device-enrol` prints it once, as
     /// MUJIN_AGENT_DEVICE_KEY). Everything the agent publishes is signed with it; management
     /// refuses device messages that are not.
-    #[arg(long, env = "MUJIN_AGENT_DEVICE_KEY", hide_env_values = true, value_parser = parse_device_key)]
+    #[arg(long, env = "MUJIN_AGENT_DEVICE_KEY", hide_env_values = true, value_parser = DeviceKeyParser)]
     pub device_key: Option<Arc<DeviceKey>>,
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -117,10 +117,28 @@ fn parse_management_key(text: &str) -> Result<PublicKey, String> {
     parse_public_key(text).map_err(|err| err.to_string())
 }
 
-fn parse_device_key(text: &str) -> Result<Arc<DeviceKey>, String> {
-    DeviceKey::from_hex(text)
-        .map(Arc::new)
-        .map_err(|err| err.to_string())
+/// Parses the device key without ever repeating it: clap's own message for a value it refuses
+/// quotes the value, and this one is a secret.
+#[derive(Clone)]
+struct DeviceKeyParser;
+
+impl clap::builder::TypedValueParser for DeviceKeyParser {
+    type Value = Arc<DeviceKey>;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let text = value.to_str().unwrap_or_default();
+        DeviceKey::from_hex(text).map(Arc::new).map_err(|err| {
+            let message = format!(
+                "invalid --device-key (MUJIN_AGENT_DEVICE_KEY): {err} (the value is not shown)\n"
+            );
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd)
+        })
+    }
 }
 
 /// Parses `HOST:PORT` (the host may be a name, an IPv4 address or a bracketed IPv6 address).
@@ -292,8 +310,12 @@ mod tests {
         let parsed = settings.device_key.as_ref().unwrap();
         assert_eq!(parsed.public_key(), key.public_key());
         assert!(!format!("{settings:?}").contains(&seed));
-        let err = parse(&["--device-key", "abcd", "--", "true"]).unwrap_err();
+        let err = parse(&["--device-key", "abcdef0123", "--", "true"]).unwrap_err();
         assert!(err.to_string().contains("64 hex digits"), "{err}");
+        assert!(
+            !err.to_string().contains("abcdef0123"),
+            "the secret is repeated: {err}"
+        );
     }
 
     #[test]
