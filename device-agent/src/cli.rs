@@ -13,6 +13,7 @@ use mujin_protocol::signed::parse_public_key;
 use mujin_protocol::ticket::PublicKey;
 use mujin_protocol::{DeviceId, StoreId};
 
+use crate::scanner::serial::{Baud, SerialScanner};
 use crate::Settings;
 
 /// How long the runtime may take to wind down after `run` returned (stdin readers may be stuck
@@ -42,6 +43,19 @@ pub struct Args {
     /// Named pipe to read scans from, one per line (created if missing).
     #[arg(long, env = "MUJIN_AGENT_SCAN_PIPE")]
     pub scan_pipe: Option<PathBuf>,
+    /// Serial QR scanner to read scans from: a tty such as `/dev/ttyACM0` (better a stable
+    /// `/dev/serial/by-id/…` link), set raw at --serial-baud; one reading per line ended by CR
+    /// and/or LF. Opened again when it is plugged back.
+    #[arg(long, env = "MUJIN_AGENT_SCAN_SERIAL")]
+    pub scan_serial: Option<PathBuf>,
+    /// Baud rate of --scan-serial.
+    #[arg(long, env = "MUJIN_AGENT_SERIAL_BAUD", value_parser = Baud::parse, default_value_t = Baud::default(), requires = "scan_serial")]
+    pub serial_baud: Baud,
+    /// Linux input device of a keyboard-wedge scanner to read scans from, e.g.
+    /// `/dev/input/by-id/usb-…-event-kbd`; grabbed exclusively so its keys reach nothing else.
+    /// Opened again when it is plugged back.
+    #[arg(long, env = "MUJIN_AGENT_SCAN_EVDEV")]
+    pub scan_evdev: Option<PathBuf>,
     /// Do not read scans from stdin.
     #[arg(long, env = "MUJIN_AGENT_NO_STDIN")]
     pub no_stdin: bool,
@@ -173,6 +187,11 @@ impl Args {
             args: program.collect(),
             scan_pipe: self.scan_pipe,
             read_stdin: !self.no_stdin,
+            scan_serial: self.scan_serial.map(|path| SerialScanner {
+                path,
+                baud: self.serial_baud,
+            }),
+            scan_evdev: self.scan_evdev,
             telemetry_interval: Duration::from_millis(self.telemetry_interval_ms),
             stop_grace: Duration::from_millis(self.stop_grace_ms),
             offline_after: Duration::from_millis(self.offline_after_ms),
@@ -358,6 +377,46 @@ mod tests {
             "true"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn scanners_are_optional_flags() {
+        let settings = parse(&["--", "true"]).unwrap().into_settings();
+        assert_eq!((settings.scan_serial, settings.scan_evdev), (None, None));
+        let settings = parse(&["--scan-serial", "/dev/ttyACM0", "--", "true"])
+            .unwrap()
+            .into_settings();
+        let serial = settings.scan_serial.unwrap();
+        assert_eq!(serial.path, PathBuf::from("/dev/ttyACM0"));
+        assert_eq!(serial.baud.bits_per_second(), 9600);
+        let settings = parse(&[
+            "--scan-serial",
+            "/dev/ttyUSB0",
+            "--serial-baud",
+            "115200",
+            "--scan-evdev",
+            "/dev/input/event3",
+            "--",
+            "true",
+        ])
+        .unwrap()
+        .into_settings();
+        assert_eq!(
+            settings.scan_serial.unwrap().baud.bits_per_second(),
+            115_200
+        );
+        assert_eq!(settings.scan_evdev, Some("/dev/input/event3".into()));
+        let err = parse(&[
+            "--scan-serial",
+            "/dev/ttyS0",
+            "--serial-baud",
+            "1234",
+            "--",
+            "true",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("unsupported baud rate"), "{err}");
+        assert!(parse(&["--serial-baud", "9600", "--", "true"]).is_err());
     }
 
     #[test]

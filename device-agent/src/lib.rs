@@ -30,7 +30,7 @@
 //! - [`offline`]: the pure offline-start decision and the merge with management's answer;
 //! - [`pending`]: the scans waiting for an answer and their resend schedule;
 //! - [`program`]: the program supervisor and its pure start/stop/lease decisions;
-//! - [`scanner`]: stdin and named-pipe readers;
+//! - [`scanner`]: the scanner readers: stdin, a named pipe, a serial tty, a grabbed input device;
 //! - [`screen`]: the customer-facing lines on stdout;
 //! - `agent`: the state and reactions driven by [`run`]'s single `select!` loop.
 
@@ -78,6 +78,10 @@ pub struct Settings {
     pub scan_pipe: Option<PathBuf>,
     /// Whether scans are also read from stdin.
     pub read_stdin: bool,
+    /// A serial QR scanner (a tty) to read scans from.
+    pub scan_serial: Option<scanner::serial::SerialScanner>,
+    /// A Linux input device (a keyboard-wedge scanner) to grab and read scans from.
+    pub scan_evdev: Option<PathBuf>,
     pub telemetry_interval: Duration,
     /// How long a program gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
@@ -111,6 +115,8 @@ impl fmt::Debug for Settings {
             .field("args", &self.args)
             .field("scan_pipe", &self.scan_pipe)
             .field("read_stdin", &self.read_stdin)
+            .field("scan_serial", &self.scan_serial)
+            .field("scan_evdev", &self.scan_evdev)
             .field("telemetry_interval", &self.telemetry_interval)
             .field("stop_grace", &self.stop_grace)
             .field("offline_after", &self.offline_after)
@@ -146,6 +152,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         scanner::ensure_fifo(path)?;
         scanner::spawn_pipe_reader(path.clone(), scans_tx.clone())
             .context("cannot read scans from the pipe")?;
+    }
+    if let Some(serial) = &settings.scan_serial {
+        scanner::serial::spawn_serial_reader(serial.clone(), scans_tx.clone())
+            .context("cannot read scans from the serial scanner")?;
+    }
+    if let Some(path) = &settings.scan_evdev {
+        scanner::input::spawn_input_reader(path.clone(), scans_tx.clone());
     }
     drop(scans_tx);
 
