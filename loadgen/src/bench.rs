@@ -1,0 +1,303 @@
+//! `mujin-loadgen bench`: starts a private stack, runs the scenarios in order (floor and
+//! latency, throughput, stops, fleet, then the broker comparison), and writes `report.md` and
+//! `report.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+
+use crate::device::Credentials;
+use crate::fleet::{self, Fleet, FleetSpec};
+use crate::floor::{self, Floor};
+use crate::report::{BrokerComparison, Machine, Report};
+use crate::scenarios;
+use crate::stack::{child_pid, BrokerKind, BrokerProcess, Stack};
+
+/// What `bench` was asked to do.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    pub quick: bool,
+    /// Where report.md and report.json go.
+    pub out: PathBuf,
+    /// Where mujin-broker and mujin-management are.
+    pub bin_dir: PathBuf,
+    /// Fleet size (default: 1000, or 300 with --quick).
+    pub devices: Option<usize>,
+    /// Skip scenario 5 (Mosquitto).
+    pub skip_mosquitto: bool,
+}
+
+/// The knobs of one run: the quick run is the full run made smaller.
+#[derive(Debug, Clone)]
+struct Profile {
+    devices: usize,
+    floor_samples: usize,
+    latency_rates: Vec<f64>,
+    latency_step_secs: f64,
+    latency_rounds: usize,
+    throughput_rates: Vec<f64>,
+    throughput_step_secs: f64,
+    stop_spread_secs: u64,
+    stop_start_rate: f64,
+    telemetry: Duration,
+    fleet_scan_rate: f64,
+    fleet_scan_secs: f64,
+    comparison_rates: Vec<f64>,
+}
+
+impl Profile {
+    fn new(settings: &BenchSettings) -> Profile {
+        if settings.quick {
+            Profile {
+                devices: settings.devices.unwrap_or(300),
+                floor_samples: 300,
+                latency_rates: vec![100.0, 500.0, 1000.0],
+                latency_step_secs: 1.0,
+                latency_rounds: 1,
+                throughput_rates: vec![250.0, 1000.0, 2000.0, 5000.0],
+                throughput_step_secs: 1.0,
+                stop_spread_secs: 5,
+                stop_start_rate: 200.0,
+                telemetry: Duration::from_secs(5),
+                fleet_scan_rate: 200.0,
+                fleet_scan_secs: 1.0,
+                comparison_rates: vec![500.0],
+            }
+        } else {
+            Profile {
+                devices: settings.devices.unwrap_or(1000),
+                floor_samples: 1000,
+                latency_rates: vec![100.0, 500.0, 1000.0],
+                latency_step_secs: 10.0,
+                latency_rounds: 3,
+                throughput_rates: vec![250.0, 500.0, 1000.0, 2000.0, 3000.0, 5000.0, 8000.0],
+                throughput_step_secs: 3.0,
+                stop_spread_secs: 60,
+                stop_start_rate: 200.0,
+                telemetry: Duration::from_secs(10),
+                fleet_scan_rate: 200.0,
+                fleet_scan_secs: 5.0,
+                comparison_rates: vec![100.0, 500.0, 1000.0],
+            }
+        }
+    }
+
+    fn notes(&self, quick: bool) -> Vec<String> {
+        let mut notes = vec![
+            format!(
+                "One process runs {} virtual devices (one store), each with its own MQTT connection, enrolled identity and device key; they sign scans (with sent_at), acks and states like the agent, ack every command at once and report their state after each start and stop.",
+                self.devices
+            ),
+            "Every ticket is booked through management's booking path (booking::reserve with the current ticket key). A step books each device it uses once (one session per device per step), has them scan at the offered rate (open loop: paced by the clock, not by answers), then waits for the booked end and for every stop.".into(),
+            "Latency is measured at the virtual device, from handing the signed scan to its MQTT client to receiving the start command. Management runs as `mujin-management run` with RUST_LOG=warn; PostgreSQL runs with its default durability (fsync and synchronous_commit on).".into(),
+            "The embedded broker admits at most 1024 connections (MAX_CONNECTIONS in broker/src/server.rs), so the fleet is at most ~1000 devices there; a step offers at most one scan per device, so steps at rates above the fleet size per second last under a second.".into(),
+            "Scenarios 1, 2 and 4 run without telemetry; scenario 3 turns it on for the whole fleet (one full round first) and it stays on. End-of-session warnings are turned off in the bench store (sessions last seconds).".into(),
+            format!(
+                "Scenario 1: rates {:?}/s, {} round(s) of up to {} s each. Scenario 2: rates {:?}/s for up to {} s each, stopping at the first rate not sustained. Scenario 4: ends spread over {} s. Scenario 3: telemetry every {} s, scans at {}/s for {} s.",
+                self.latency_rates, self.latency_rounds, self.latency_step_secs, self.throughput_rates,
+                self.throughput_step_secs, self.stop_spread_secs, self.telemetry.as_secs(),
+                self.fleet_scan_rate, self.fleet_scan_secs
+            ),
+        ];
+        if quick {
+            notes.push("Quick run: a smaller fleet, shorter steps and one round each: for everyday comparisons, not for the targets.".into());
+        }
+        notes
+    }
+}
+
+/// Runs every scenario and writes the report; returns its Markdown.
+///
+/// Must run on the main thread's runtime (`block_on`), not in a spawned task: the private
+/// PostgreSQL is tied to the thread that starts it.
+pub async fn run(settings: BenchSettings) -> anyhow::Result<String> {
+    let profile = Profile::new(&settings);
+    let stack = Stack::start(&settings.bin_dir).await?;
+    tracing::info!(dir = %stack.dir.path().display(), "stack directory (logs of the broker and management)");
+    let outcome = run_on(&stack, &settings, &profile).await;
+    stack.shutdown().await;
+    let report = outcome?;
+    write(&settings.out, &report)?;
+    Ok(report.markdown())
+}
+
+async fn run_on(
+    stack: &Stack,
+    settings: &BenchSettings,
+    profile: &Profile,
+) -> anyhow::Result<Report> {
+    let spec = FleetSpec {
+        stores: 1,
+        devices_per_store: profile.devices,
+        store_prefix: "bench".into(),
+    };
+    let credentials = fleet::enrol(&stack.pool, &stack.pepper, &spec).await?;
+    let broker = stack.start_broker(BrokerKind::Embedded).await?;
+    let mut management = stack.start_management(&broker).await?;
+    let mut report = Report {
+        date: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        git_commit: crate::report::git_commit(),
+        machine: Machine::detect(),
+        quick: settings.quick,
+        notes: profile.notes(settings.quick),
+        fleet_devices: profile.devices,
+        floor: Floor::default(),
+        latency: Vec::new(),
+        throughput: None,
+        fleet: None,
+        stops: None,
+        broker_comparison: None,
+        targets: Vec::new(),
+    };
+    report.floor = measure_floor(stack, &broker, profile.floor_samples).await?;
+    let mut fleet = connect(stack, &broker, &credentials).await?;
+    tracing::info!("scenario 1: latency");
+    report.latency = scenarios::latency(
+        &mut fleet,
+        &profile.latency_rates,
+        profile.latency_step_secs,
+        profile.latency_rounds,
+    )
+    .await?;
+    tracing::info!("scenario 2: throughput");
+    report.throughput = Some(
+        scenarios::throughput(
+            &mut fleet,
+            &profile.throughput_rates,
+            profile.throughput_step_secs,
+        )
+        .await?,
+    );
+    tracing::info!("scenario 4: stops on time");
+    report.stops = Some(
+        scenarios::stops_on_time(
+            &mut fleet,
+            profile.devices,
+            profile.stop_spread_secs,
+            profile.stop_start_rate,
+        )
+        .await?,
+    );
+    tracing::info!("scenario 3: fleet");
+    let pids = (broker.pid(), child_pid(&management));
+    let (fleet_load, heartbeats) = scenarios::fleet_load(
+        &mut fleet,
+        profile.telemetry,
+        profile.fleet_scan_rate,
+        profile.fleet_scan_secs,
+        pids,
+    )
+    .await?;
+    report.fleet = Some(fleet_load);
+    heartbeats.stop().await;
+    fleet.shutdown().await;
+    let _ = management.kill().await;
+    broker.stop().await;
+    if !settings.skip_mosquitto {
+        tracing::info!("scenario 5: Mosquitto");
+        let comparison = compare_mosquitto(stack, &credentials, profile, &report).await;
+        match comparison {
+            Ok(comparison) => report.broker_comparison = Some(comparison),
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "the Mosquitto comparison failed"
+                );
+                report
+                    .notes
+                    .push(format!("Scenario 5 (Mosquitto) failed: {error:#}"));
+            }
+        }
+    }
+    report.judge();
+    Ok(report)
+}
+
+async fn measure_floor(
+    stack: &Stack,
+    broker: &BrokerProcess,
+    samples: usize,
+) -> anyhow::Result<Floor> {
+    Ok(Floor {
+        mqtt_round_trip: floor::mqtt_round_trips(&broker.address(), &stack.password, samples)
+            .await
+            .context("the MQTT floor")?,
+        durable_insert: floor::durable_inserts(&stack.pool, samples / 2)
+            .await
+            .context("the database floor")?,
+    })
+}
+
+async fn connect(
+    stack: &Stack,
+    broker: &BrokerProcess,
+    credentials: &[Credentials],
+) -> anyhow::Result<Fleet> {
+    let key = stack.booking_key().await?;
+    let started = tokio::time::Instant::now();
+    let fleet = Fleet::connect(credentials, &broker.address(), stack.pool.clone(), key).await?;
+    tracing::info!(
+        devices = fleet.len(),
+        secs = started.elapsed().as_secs_f64(),
+        "fleet connected"
+    );
+    Ok(fleet)
+}
+
+/// Scenario 1 again with Mosquitto (anonymous on loopback) in place of the embedded broker.
+async fn compare_mosquitto(
+    stack: &Stack,
+    credentials: &[Credentials],
+    profile: &Profile,
+    report: &Report,
+) -> anyhow::Result<BrokerComparison> {
+    let broker = stack.start_broker(BrokerKind::Mosquitto).await?;
+    let mut management = stack.start_management(&broker).await?;
+    let outcome = async {
+        let floor = measure_floor(stack, &broker, profile.floor_samples).await?;
+        let mut fleet = connect(stack, &broker, credentials).await?;
+        let latency = scenarios::latency(
+            &mut fleet,
+            &profile.comparison_rates,
+            profile.latency_step_secs,
+            1,
+        )
+        .await;
+        fleet.shutdown().await;
+        anyhow::Ok((floor, latency?))
+    }
+    .await;
+    let _ = management.kill().await;
+    broker.stop().await;
+    let (floor, latency) = outcome?;
+    let p50_ratios = latency
+        .iter()
+        .filter_map(|at| {
+            let embedded = report
+                .latency
+                .iter()
+                .find(|e| (e.rate - at.rate).abs() < 1.0)?;
+            let base = embedded.result.latency.p50_ms;
+            (base > 0.0).then(|| (at.rate, at.result.latency.p50_ms / base))
+        })
+        .collect();
+    Ok(BrokerComparison {
+        broker: BrokerKind::Mosquitto,
+        setup: "Debian's mosquitto, anonymous on a loopback listener (no password file or ACL), persistence off, max_queued_messages 10000; management, devices and the floor clients unchanged.".into(),
+        floor,
+        latency,
+        p50_ratios,
+    })
+}
+
+fn write(out: &Path, report: &Report) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let json = serde_json::to_string_pretty(report).context("cannot encode the report")?;
+    std::fs::write(out.join("report.json"), json)
+        .with_context(|| format!("cannot write {}/report.json", out.display()))?;
+    std::fs::write(out.join("report.md"), report.markdown())
+        .with_context(|| format!("cannot write {}/report.md", out.display()))?;
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! mujin's load generator and benchmark suite.
+//!
+//! - [`device`]: one virtual device (its own connection, identity and device key; acks starts
+//!   and stops at once and measures the latencies);
+//! - [`fleet`]: many of them, enrolled, connected in batches, booked and driven in steps;
+//! - [`stats`]: latency samples and percentiles;
+//! - [`stack`]: the private PostgreSQL, broker and management processes of a benchmark run;
+//! - [`floor`]: the MQTT round trip and durable insert a scan → start cannot beat;
+//! - [`scenarios`]: latency, throughput, fleet and stops on time;
+//! - [`report`]: the Markdown and JSON report;
+//! - [`bench`]: `mujin-loadgen bench`; [`run`]: `mujin-loadgen run` against a running stack.
+
+pub mod bench;
+pub mod device;
+pub mod fleet;
+pub mod floor;
+pub mod report;
+pub mod run;
+pub mod scenarios;
+pub mod stack;
+pub mod stats;

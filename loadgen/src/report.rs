@@ -1,0 +1,363 @@
+//! The benchmark report: the machine, the date, each scenario's parameters and results and the
+//! targets met or not, as JSON and as Markdown.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::fleet::StepOutcome;
+use crate::floor::Floor;
+use crate::scenarios::{FleetLoad, LatencyAtRate, StopsOnTime, Throughput, THROUGHPUT_P99_MS};
+use crate::stack::BrokerKind;
+use crate::stats::Percentiles;
+
+/// Where the benchmarks ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+}
+
+impl Machine {
+    /// Read from /proc (unknown parts stay "unknown").
+    pub fn detect() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|line| line.starts_with("model name"))
+            .and_then(|line| line.split(':').nth(1))
+            .map_or("unknown".to_owned(), |name| name.trim().to_owned());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_kib: f64 = meminfo
+            .lines()
+            .find(|line| line.starts_with("MemTotal:"))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0.0);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or("unknown".to_owned(), |release| release.trim().to_owned());
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory_gib: (memory_kib / (1024.0 * 1024.0) * 10.0).round() / 10.0,
+            kernel,
+        }
+    }
+}
+
+/// Scenario 5: scenario 1 against another broker.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerComparison {
+    pub broker: BrokerKind,
+    /// How that broker was set up (authentication, ACL).
+    pub setup: String,
+    pub floor: Floor,
+    pub latency: Vec<LatencyAtRate>,
+    /// This broker's p50 / the embedded broker's p50, per rate.
+    pub p50_ratios: Vec<(f64, f64)>,
+}
+
+/// One target and whether it was met (`None`: not measured as specified).
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub target: String,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+/// Everything one `mujin-loadgen bench` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub date: String,
+    pub git_commit: Option<String>,
+    pub machine: Machine,
+    pub quick: bool,
+    /// How the scenarios were built, in words.
+    pub notes: Vec<String>,
+    pub fleet_devices: usize,
+    pub floor: Floor,
+    pub latency: Vec<LatencyAtRate>,
+    pub throughput: Option<Throughput>,
+    pub fleet: Option<FleetLoad>,
+    pub stops: Option<StopsOnTime>,
+    pub broker_comparison: Option<BrokerComparison>,
+    pub targets: Vec<Target>,
+}
+
+impl Report {
+    /// Fills in the targets from the results.
+    pub fn judge(&mut self) {
+        let mut targets = Vec::new();
+        let at_500 = self.latency.iter().find(|l| (l.rate - 500.0).abs() < 1.0);
+        if let Some(at_500) = at_500 {
+            let p50 = at_500.result.latency.p50_ms;
+            let floor = self.floor.p50_ms();
+            targets.push(Target {
+                name: "scan → start p50 at 500 scans/s".into(),
+                target: "≤ 2 × floor".into(),
+                measured: format!(
+                    "{p50:.2} ms = {:.1} × floor ({floor:.2} ms)",
+                    ratio(p50, floor)
+                ),
+                met: Some(at_500.result.all_started() && p50 <= 2.0 * floor),
+            });
+            let p99 = at_500.result.latency.p99_ms;
+            targets.push(Target {
+                name: "scan → start p99 at 500 scans/s".into(),
+                target: "≤ 10 ms".into(),
+                measured: format!("{p99:.2} ms"),
+                met: Some(at_500.result.all_started() && p99 <= 10.0),
+            });
+        }
+        if let Some(throughput) = &self.throughput {
+            let sustained = throughput.sustained_rate.unwrap_or(0.0);
+            targets.push(Target {
+                name: format!("sustained authorizations/s (p99 ≤ {THROUGHPUT_P99_MS} ms)"),
+                target: "≥ 5,000/s".into(),
+                measured: format!(
+                    "{sustained:.0}/s offered (peak reached {:.0}/s)",
+                    throughput.peak_achieved_rate
+                ),
+                met: Some(sustained >= 5000.0),
+            });
+        }
+        if let Some(fleet) = &self.fleet {
+            let total = fleet.broker_rss_mib + fleet.management_rss_mib;
+            targets.push(Target {
+                name: "broker + management resident memory, 10,000 devices".into(),
+                target: "< 1 GiB".into(),
+                measured: format!("{total:.0} MiB with {} devices", fleet.devices),
+                met: (fleet.devices >= 10_000).then_some(total < 1024.0),
+            });
+        }
+        if let Some(stops) = &self.stops {
+            let p99 = stops.result.stop_lateness.p99_ms;
+            let complete = stops.result.stopped == stops.sessions;
+            targets.push(Target {
+                name: "stop lateness p99".into(),
+                target: "≤ 100 ms".into(),
+                measured: format!(
+                    "{p99:.1} ms over {} of {} sessions",
+                    stops.result.stopped, stops.sessions
+                ),
+                met: Some(complete && p99 <= 100.0),
+            });
+        }
+        self.targets = targets;
+    }
+
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = self.write_markdown(&mut out);
+        out
+    }
+
+    fn write_markdown(&self, out: &mut String) -> std::fmt::Result {
+        let mode = if self.quick { "quick" } else { "full" };
+        writeln!(out, "# mujin benchmark report ({mode} run)\n")?;
+        writeln!(out, "- date: {}", self.date)?;
+        writeln!(
+            out,
+            "- commit: {}",
+            self.git_commit.as_deref().unwrap_or("unknown")
+        )?;
+        let m = &self.machine;
+        writeln!(
+            out,
+            "- machine: {}, {} cores, {} GiB, Linux {}",
+            m.cpu, m.cores, m.memory_gib, m.kernel
+        )?;
+        writeln!(out, "- fleet: {} virtual devices\n", self.fleet_devices)?;
+        writeln!(out, "## Targets\n")?;
+        writeln!(
+            out,
+            "| target | wanted | measured | met |\n|---|---|---|---|"
+        )?;
+        for target in &self.targets {
+            let met = match target.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "not measured as specified",
+            };
+            writeln!(
+                out,
+                "| {} | {} | {} | {met} |",
+                target.name, target.target, target.measured
+            )?;
+        }
+        writeln!(out, "\n## Floor (same run, same broker and database)\n")?;
+        floor_table(out, &self.floor)?;
+        writeln!(out, "\n## 1. Scan → start latency\n")?;
+        latency_table(out, &self.latency, self.floor.p50_ms())?;
+        if let Some(throughput) = &self.throughput {
+            writeln!(out, "\n## 2. Throughput\n")?;
+            writeln!(
+                out,
+                "Sustained (every scan started, p99 ≤ {THROUGHPUT_P99_MS} ms): **{}**; peak rate of starts reached: {:.0}/s.\n",
+                throughput
+                    .sustained_rate
+                    .map_or("none".to_owned(), |rate| format!("{rate:.0} scans/s")),
+                throughput.peak_achieved_rate
+            )?;
+            step_table(out, &throughput.steps)?;
+        }
+        if let Some(fleet) = &self.fleet {
+            writeln!(out, "\n## 3. Fleet\n")?;
+            writeln!(
+                out,
+                "{} devices sending telemetry every {} s, scans at {}/s on top.\n",
+                fleet.devices, fleet.telemetry_secs, fleet.scan_rate
+            )?;
+            writeln!(
+                out,
+                "| process | peak RSS | CPU (% of one core) |\n|---|---|---|"
+            )?;
+            writeln!(
+                out,
+                "| broker | {:.1} MiB | {:.0} % |",
+                fleet.broker_rss_mib, fleet.broker_cpu_percent
+            )?;
+            writeln!(
+                out,
+                "| management | {:.1} MiB | {:.0} % |\n",
+                fleet.management_rss_mib, fleet.management_cpu_percent
+            )?;
+            step_table(out, std::slice::from_ref(&fleet.scans))?;
+        }
+        if let Some(stops) = &self.stops {
+            writeln!(out, "\n## 4. Stops on time\n")?;
+            writeln!(
+                out,
+                "{} sessions with booked ends spread over {} s (started beforehand at {}/s); lateness of the stop command at the device after the booked end:\n",
+                stops.sessions, stops.spread_secs, stops.start_rate
+            )?;
+            writeln!(
+                out,
+                "| stopped | p50 | p90 | p99 | max |\n|---|---|---|---|---|"
+            )?;
+            let l = &stops.result.stop_lateness;
+            writeln!(
+                out,
+                "| {} / {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+                stops.result.stopped, stops.sessions, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+            )?;
+        }
+        if let Some(comparison) = &self.broker_comparison {
+            writeln!(out, "\n## 5. Broker comparison: {:?}\n", comparison.broker)?;
+            writeln!(out, "{}\n", comparison.setup)?;
+            floor_table(out, &comparison.floor)?;
+            writeln!(out)?;
+            latency_table(out, &comparison.latency, comparison.floor.p50_ms())?;
+            writeln!(
+                out,
+                "\n| rate | p50 {:?} / p50 embedded |\n|---|---|",
+                comparison.broker
+            )?;
+            for (rate, ratio) in &comparison.p50_ratios {
+                writeln!(out, "| {rate:.0}/s | {ratio:.2} |")?;
+            }
+        }
+        writeln!(out, "\n## How the scenarios are built\n")?;
+        for note in &self.notes {
+            writeln!(out, "- {note}")?;
+        }
+        Ok(())
+    }
+}
+
+fn ratio(value: f64, floor: f64) -> f64 {
+    if floor > 0.0 {
+        value / floor
+    } else {
+        0.0
+    }
+}
+
+fn floor_table(out: &mut String, floor: &Floor) -> std::fmt::Result {
+    writeln!(
+        out,
+        "| floor | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|"
+    )?;
+    percentile_row(out, "MQTT round trip (QoS 1)", &floor.mqtt_round_trip)?;
+    percentile_row(out, "durable single-row INSERT", &floor.durable_insert)?;
+    writeln!(
+        out,
+        "\nFloor p50 (round trip + insert): {:.2} ms",
+        floor.p50_ms()
+    )
+}
+
+fn percentile_row(out: &mut String, name: &str, p: &Percentiles) -> std::fmt::Result {
+    writeln!(
+        out,
+        "| {name} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+        p.count, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
+    )
+}
+
+fn latency_table(out: &mut String, results: &[LatencyAtRate], floor: f64) -> std::fmt::Result {
+    writeln!(
+        out,
+        "| offered rate | rounds × scans | started | refused / unanswered | p50 | p90 | p99 | max | p50 / floor |\n|---|---|---|---|---|---|---|---|---|"
+    )?;
+    for at in results {
+        let r = &at.result;
+        let l = &r.latency;
+        writeln!(
+            out,
+            "| {:.0}/s | {} × {} | {} | {} / {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} |",
+            at.rate,
+            at.rounds,
+            at.scans_per_round,
+            r.started,
+            r.rejected.values().sum::<usize>(),
+            r.unanswered,
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.max_ms,
+            ratio(l.p50_ms, floor)
+        )?;
+    }
+    Ok(())
+}
+
+fn step_table(out: &mut String, steps: &[StepOutcome]) -> std::fmt::Result {
+    writeln!(
+        out,
+        "| offered rate | scans | started | refused / unanswered | starts/s reached | p50 | p99 | max |\n|---|---|---|---|---|---|---|---|"
+    )?;
+    for step in steps {
+        let l = &step.latency;
+        writeln!(
+            out,
+            "| {:.0}/s | {} | {} | {} / {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            step.offered_rate,
+            step.scans,
+            step.started,
+            step.rejected.values().sum::<usize>(),
+            step.unanswered,
+            step.achieved_rate(),
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms
+        )?;
+    }
+    Ok(())
+}
+
+/// `git rev-parse --short HEAD`, when git and a repository are there.
+pub fn git_commit() -> Option<String> {
+    let output = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}

@@ -1,0 +1,301 @@
+//! The stack the benchmarks run against, all private to the run: a PostgreSQL cluster with its
+//! default (durable) settings, the `mujin-broker` (or Mosquitto) and `mujin-management run`
+//! binaries as child processes, and the keys and identities they share. Also the memory and
+//! CPU of those children, read from /proc.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use deadpool_postgres::Pool;
+use mujin_management::postgres::PrivateCluster;
+use mujin_management::{db, keys, ticket_keys};
+use mujin_protocol::identity::Pepper;
+use mujin_protocol::ticket::SigningKey;
+use mujin_protocol::KeyId;
+use tokio::process::{Child, Command};
+
+use crate::device::BrokerAddress;
+
+const DATABASE: &str = "mujin_bench";
+/// The fixed accounts of the broker's credentials file: management, and the two plain clients
+/// that measure the MQTT floor.
+pub const MANAGEMENT: &str = "management";
+pub const PING: &str = "bench-ping";
+pub const ECHO: &str = "bench-echo";
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Which broker the stack runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerKind {
+    /// `mujin-broker` (rumqttd), identities checked against the database.
+    Embedded,
+    /// Debian's `mosquitto`, anonymous on loopback.
+    Mosquitto,
+}
+
+/// A running broker process.
+pub struct BrokerProcess {
+    pub kind: BrokerKind,
+    pub port: u16,
+    child: Child,
+}
+
+impl BrokerProcess {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub fn address(&self) -> BrokerAddress {
+        BrokerAddress {
+            host: "127.0.0.1".into(),
+            port: self.port,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// PostgreSQL, keys and secrets of one run; brokers and management are started on it.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    cluster: Option<PrivateCluster>,
+    pub database_url: String,
+    pub pool: Pool,
+    pub pepper: Pepper,
+    /// The password of every fixed account (fresh per run).
+    pub password: String,
+    bin_dir: PathBuf,
+}
+
+impl Stack {
+    /// Starts PostgreSQL (on the calling thread: see [`PrivateCluster::start`]), creates the
+    /// database and the keys.
+    pub async fn start(bin_dir: &Path) -> anyhow::Result<Stack> {
+        let dir = tempfile::Builder::new()
+            .prefix("mujin-bench-")
+            .tempdir()
+            .context("cannot create the run's directory")?;
+        let cluster = PrivateCluster::start(&dir.path().join("postgres"))
+            .context("cannot start PostgreSQL")?;
+        cluster.create_database(DATABASE).await?;
+        let database_url = cluster.connection_string(DATABASE);
+        let pool = db::pool(&database_url, 32)?;
+        db::migrate(&pool).await?;
+        keys::load_or_create(&key_dir(dir.path()), &KeyId::parse("k1")?)?;
+        let pepper = keys::load_or_create_pepper(&key_dir(dir.path()))?;
+        Ok(Stack {
+            dir,
+            cluster: Some(cluster),
+            database_url,
+            pool,
+            pepper,
+            password: uuid_like(),
+            bin_dir: bin_dir.to_owned(),
+        })
+    }
+
+    /// The ticket key new bookings are signed with (management seeds it when it starts).
+    pub async fn booking_key(&self) -> anyhow::Result<Arc<SigningKey>> {
+        let keys = ticket_keys::load(&self.pool, &key_dir(self.dir.path()))
+            .await
+            .context("cannot load the current ticket key")?;
+        Ok(keys.signing)
+    }
+
+    /// Starts a broker of `kind` on a free port and waits until it accepts connections.
+    pub async fn start_broker(&self, kind: BrokerKind) -> anyhow::Result<BrokerProcess> {
+        let port = free_port()?;
+        let child = match kind {
+            BrokerKind::Embedded => self.spawn_embedded(port)?,
+            BrokerKind::Mosquitto => self.spawn_mosquitto(port)?,
+        };
+        wait_for_port(port).await?;
+        Ok(BrokerProcess { kind, port, child })
+    }
+
+    fn spawn_embedded(&self, port: u16) -> anyhow::Result<Child> {
+        let credentials = self.dir.path().join("credentials.toml");
+        let mut file = String::new();
+        for username in [MANAGEMENT, PING, ECHO] {
+            file.push_str(&format!(
+                "[[client]]\nusername = \"{username}\"\npassword = \"{}\"\n\n",
+                self.password
+            ));
+        }
+        std::fs::write(&credentials, file).context("cannot write the credentials file")?;
+        Command::new(self.bin_dir.join("mujin-broker"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--credentials")
+            .arg(&credentials)
+            .arg("--identity-pepper")
+            .arg(key_dir(self.dir.path()).join(keys::PEPPER_FILE))
+            .env("MUJIN_BROKER_DATABASE_URL", &self.database_url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(self.log("broker")?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start mujin-broker (build it: scripts/bench does)")
+    }
+
+    fn spawn_mosquitto(&self, port: u16) -> anyhow::Result<Child> {
+        let config = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 log_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 10000\n"
+            ),
+        )
+        .context("cannot write mosquitto.conf")?;
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(self.log("mosquitto")?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start mosquitto (apt-get install mosquitto)")
+    }
+
+    /// Starts `mujin-management run` against `broker` and waits until its worker is online.
+    pub async fn start_management(&self, broker: &BrokerProcess) -> anyhow::Result<Child> {
+        let child = Command::new(self.bin_dir.join("mujin-management"))
+            .arg("--database-url")
+            .arg(&self.database_url)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["run", "--broker", &format!("127.0.0.1:{}", broker.port)])
+            .args(["--username", MANAGEMENT, "--client-id", "mujin-management"])
+            .args(["--early-grace-secs", "60"])
+            .env("MUJIN_MQTT_PASSWORD", &self.password)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(self.log("management")?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start mujin-management (build it: scripts/bench does)")?;
+        crate::floor::wait_for_worker(&broker.address(), &self.password).await?;
+        Ok(child)
+    }
+
+    /// Appends a child's stderr to `<run dir>/<name>.log`.
+    fn log(&self, name: &str) -> anyhow::Result<Stdio> {
+        let path = self.dir.path().join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Stdio::from(file))
+    }
+
+    /// Stops PostgreSQL.
+    pub async fn shutdown(mut self) {
+        self.pool.close();
+        if let Some(cluster) = self.cluster.take() {
+            if let Err(error) = cluster.stop() {
+                tracing::warn!(%error, "PostgreSQL did not stop cleanly");
+            }
+        }
+    }
+}
+
+fn key_dir(dir: &Path) -> PathBuf {
+    dir.join("keys")
+}
+
+fn uuid_like() -> String {
+    let bytes = mujin_protocol::identity::random_bytes().unwrap_or([7; 32]);
+    bytes[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("no free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+async fn wait_for_port(port: u16) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + START_DEADLINE;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the broker did not listen on port {port} within {START_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Resident memory and CPU time of one process, from /proc.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessSample {
+    pub rss_bytes: u64,
+    /// User + system time, in seconds.
+    pub cpu_secs: f64,
+}
+
+/// Reads /proc/<pid>/status (VmRSS) and /proc/<pid>/stat (utime + stime).
+pub fn sample_process(pid: u32) -> Option<ProcessSample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(ProcessSample {
+        rss_bytes: parse_vm_rss(&status)?,
+        cpu_secs: parse_cpu_ticks(&stat)? as f64 / CLOCK_TICKS_PER_SEC,
+    })
+}
+
+/// USER_HZ, 100 on every Linux architecture mujin runs on.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12 here.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Has a child's pid; used for the /proc readings.
+pub fn child_pid(child: &Child) -> Option<u32> {
+    child.id()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_comes_from_vm_rss_in_kib() {
+        let status = "Name:\tx\nVmPeak:\t 100 kB\nVmRSS:\t    2048 kB\nThreads: 3\n";
+        assert_eq!(parse_vm_rss(status), Some(2048 * 1024));
+    }
+
+    #[test]
+    fn cpu_is_utime_plus_stime_after_the_name() {
+        let stat = "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+    }
+
+    #[test]
+    fn this_process_can_be_sampled() {
+        let sample = sample_process(std::process::id()).unwrap();
+        assert!(sample.rss_bytes > 0);
+    }
+}
