@@ -548,6 +548,7 @@ fn start_management(
         key_dir: key_dir.to_owned(),
         key_id,
         early_grace: EARLY_GRACE,
+        metrics_listen: None,
     };
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();

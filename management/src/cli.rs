@@ -234,6 +234,10 @@ pub struct RunArgs {
     /// Seconds before its window a ticket is already accepted.
     #[arg(long, env = "MUJIN_EARLY_GRACE_SECS", default_value_t = 60)]
     pub early_grace_secs: u64,
+    /// Serve Prometheus metrics on http://ADDR/metrics (IP:port, e.g. 127.0.0.1:9464); off
+    /// when not given. See docs/metrics.md.
+    #[arg(long, env = "MUJIN_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -378,6 +382,7 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
                 key_dir: key_dir(&global.data_dir),
                 key_id: global.seed_key_id(),
                 early_grace: Duration::from_secs(args.early_grace_secs),
+                metrics_listen: args.metrics_listen,
             };
             crate::run(settings, shutdown_signal()).await
         }
@@ -752,6 +757,28 @@ mod tests {
         );
         assert!(parse_start("+10x", now).is_err());
         assert!(parse_start("tomorrow", now).is_err());
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        let run = |extra: &[&str]| {
+            let mut args = vec!["mujin-management", "run", "--password", "p"];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).map(|cli| cli.command) {
+                Ok(CliCommand::Run(run)) => Ok(run.metrics_listen),
+                Ok(other) => panic!("not run: {other:?}"),
+                Err(error) => Err(error.kind()),
+            }
+        };
+        assert_eq!(run(&[]), Ok(None));
+        assert_eq!(
+            run(&["--metrics-listen", "127.0.0.1:9464"]),
+            Ok(Some("127.0.0.1:9464".parse().unwrap()))
+        );
+        assert_eq!(
+            run(&["--metrics-listen", "localhost"]),
+            Err(clap::error::ErrorKind::ValueValidation)
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`actions`]: operator actions; [`requests`]: the same actions requested over MQTT;
 //! - [`operators`]: who may send requests (signed with the operator's key) and with what role;
 //! - [`mqtt`]: the broker connection; [`db`]: pool and migrations; [`audit`]: the event log;
+//! - [`metrics`]: Prometheus metrics on `GET /metrics`;
 //! - [`postgres`]: a private PostgreSQL cluster for when no database URL is configured.
 //!
 //! [`run`] wires them together until its shutdown future completes.
@@ -29,6 +30,7 @@ pub mod devices;
 pub mod identities;
 pub mod keys;
 pub mod lifecycle;
+pub mod metrics;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod operators;
@@ -44,6 +46,7 @@ pub mod ticket_keys;
 pub mod trust;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +78,8 @@ pub struct Settings {
     pub key_id: KeyId,
     /// How long before its window a ticket is already accepted.
     pub early_grace: Duration,
+    /// Where to serve Prometheus metrics on `GET /metrics`; none when not given.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Runs the worker until `shutdown` completes, then stops every task and returns.
@@ -91,9 +96,26 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             .context("cannot load the ticket keys")?,
     );
     let stop = CancellationToken::new();
+    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics_task = match settings.metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {address}"))?;
+            tracing::info!(%address, "serving metrics on /metrics");
+            let serve = metrics::serve(listener, metrics.clone(), pool.clone(), stop.clone());
+            Some(tokio::spawn(serve))
+        }
+        None => None,
+    };
     // The connection outlives the workers so their last publishes and acks still go out.
     let stop_mqtt = CancellationToken::new();
-    let connection = mqtt::connect(&settings.mqtt, subscriptions(), stop_mqtt.clone())?;
+    let connection = mqtt::connect(
+        &settings.mqtt,
+        subscriptions(),
+        stop_mqtt.clone(),
+        metrics.clone(),
+    )?;
     // Rotations and revocations apply within one trust-list refresh.
     let reload_task = tokio::spawn(ticket_keys::reload_every(
         pool.clone(),
@@ -123,6 +145,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         liveness: Arc::new(tokio::sync::Mutex::new(devices::Liveness::default())),
         scan_limiter: std::sync::Mutex::new(ratelimit::ScanLimiter::default()),
         device_auth: device_keys::DeviceAuth::new(pool.clone()),
+        metrics: metrics.clone(),
         stop: stop.clone(),
     };
     let liveness_task = tokio::spawn(watch_heartbeats(
@@ -148,6 +171,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         connection.connected.clone(),
         inbox.wake_dispatcher.clone(),
         command_key,
+        metrics,
         stop.clone(),
     ));
     let inbox_task = tokio::spawn(inbox.run(connection.incoming));
@@ -164,6 +188,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         trust_task,
         reload_task
     );
+    if let Some(mut task) = metrics_task {
+        // A scraper holding its connection open must not hold shutdown.
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
     // Let queued publishes and acks go out before the connection closes; a full queue (broker
     // gone) must not hold shutdown.
     mqtt::close(
@@ -274,6 +307,7 @@ struct Inbox {
     scan_limiter: std::sync::Mutex<ratelimit::ScanLimiter<(StoreId, DeviceId)>>,
     /// Checks that device messages are signed with their device's own key.
     device_auth: device_keys::DeviceAuth,
+    metrics: Arc<metrics::Metrics>,
     stop: CancellationToken,
 }
 
@@ -356,7 +390,12 @@ impl Inbox {
                         Utc::now(),
                     )
                     .await
-                    .map(|outcome| outcome.publish)
+                    .map(|outcome| {
+                        if let Some(verdict) = outcome.decided {
+                            self.metrics.scan(verdict);
+                        }
+                        outcome.publish
+                    })
                 }
                 (
                     Route::Device {
@@ -367,7 +406,16 @@ impl Inbox {
                     Admission::Refused { refusal, record },
                 ) => {
                     let target = (store, device, *channel);
-                    device_keys::refuse(&self.pool, target, refusal, *record, Utc::now()).await
+                    let refused =
+                        device_keys::refuse(&self.pool, target, refusal, *record, Utc::now()).await;
+                    if refused.is_ok() {
+                        self.metrics.device_message_refused(*channel);
+                        if *channel == DeviceChannel::Scan {
+                            let verdict = metrics::ScanVerdict::Rejected(refusal.reason);
+                            self.metrics.scan(verdict);
+                        }
+                    }
+                    refused
                 }
                 _ => self.handle_once(&route, &publish.payload, Utc::now()).await,
             };
@@ -477,6 +525,9 @@ impl Inbox {
                 };
                 let outcome =
                     scans::handle_scan(&self.pool, &rules, store, device, payload, now).await?;
+                if let Some(verdict) = outcome.decided {
+                    self.metrics.scan(verdict);
+                }
                 if outcome.session_started {
                     self.wake_timer.notify_one();
                 }

@@ -10,6 +10,7 @@
 //! Once its subscriptions are acknowledged the worker says it is online on its retained status
 //! topic; its last will says offline.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -23,6 +24,8 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
 
 /// Where and as whom management connects.
 #[derive(Clone)]
@@ -114,11 +117,13 @@ pub enum ConnectError {
     Tls(#[from] mujin_transport::TlsError),
 }
 
-/// Connects (in the background) and subscribes to `filters` after every CONNACK.
+/// Connects (in the background) and subscribes to `filters` after every CONNACK; the
+/// connection's ups and downs go to `metrics`.
 pub fn connect(
     settings: &MqttSettings,
     filters: Vec<(String, QoS)>,
     stop: CancellationToken,
+    metrics: Arc<Metrics>,
 ) -> Result<Connection, ConnectError> {
     let worker = WorkerId::parse(&settings.client_id)
         .map_err(|error| ConnectError::BadClientId(settings.client_id.clone(), error))?;
@@ -150,7 +155,7 @@ pub fn connect(
             acked: 0,
         },
         forward,
-        connected_tx,
+        (connected_tx, metrics),
         stop,
     ));
     Ok(Connection {
@@ -205,10 +210,11 @@ async fn poll(
     mut eventloop: EventLoop,
     mut subscriber: Subscriber,
     forward: mpsc::UnboundedSender<Publish>,
-    connected: watch::Sender<bool>,
+    (connected, metrics): (watch::Sender<bool>, Arc<Metrics>),
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
+    let mut connected_before = false;
     loop {
         let event = tokio::select! {
             () = stop.cancelled() => break,
@@ -222,6 +228,11 @@ async fn poll(
                 );
                 backoff = Duration::from_millis(200);
                 connected.send_replace(true);
+                metrics.broker_connected(true);
+                if connected_before {
+                    metrics.broker_reconnected();
+                }
+                connected_before = true;
                 subscriber.on_connack();
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => subscriber.on_suback(),
@@ -234,6 +245,7 @@ async fn poll(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(error) => {
+                metrics.broker_connected(false);
                 if connected.send_replace(false) {
                     tracing::warn!(%error, "lost the broker connection; reconnecting");
                 } else {
@@ -248,6 +260,7 @@ async fn poll(
         }
     }
     connected.send_replace(false);
+    metrics.broker_connected(false);
 }
 
 /// Publishes messages in order; a failure is logged and the rest are still attempted.
@@ -280,9 +293,14 @@ mod tests {
             client_id: "Management #1".into(),
             tls: None,
         };
-        let error = connect(&settings, Vec::new(), CancellationToken::new())
-            .err()
-            .expect("refused");
+        let error = connect(
+            &settings,
+            Vec::new(),
+            CancellationToken::new(),
+            Arc::default(),
+        )
+        .err()
+        .expect("refused");
         assert!(error.to_string().contains("Management #1"), "{error}");
     }
 
@@ -300,9 +318,14 @@ mod tests {
                 client_key: None,
             }),
         };
-        let error = connect(&settings, Vec::new(), CancellationToken::new())
-            .err()
-            .expect("refused");
+        let error = connect(
+            &settings,
+            Vec::new(),
+            CancellationToken::new(),
+            Arc::default(),
+        )
+        .err()
+        .expect("refused");
         assert_eq!(
             error.to_string(),
             "TLS to the broker: /nonexistent/ca.pem: no such file"

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
 use mujin_protocol::message::{
-    self, Ack, Command, CommandAction, DesiredProgram, DesiredState, Event, EventKind,
+    self, Ack, Command, CommandAction, DesiredProgram, DesiredState, EndReason, Event, EventKind,
 };
 use mujin_protocol::signed::{sign_command, sign_desired};
 use mujin_protocol::ticket::SigningKey;
@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::audit;
 use crate::db::{clean_text, WorkError};
+use crate::metrics::Metrics;
 use crate::mqtt::{publish_all, Outbound};
 use crate::scans::command_message;
 
@@ -189,29 +190,41 @@ fn sealed(
 }
 
 /// Expires overdue commands, claims the due ones and the events not yet published; returns
-/// what to publish and when the next attempt is due.
+/// what to publish and when the next attempt is due. First attempts of starts and of stops at
+/// a booking's end are timed into `metrics`.
 pub async fn dispatch_due(
     pool: &Pool,
     key: &SigningKey,
     now: DateTime<Utc>,
+    metrics: &Metrics,
 ) -> Result<(Vec<Outbound>, Option<DateTime<Utc>>), WorkError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     expire(&tx, now).await?;
     let mut publish = Vec::new();
+    // The session's booked end comes along for a stop that ends it at that end (a primary-key
+    // lookup per command), to time the stop's lateness.
     let due = tx
         .query(
-            "SELECT command_id, store_id, device_id, payload, attempts, expires_at FROM commands
-             WHERE status IN ('queued', 'sent') AND next_attempt_at <= $1
-             ORDER BY created_at, epoch LIMIT $2
-             FOR UPDATE SKIP LOCKED",
-            &[&now, &BATCH],
+            "SELECT c.command_id, c.store_id, c.device_id, c.payload, c.attempts, c.expires_at,
+                    c.action, c.created_at,
+                    CASE WHEN s.stop_command_id = c.command_id AND s.end_reason = $3
+                         THEN s.lease_until END
+             FROM commands c JOIN sessions s ON s.session_id = c.session_id
+             WHERE c.status IN ('queued', 'sent') AND c.next_attempt_at <= $1
+             ORDER BY c.created_at, c.epoch LIMIT $2
+             FOR UPDATE OF c SKIP LOCKED",
+            &[&now, &BATCH, &EndReason::BookingEnded.as_str()],
         )
         .await?;
     let mut devices: Vec<(StoreId, DeviceId)> = Vec::new();
+    let mut first_sends = Vec::new();
     for row in &due {
         let command_id: Uuid = row.get(0);
         let attempts: i32 = row.get::<_, i32>(4) + 1;
+        if attempts == 1 {
+            first_sends.push(FirstSend::of(row));
+        }
         let next = now + chrono::Duration::from_std(backoff(attempts)).unwrap_or_default();
         tx.execute(
             "UPDATE commands SET status = 'sent', attempts = $2, sent_at = coalesce(sent_at, $3),
@@ -243,6 +256,7 @@ pub async fn dispatch_due(
     }
     let events = audit::take_unpublished(&tx, BATCH, now).await?;
     let more_events = events.len() as i64 == BATCH;
+    let event_count = events.len();
     publish.extend(events);
     let next_due: Option<DateTime<Utc>> = tx
         .query_one(
@@ -252,7 +266,48 @@ pub async fn dispatch_due(
         .await?
         .get(0);
     tx.commit().await?;
+    // Published means handed to the MQTT client, which the caller does right away.
+    let sent_at = Utc::now();
+    for first in first_sends {
+        first.observe(metrics, sent_at);
+    }
+    metrics.events_published(event_count);
     Ok((publish, if more_events { Some(now) } else { next_due }))
+}
+
+/// The first attempt of a command, as the metrics time it.
+enum FirstSend {
+    /// A start, queued when its scan was decided.
+    Start {
+        queued_at: DateTime<Utc>,
+    },
+    /// A stop ending a session at its booking's end.
+    Stop {
+        booked_end: DateTime<Utc>,
+    },
+    Other,
+}
+
+impl FirstSend {
+    /// From a row of the due commands query.
+    fn of(row: &tokio_postgres::Row) -> Self {
+        let action: &str = row.get(6);
+        match (action, row.get::<_, Option<DateTime<Utc>>>(8)) {
+            ("start", _) => FirstSend::Start {
+                queued_at: row.get(7),
+            },
+            ("stop", Some(booked_end)) => FirstSend::Stop { booked_end },
+            _ => FirstSend::Other,
+        }
+    }
+
+    fn observe(self, metrics: &Metrics, sent_at: DateTime<Utc>) {
+        match self {
+            FirstSend::Start { queued_at } => metrics.start_published(sent_at - queued_at),
+            FirstSend::Stop { booked_end } => metrics.stop_published(sent_at - booked_end),
+            FirstSend::Other => {}
+        }
+    }
 }
 
 async fn expire(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<(), WorkError> {
@@ -357,6 +412,7 @@ pub async fn run_dispatcher(
     mut connected: watch::Receiver<bool>,
     wake: Arc<Notify>,
     key: Arc<SigningKey>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     let mut republish = true;
@@ -364,7 +420,7 @@ pub async fn run_dispatcher(
     loop {
         let mut pause = MAX_SLEEP;
         if *connected.borrow_and_update() {
-            match dispatch_once(&pool, &key, republish).await {
+            match dispatch_once(&pool, &key, republish, &metrics).await {
                 Ok((messages, next_due)) => {
                     republish = false;
                     backoff_on_error = Duration::from_millis(200);
@@ -401,6 +457,7 @@ async fn dispatch_once(
     pool: &Pool,
     key: &SigningKey,
     republish: bool,
+    metrics: &Metrics,
 ) -> Result<(Vec<Outbound>, Option<DateTime<Utc>>), WorkError> {
     let now = Utc::now();
     let mut messages = Vec::new();
@@ -412,7 +469,7 @@ async fn dispatch_once(
             "published every device's desired state"
         );
     }
-    let (due, next_due) = dispatch_due(pool, key, now).await?;
+    let (due, next_due) = dispatch_due(pool, key, now, metrics).await?;
     messages.extend(due);
     Ok((messages, next_due))
 }

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::audit;
 use crate::authorize::{authorize_scan, DeviceFacts, ReservationFacts, ScanFacts};
 use crate::db::{clean_text, sql_state, WorkError};
+use crate::metrics::ScanVerdict;
 use crate::mqtt::Outbound;
 use crate::outbox;
 use crate::stop_timer::{end_session, OpenSession};
@@ -39,6 +40,9 @@ pub struct ScanOutcome {
     pub publish: Vec<Outbound>,
     /// A session was started (the stop timer should look again).
     pub session_started: bool,
+    /// The decision made now, for the metrics; `None` when the scan was answered with an
+    /// earlier decision.
+    pub decided: Option<ScanVerdict>,
 }
 
 /// Handles one scan published by `device` of `store`.
@@ -181,10 +185,15 @@ async fn decide_and_record(
     }
     tx.commit().await?;
 
+    let decided = match &decision {
+        Decision::Accepted { .. } => ScanVerdict::Accepted,
+        Decision::Rejected { reason, .. } => ScanVerdict::Rejected(*reason),
+    };
     // The start command is in the outbox, committed with the session: the dispatcher sends it.
     Ok(ScanOutcome {
         publish: vec![scan_result(store, device, scan.scan_id, decision)],
         session_started,
+        decided: Some(decided),
     })
 }
 
@@ -296,6 +305,7 @@ async fn earlier_decision(
     Ok(Some(ScanOutcome {
         publish: vec![scan_result(store, device, scan_id, decision)],
         session_started: false,
+        decided: None,
     }))
 }
 
@@ -436,6 +446,7 @@ async fn refuse_malformed(
     Ok(ScanOutcome {
         publish,
         session_started: false,
+        decided: Some(ScanVerdict::Rejected(RejectReason::MalformedScan)),
     })
 }
 
@@ -484,6 +495,7 @@ pub async fn refuse_flood(
     Ok(ScanOutcome {
         publish,
         session_started: false,
+        decided: Some(ScanVerdict::Rejected(RejectReason::TooManyScans)),
     })
 }
 
@@ -519,6 +531,7 @@ pub async fn refuse_unauthenticated(
     Ok(ScanOutcome {
         publish: vec![scan_result(store, device, scan_id, decision)],
         session_started: false,
+        decided: Some(ScanVerdict::Rejected(reason)),
     })
 }
 

@@ -61,6 +61,8 @@ pub struct Stack {
     management: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     /// TLS on the broker and for management and agents ([`Stack::start_with_tls`]).
     pub tls: Option<StackTls>,
+    /// Where management serves its metrics ([`Stack::start_with_metrics`]).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Stack {
@@ -74,15 +76,28 @@ impl Stack {
     /// required or not.
     pub async fn start_with_tls(client_certificates: bool) -> Stack {
         let database_url = crate::postgres::fresh_database().await;
-        Self::start_on_with(database_url, Some(client_certificates)).await
+        Self::start_on_with(database_url, Some(client_certificates), None).await
+    }
+
+    /// Like [`Stack::start`], with management serving Prometheus metrics on a free local port
+    /// ([`Stack::metrics_listen`]).
+    pub async fn start_with_metrics() -> Stack {
+        let database_url = crate::postgres::fresh_database().await;
+        let port = mujin_broker::free_local_port().expect("a free port");
+        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        Self::start_on_with(database_url, None, Some(metrics)).await
     }
 
     /// Like [`Stack::start`], on the given (empty) database.
     pub async fn start_on(database_url: String) -> Stack {
-        Self::start_on_with(database_url, None).await
+        Self::start_on_with(database_url, None, None).await
     }
 
-    async fn start_on_with(database_url: String, tls_client_certificates: Option<bool>) -> Stack {
+    async fn start_on_with(
+        database_url: String,
+        tls_client_certificates: Option<bool>,
+        metrics_listen: Option<std::net::SocketAddr>,
+    ) -> Stack {
         crate::init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let tls = tls_client_certificates.map(|required| StackTls::new(dir.path(), required));
@@ -108,6 +123,7 @@ impl Stack {
             broker: Some(broker),
             management: None,
             tls,
+            metrics_listen,
         };
         stack.start_management();
         stack.wait_for_management().await;
@@ -162,6 +178,7 @@ impl Stack {
             key_dir: key_dir(&self.dir),
             key_id: KeyId::parse("k1").expect("key id"),
             early_grace: Duration::from_secs(5),
+            metrics_listen: self.metrics_listen,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(mujin_management::run(
