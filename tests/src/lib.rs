@@ -6,9 +6,12 @@
 //! - [`observer`]: an MQTT client that records everything published, to assert on;
 //! - [`operator`]: registered operators that sign their requests;
 //! - [`proxy`]: a TCP proxy to cut one client off the broker;
+//! - [`mosquitto`]: a real Mosquitto process (password file, ACL, reload), also for a whole
+//!   stack ([`stack::Stack::start_on_mosquitto`]);
 //! - [`tls`]: certificates made at test time, and TLS for a whole stack.
 
 pub mod agent;
+pub mod mosquitto;
 pub mod observer;
 pub mod operator;
 pub mod postgres;

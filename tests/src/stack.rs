@@ -3,7 +3,8 @@
 //! registered with [`Stack::add_device`] are enrolled, and their agents ([`Stack::agent`]) connect
 //! with their own identity and sign with their own device key ([`Stack::sign_as`] signs a
 //! hand-made device message the same way); management, the observer and the operator use the
-//! fixed accounts of the broker's credentials file.
+//! fixed accounts of the broker's credentials file. [`Stack::start_on_mosquitto`] runs the same
+//! stack on a real Mosquitto instead, with Mosquitto's usernames and the generated ACL.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
+use crate::mosquitto::{Binaries, StackLogins};
 use crate::observer::Observer;
 use crate::tls::StackTls;
 
@@ -63,6 +65,8 @@ pub struct Stack {
     pub tls: Option<StackTls>,
     /// Where management serves its metrics ([`Stack::start_with_metrics`]).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Mosquitto in place of `mujin-broker` ([`Stack::start_on_mosquitto`]).
+    pub mosquitto: Option<StackLogins>,
 }
 
 impl Stack {
@@ -76,7 +80,7 @@ impl Stack {
     /// required or not.
     pub async fn start_with_tls(client_certificates: bool) -> Stack {
         let database_url = crate::postgres::fresh_database().await;
-        Self::start_on_with(database_url, Some(client_certificates), None).await
+        Self::start_on_with(database_url, Some(client_certificates), None, None).await
     }
 
     /// Like [`Stack::start`], with management serving Prometheus metrics on a free local port
@@ -85,30 +89,51 @@ impl Stack {
         let database_url = crate::postgres::fresh_database().await;
         let port = mujin_broker::free_local_port().expect("a free port");
         let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        Self::start_on_with(database_url, None, Some(metrics)).await
+        Self::start_on_with(database_url, None, Some(metrics), None).await
+    }
+
+    /// Like [`Stack::start`], on a real Mosquitto instead of `mujin-broker`: management
+    /// connects as the enrolled service `mujin-management`, agents as their devices, with
+    /// Mosquitto's usernames (`.` for `:`); the ACL generated from the registry is written and
+    /// Mosquitto reloaded at every enrolment. The observer keeps its fixed account. There is
+    /// no TLS and no broker restart on this stack.
+    pub async fn start_on_mosquitto(binaries: &Binaries) -> Stack {
+        let database_url = crate::postgres::fresh_database().await;
+        Self::start_on_with(database_url, None, None, Some(binaries)).await
     }
 
     /// Like [`Stack::start`], on the given (empty) database.
     pub async fn start_on(database_url: String) -> Stack {
-        Self::start_on_with(database_url, None, None).await
+        Self::start_on_with(database_url, None, None, None).await
     }
 
     async fn start_on_with(
         database_url: String,
         tls_client_certificates: Option<bool>,
         metrics_listen: Option<std::net::SocketAddr>,
+        mosquitto: Option<&Binaries>,
     ) -> Stack {
         crate::init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let tls = tls_client_certificates.map(|required| StackTls::new(dir.path(), required));
-        let port = mujin_broker::free_local_port().expect("a free port");
         // The schema first: the broker reads the identities table from its start.
         let pool = db::pool(&database_url, 4).expect("pool");
         db::migrate(&pool).await.expect("migrations");
         let keys = keys::load_or_create(&key_dir(&dir), &KeyId::parse("k1").expect("key id"))
             .expect("signing key");
         let pepper = keys::load_or_create_pepper(&key_dir(&dir)).expect("identity pepper");
-        let broker = start_broker(dir.path(), &database_url, port, tls.as_ref()).await;
+        let (broker, mosquitto, port) = match mosquitto {
+            Some(binaries) => {
+                let on = StackLogins::start(binaries, dir.path(), &pool, &pepper, OBSERVER).await;
+                let port = on.broker.port();
+                (None, Some(on), port)
+            }
+            None => {
+                let port = mujin_broker::free_local_port().expect("a free port");
+                let broker = start_broker(dir.path(), &database_url, port, tls.as_ref()).await;
+                (Some(broker), None, port)
+            }
+        };
         let observer = Observer::connect(port, OBSERVER.0, OBSERVER.1).await;
         let mut stack = Stack {
             dir,
@@ -120,10 +145,11 @@ impl Stack {
             observer,
             tokens: Mutex::new(HashMap::new()),
             device_keys: Mutex::new(HashMap::new()),
-            broker: Some(broker),
+            broker,
             management: None,
             tls,
             metrics_listen,
+            mosquitto,
         };
         stack.start_management();
         stack.wait_for_management().await;
@@ -170,8 +196,8 @@ impl Stack {
             mqtt: MqttSettings {
                 host: "127.0.0.1".into(),
                 port: self.tls.as_ref().map_or(self.port, |tls| tls.port),
-                username: MANAGEMENT.0.into(),
-                password: MANAGEMENT.1.into(),
+                username: self.management_credentials().0,
+                password: self.management_credentials().1,
                 client_id: "mujin-management".into(),
                 tls: self.tls.as_ref().map(StackTls::client),
             },
@@ -201,6 +227,7 @@ impl Stack {
             Some(tls) => (tls.port, tls.client_args()),
             None => (self.port, Vec::new()),
         };
+        let (username, password) = self.management_credentials();
         Command::new(crate::binary("mujin-management"))
             .arg("--database-url")
             .arg(&self.database_url)
@@ -208,9 +235,9 @@ impl Stack {
             .arg(self.dir.path())
             .args(["run", "--broker", &format!("127.0.0.1:{port}")])
             .args(tls_args)
-            .args(["--username", MANAGEMENT.0, "--early-grace-secs", "5"])
+            .args(["--username", &username, "--early-grace-secs", "5"])
             .args(["--client-id", client_id])
-            .env("MUJIN_MQTT_PASSWORD", MANAGEMENT.1)
+            .env("MUJIN_MQTT_PASSWORD", password)
             .env("RUST_LOG", "info,rumqttc=warn,refinery_core=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -265,7 +292,19 @@ impl Stack {
             .lock()
             .expect("tokens")
             .insert((store.clone(), device.clone()), token.clone());
+        if let Some(mosquitto) = &self.mosquitto {
+            mosquitto.enrolled(&self.pool, &identity, &token).await;
+        }
         token
+    }
+
+    /// The username and password management connects with: the fixed account, or on
+    /// Mosquitto its service identity.
+    pub fn management_credentials(&self) -> (String, String) {
+        match &self.mosquitto {
+            Some(mosquitto) => mosquitto.management.clone(),
+            None => (MANAGEMENT.0.to_owned(), MANAGEMENT.1.to_owned()),
+        }
     }
 
     /// The username and password an agent of `device` connects with: its identity once
@@ -278,7 +317,11 @@ impl Stack {
                     store: store.clone(),
                     device: device.clone(),
                 };
-                (identity.username(), token.clone())
+                let username = match &self.mosquitto {
+                    Some(_) => mujin_management::mosquitto::mosquitto_username(&identity),
+                    None => identity.username(),
+                };
+                (username, token.clone())
             }
             None => (AGENT.0.to_owned(), AGENT.1.to_owned()),
         }
@@ -365,6 +408,10 @@ impl Stack {
     /// any rumqttd restart it comes back empty: no sessions, no retained messages.
     pub async fn restart_broker(&mut self) {
         assert!(self.broker.is_none(), "the broker is still running");
+        assert!(
+            self.mosquitto.is_none(),
+            "a stack on Mosquitto keeps its broker"
+        );
         let tls = self.tls.as_ref();
         self.broker = Some(start_broker(self.dir.path(), &self.database_url, self.port, tls).await);
     }

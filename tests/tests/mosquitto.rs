@@ -11,8 +11,6 @@
 // The whole file is test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -20,101 +18,12 @@ use mujin_management::{db, identities, keys, mosquitto};
 use mujin_protocol::identity::{device_client_id, Identity, ServiceName};
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
 use mujin_protocol::{DeviceId, OperatorId, StoreId};
+use mujin_tests::mosquitto::{binaries_or_skip, Binaries, Mosquitto};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 const SHORT: Duration = Duration::from_secs(10);
-
-/// `mosquitto` (often in /usr/sbin, not on a user's PATH) and `mosquitto_passwd`.
-fn mosquitto_binaries() -> Option<(PathBuf, PathBuf)> {
-    let find = |name: &str| {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    };
-    Some((find("mosquitto")?, find("mosquitto_passwd")?))
-}
-
-/// The binaries, or `None` after saying why the test is skipped; in CI a missing Mosquitto
-/// is a failure, not a skip.
-fn mosquitto_or_skip() -> Option<(PathBuf, PathBuf)> {
-    let found = mosquitto_binaries();
-    if found.is_none() {
-        let message =
-            "mosquitto is not installed (`apt-get install mosquitto`; .ci/run installs it)";
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
-        println!("skipped: {message}");
-    }
-    found
-}
-
-/// A running `mosquitto`, stopped when dropped.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Mosquitto {
-    /// Starts Mosquitto with the ACL and password files in `dir` and waits until it listens.
-    async fn start(binary: &Path, dir: &Path) -> Mosquitto {
-        let port = mujin_broker::free_local_port().unwrap();
-        let config = dir.join("mosquitto.conf");
-        // As root, Mosquitto would switch to the `mosquitto` user, who cannot read the test's
-        // private directory; `user root` keeps it as it is (and is ignored when not root).
-        std::fs::write(
-            &config,
-            format!(
-                "user root\nlistener {port} 127.0.0.1\n\
-                 allow_anonymous false\npassword_file {}\nacl_file {}\n\
-                 persistence false\nlog_dest stdout\nlog_type all\n",
-                dir.join("passwords").display(),
-                dir.join("acl").display(),
-            ),
-        )
-        .unwrap();
-        let log = dir.join("mosquitto.log");
-        let output = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .unwrap();
-        let mut broker = Mosquitto { child, port, log };
-        let deadline = tokio::time::Instant::now() + SHORT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if let Some(status) = broker.child.try_wait().unwrap() {
-                panic!("mosquitto exited ({status}): {}", broker.log_text());
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "mosquitto does not listen: {}",
-                broker.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        broker
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A plain MQTT client: its event loop runs in its own task, which subscribes on every
 /// ConnAck and forwards what arrives.
@@ -246,7 +155,7 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn start(mosquitto_binary: &Path, passwd_binary: &Path) -> Fleet {
+    async fn start(binaries: &Binaries) -> Fleet {
         mujin_tests::init_tracing();
         let database_url = mujin_tests::postgres::fresh_database().await;
         let pool = db::pool(&database_url, 2).unwrap();
@@ -265,8 +174,8 @@ impl Fleet {
             Identity::Operator(OperatorId::parse("alice").unwrap()),
             Identity::Service(ServiceName::parse("mujin-management").unwrap()),
         ];
-        let passwords = dir.path().join("passwords");
-        std::fs::write(&passwords, "").unwrap();
+        // Nobody may connect until the files are written and Mosquitto has read them again.
+        let broker = Mosquitto::start(binaries, dir.path()).await;
         let mut logins = std::collections::HashMap::new();
         for identity in identities_list {
             let enrolled = identities::enrol(&pool, &pepper, &identity, Utc::now())
@@ -275,16 +184,7 @@ impl Fleet {
             // What an administrator does at enrolment, with the token printed then.
             let username = mosquitto::mosquitto_username(&identity);
             let token = enrolled.token.expose().to_owned();
-            let status = Command::new(passwd_binary)
-                .arg("-b")
-                .arg(&passwords)
-                .args([&username, &token])
-                .status()
-                .unwrap();
-            assert!(
-                status.success(),
-                "mosquitto_passwd -b failed for {username}"
-            );
+            broker.set_password(&username, &token);
             logins.insert(identity, (username, token));
         }
         let revoked = device_identity(&c).username();
@@ -292,9 +192,9 @@ impl Fleet {
             .await
             .unwrap();
         let acl = mosquitto::acl_text(&identities::list(&pool).await.unwrap());
-        std::fs::write(dir.path().join("acl"), acl).unwrap();
+        broker.write_acl(&acl);
+        broker.reload().await;
         pool.close();
-        let broker = Mosquitto::start(mosquitto_binary, dir.path()).await;
         Fleet {
             broker,
             a,
@@ -312,13 +212,13 @@ impl Fleet {
     async fn device(&self, device: &(StoreId, DeviceId), filters: &[String]) -> Client {
         let client_id = device_client_id(&device.0, &device.1);
         let login = self.login(&device_identity(device));
-        Client::connect(self.broker.port, &client_id, login, filters).await
+        Client::connect(self.broker.port(), &client_id, login, filters).await
     }
 
     async fn management(&self, filters: &[String]) -> Client {
         let service = Identity::Service(ServiceName::parse("mujin-management").unwrap());
         Client::connect(
-            self.broker.port,
+            self.broker.port(),
             "mujin-management-1",
             self.login(&service),
             filters,
@@ -329,7 +229,7 @@ impl Fleet {
     async fn operator(&self, filters: &[String]) -> Client {
         let alice = Identity::Operator(OperatorId::parse("alice").unwrap());
         Client::connect(
-            self.broker.port,
+            self.broker.port(),
             "mujin-console.alice",
             self.login(&alice),
             filters,
@@ -358,10 +258,10 @@ fn assert_none_forged(seen: &[(String, String)], who: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_publishes_only_on_its_own_topics() {
-    let Some((mosquitto_binary, passwd_binary)) = mosquitto_or_skip() else {
+    let Some(binaries) = binaries_or_skip() else {
         return;
     };
-    let fleet = Fleet::start(&mosquitto_binary, &passwd_binary).await;
+    let fleet = Fleet::start(&binaries).await;
     // Management takes scans as its workers do (a shared subscription) and watches states;
     // the operator watches commands and states.
     let mut management = fleet
@@ -422,10 +322,10 @@ async fn a_device_publishes_only_on_its_own_topics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_hears_only_its_own_commands_and_an_operator_cannot_command() {
-    let Some((mosquitto_binary, passwd_binary)) = mosquitto_or_skip() else {
+    let Some(binaries) = binaries_or_skip() else {
         return;
     };
-    let fleet = Fleet::start(&mosquitto_binary, &passwd_binary).await;
+    let fleet = Fleet::start(&binaries).await;
     let a_command = channel(&fleet.a, DeviceChannel::Command);
     let b_command = channel(&fleet.b, DeviceChannel::Command);
     // A also asks for B's commands: Mosquitto accepts the subscription and filters deliveries.
