@@ -60,7 +60,7 @@ impl Profile {
                 throughput_step_secs: 1.0,
                 stop_spread_secs: 5,
                 stop_start_rate: 200.0,
-                telemetry: Duration::from_secs(5),
+                telemetry: Duration::from_secs(3),
                 fleet_scan_rate: 200.0,
                 fleet_scan_secs: 1.0,
                 comparison_rates: vec![500.0],
@@ -114,8 +114,8 @@ impl Profile {
 /// PostgreSQL is tied to the thread that starts it.
 pub async fn run(settings: BenchSettings) -> anyhow::Result<String> {
     let profile = Profile::new(&settings);
-    let stack = Stack::start(&settings.bin_dir).await?;
-    tracing::info!(dir = %stack.dir.path().display(), "stack directory (logs of the broker and management)");
+    let stack = Stack::start(&settings.bin_dir, &settings.out.join("stack")).await?;
+    tracing::info!(dir = %stack.dir.display(), "run directory (logs of the broker and management)");
     let outcome = run_on(&stack, &settings, &profile).await;
     stack.shutdown().await;
     let report = outcome?;

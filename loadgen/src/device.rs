@@ -118,7 +118,9 @@ impl VirtualDevice {
         observations: mpsc::UnboundedSender<Observation>,
         stop: CancellationToken,
     ) -> (Arc<VirtualDevice>, JoinHandle<()>) {
-        let (client, event_loop) = AsyncClient::new(options(credentials, broker), REQUEST_CAPACITY);
+        let (client, mut event_loop) =
+            AsyncClient::new(options(credentials, broker), REQUEST_CAPACITY);
+        event_loop.set_network_options(crate::no_delay());
         let device = Arc::new(VirtualDevice {
             index,
             store: credentials.store.clone(),

@@ -58,7 +58,8 @@ impl PlainClient {
         options
             .set_keep_alive(Duration::from_secs(15))
             .set_credentials(username, password);
-        let (client, event_loop) = AsyncClient::new(options, 64);
+        let (client, mut event_loop) = AsyncClient::new(options, 64);
+        event_loop.set_network_options(crate::no_delay());
         let (forward, messages) = mpsc::unbounded_channel();
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(poll(

@@ -19,3 +19,12 @@ pub mod run;
 pub mod scenarios;
 pub mod stack;
 pub mod stats;
+
+/// Network options of every client of the load generator: TCP_NODELAY, so that a small publish
+/// is not held back by Nagle's algorithm waiting for the peer's delayed ACK (about 40 ms on
+/// Linux). rumqttc leaves it off by default.
+pub fn no_delay() -> rumqttc::NetworkOptions {
+    let mut options = rumqttc::NetworkOptions::new();
+    options.set_tcp_nodelay(true);
+    options
+}

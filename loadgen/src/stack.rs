@@ -63,7 +63,9 @@ impl BrokerProcess {
 
 /// PostgreSQL, keys and secrets of one run; brokers and management are started on it.
 pub struct Stack {
-    pub dir: tempfile::TempDir,
+    /// The run's directory: keys, credentials and the children's logs (kept), PostgreSQL's
+    /// data (removed at the end).
+    pub dir: PathBuf,
     cluster: Option<PrivateCluster>,
     pub database_url: String,
     pub pool: Pool,
@@ -76,19 +78,17 @@ pub struct Stack {
 impl Stack {
     /// Starts PostgreSQL (on the calling thread: see [`PrivateCluster::start`]), creates the
     /// database and the keys.
-    pub async fn start(bin_dir: &Path) -> anyhow::Result<Stack> {
-        let dir = tempfile::Builder::new()
-            .prefix("mujin-bench-")
-            .tempdir()
-            .context("cannot create the run's directory")?;
-        let cluster = PrivateCluster::start(&dir.path().join("postgres"))
-            .context("cannot start PostgreSQL")?;
+    pub async fn start(bin_dir: &Path, dir: &Path) -> anyhow::Result<Stack> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let dir = std::path::absolute(dir).context("cannot resolve the run's directory")?;
+        let cluster =
+            PrivateCluster::start(&dir.join("postgres")).context("cannot start PostgreSQL")?;
         cluster.create_database(DATABASE).await?;
         let database_url = cluster.connection_string(DATABASE);
         let pool = db::pool(&database_url, 32)?;
         db::migrate(&pool).await?;
-        keys::load_or_create(&key_dir(dir.path()), &KeyId::parse("k1")?)?;
-        let pepper = keys::load_or_create_pepper(&key_dir(dir.path()))?;
+        keys::load_or_create(&key_dir(&dir), &KeyId::parse("k1")?)?;
+        let pepper = keys::load_or_create_pepper(&key_dir(&dir))?;
         Ok(Stack {
             dir,
             cluster: Some(cluster),
@@ -102,7 +102,7 @@ impl Stack {
 
     /// The ticket key new bookings are signed with (management seeds it when it starts).
     pub async fn booking_key(&self) -> anyhow::Result<Arc<SigningKey>> {
-        let keys = ticket_keys::load(&self.pool, &key_dir(self.dir.path()))
+        let keys = ticket_keys::load(&self.pool, &key_dir(&self.dir))
             .await
             .context("cannot load the current ticket key")?;
         Ok(keys.signing)
@@ -120,7 +120,7 @@ impl Stack {
     }
 
     fn spawn_embedded(&self, port: u16) -> anyhow::Result<Child> {
-        let credentials = self.dir.path().join("credentials.toml");
+        let credentials = self.dir.join("credentials.toml");
         let mut file = String::new();
         for username in [MANAGEMENT, PING, ECHO] {
             file.push_str(&format!(
@@ -134,7 +134,7 @@ impl Stack {
             .arg("--credentials")
             .arg(&credentials)
             .arg("--identity-pepper")
-            .arg(key_dir(self.dir.path()).join(keys::PEPPER_FILE))
+            .arg(key_dir(&self.dir).join(keys::PEPPER_FILE))
             .env("MUJIN_BROKER_DATABASE_URL", &self.database_url)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -145,7 +145,7 @@ impl Stack {
     }
 
     fn spawn_mosquitto(&self, port: u16) -> anyhow::Result<Child> {
-        let config = self.dir.path().join("mosquitto.conf");
+        let config = self.dir.join("mosquitto.conf");
         std::fs::write(
             &config,
             format!(
@@ -170,7 +170,7 @@ impl Stack {
             .arg("--database-url")
             .arg(&self.database_url)
             .arg("--data-dir")
-            .arg(self.dir.path())
+            .arg(&self.dir)
             .args(["run", "--broker", &format!("127.0.0.1:{}", broker.port)])
             .args(["--username", MANAGEMENT, "--client-id", "mujin-management"])
             .args(["--early-grace-secs", "60"])
@@ -187,7 +187,7 @@ impl Stack {
 
     /// Appends a child's stderr to `<run dir>/<name>.log`.
     fn log(&self, name: &str) -> anyhow::Result<Stdio> {
-        let path = self.dir.path().join(format!("{name}.log"));
+        let path = self.dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -203,6 +203,7 @@ impl Stack {
             if let Err(error) = cluster.stop() {
                 tracing::warn!(%error, "PostgreSQL did not stop cleanly");
             }
+            let _ = std::fs::remove_dir_all(self.dir.join("postgres"));
         }
     }
 }
