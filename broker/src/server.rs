@@ -29,8 +29,11 @@ use crate::{BrokerError, BrokerSettings, IdentitySettings};
 /// Largest accepted MQTT payload. mujin payloads are at most 16 KiB (the protocol layer refuses
 /// more with a clear error), so the broker limit sits well above it and never fires first.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
-/// Bound on simultaneous client connections (devices, consoles, management workers).
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Bound on simultaneous client connections (devices, consoles, management workers): a store
+/// chain has thousands of devices. The router reserves a few small slots per connection up
+/// front (a few MiB in all); each connection also takes a file descriptor, so the process's
+/// open-file limit (`ulimit -n`, systemd's `LimitNOFILE`) must be above this.
+pub const MAX_CONNECTIONS: usize = 16 * 1024;
 /// rumqttd keeps a commit log per subscription filter in memory and under-counts its size, so
 /// segments are kept small: at most `SEGMENT_BYTES * SEGMENT_COUNT` per filter.
 const SEGMENT_BYTES: usize = 256 * 1024;

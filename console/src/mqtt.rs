@@ -132,7 +132,8 @@ pub fn spawn(settings: &Settings, events: mpsc::Sender<Event>) -> Result<MqttTas
         // The broker never expires sessions; a clean session keeps nothing behind for us.
         .set_clean_session(true)
         .set_max_packet_size(MAX_INCOMING_PACKET, 16 * 1024);
-    let (client, eventloop) = AsyncClient::new(options, 16);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    mujin_transport::low_latency(&mut eventloop);
     let (stop, stopped) = oneshot::channel();
     let filters = subscriptions(&settings.operator);
     let task = tokio::spawn(drive(client.clone(), eventloop, events, filters, stopped));

@@ -88,7 +88,8 @@ fn options(settings: &LinkSettings) -> MqttOptions {
 impl Link {
     /// Starts the connection task; events arrive on the returned receiver.
     pub fn start(settings: &LinkSettings) -> (Link, mpsc::UnboundedReceiver<LinkEvent>) {
-        let (client, event_loop) = AsyncClient::new(options(settings), REQUEST_CAPACITY);
+        let (client, mut event_loop) = AsyncClient::new(options(settings), REQUEST_CAPACITY);
+        mujin_transport::low_latency(&mut event_loop);
         // Unbounded so the polling task never waits on the main loop (which may be busy stopping
         // a program); the agent subscribes to four low-traffic topics only.
         let (events_tx, events_rx) = mpsc::unbounded_channel();

@@ -143,7 +143,8 @@ pub fn connect(
             QoS::AtLeastOnce,
             true,
         ));
-    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    mujin_transport::low_latency(&mut eventloop);
     let (forward, incoming) = mpsc::unbounded_channel();
     let (connected_tx, connected) = watch::channel(false);
     let task = tokio::spawn(poll(

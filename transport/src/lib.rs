@@ -7,7 +7,8 @@
 //! - [`server_config`] — the broker side: its certificate chain and key, and optionally the CA
 //!   whose client certificates are required;
 //! - [`load_certificates`], [`load_private_key`], [`load_roots`] — PEM files, with a
-//!   [`TlsError`] that names the file and the problem.
+//!   [`TlsError`] that names the file and the problem;
+//! - [`low_latency`] — the socket options every mujin client uses.
 
 mod pem;
 
@@ -20,6 +21,15 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
 
 pub use pem::{load_certificates, load_private_key, load_roots};
+
+/// Sets the socket options every mujin client connects with: `TCP_NODELAY`, so a small MQTT
+/// packet (a scan, a command, an ack) goes out at once instead of waiting up to ~40 ms for
+/// Nagle's algorithm to coalesce it with the next one.
+pub fn low_latency(event_loop: &mut rumqttc::EventLoop) {
+    let mut options = event_loop.network_options();
+    options.set_tcp_nodelay(true);
+    event_loop.set_network_options(options);
+}
 
 /// Why a TLS configuration cannot be built from the files given.
 #[derive(Debug, thiserror::Error)]

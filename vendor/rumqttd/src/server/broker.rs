@@ -399,6 +399,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     continue;
                 }
             };
+            // mujin patch: small MQTT packets (acks, commands) go out at once instead of
+            // waiting for Nagle's algorithm (up to ~40 ms on Linux with delayed acks).
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(error=?e, "Unable to set TCP_NODELAY.");
+            }
 
             let (network, tenant_id) = match self.tls_accept(stream).await {
                 Ok(o) => o,
