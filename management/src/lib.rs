@@ -14,7 +14,8 @@
 //! - [`actions`]: operator actions; [`requests`]: the same actions requested over MQTT;
 //! - [`operators`]: who may send requests (signed with the operator's key) and with what role;
 //! - [`mqtt`]: the broker connection; [`db`]: pool and migrations; [`audit`]: the event log;
-//! - [`metrics`]: Prometheus metrics on `GET /metrics`;
+//! - [`metrics`]: Prometheus metrics on `GET /metrics`; [`reports`]: usage reports (sessions,
+//!   minutes, no-shows, refusals) per store, device and day;
 //! - [`postgres`]: a private PostgreSQL cluster for when no database URL is configured.
 //!
 //! [`run`] wires them together until its shutdown future completes.
@@ -38,6 +39,7 @@ pub mod outbox;
 pub mod postgres;
 pub mod qr;
 pub mod ratelimit;
+pub mod reports;
 pub mod requests;
 pub mod scans;
 pub mod snapshot;

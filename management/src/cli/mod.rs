@@ -3,9 +3,10 @@
 //!
 //! The clap tree and the dispatch live here; each theme has its module: [`run`] (the worker's
 //! flags), [`keys`] (command, root and ticket keys), [`stores`] (stores, devices, bookings),
-//! [`sessions`] (operator actions).
+//! [`sessions`] (operator actions), [`reports`] (usage reports).
 
 mod keys;
+mod reports;
 mod run;
 mod sessions;
 mod stores;
@@ -18,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use mujin_protocol::{DeviceId, KeyId, SessionId, StoreId, TicketId};
 
 pub use keys::TicketKeyCommand;
+pub use reports::{ReportArgs, ReportFormat};
 pub use run::{shutdown_signal, split_host_port, RunArgs};
 pub use sessions::{DeviceServiceArgs, ExtendArgs, OperatorArgs};
 pub use stores::{parse_start, ReserveArgs, StoreSettingsArgs};
@@ -127,6 +129,14 @@ pub enum CliCommand {
         #[command(flatten)]
         operator: OperatorArgs,
     },
+    /// Usage per store, device and day: sessions, minutes used, no-shows and refusals by
+    /// reason, as a table or CSV.
+    ///
+    /// Sessions and their minutes count on the day they started, no-shows on the day the
+    /// booking started, refusals (from the audit log) on the day they happened. The table shows
+    /// a column per refusal reason that occurred; CSV has a `refused_<reason>` column for every
+    /// reason, so its columns do not change with the period.
+    Report(ReportArgs),
     #[command(flatten)]
     Operators(operators::cli::OperatorCommand),
     /// Broker identities: device-enrol, device-revoke, operator-enrol, service-enrol,
@@ -229,6 +239,7 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
         CliCommand::Cancel { ticket, operator } => {
             sessions::cancel(database_url, *ticket, operator).await
         }
+        CliCommand::Report(args) => reports::report(database_url, args).await,
         CliCommand::Operators(command) => {
             let pool = ready_pool(database_url).await?;
             operators::cli::execute(&pool, &global.data_dir, command).await
