@@ -109,6 +109,21 @@ impl Mosquitto {
         );
     }
 
+    /// Removes a login from the password file (`mosquitto_passwd -D`); takes effect at the
+    /// next [`Mosquitto::reload`].
+    pub fn remove_password(&self, username: &str) {
+        let status = Command::new(&self.passwd)
+            .arg("-D")
+            .arg(self.password_file())
+            .arg(username)
+            .status()
+            .expect("run mosquitto_passwd");
+        assert!(
+            status.success(),
+            "mosquitto_passwd -D failed for {username}"
+        );
+    }
+
     /// Replaces the ACL file whole (so a reload never reads half of it); takes effect at the
     /// next [`Mosquitto::reload`].
     pub fn write_acl(&self, text: &str) {
@@ -267,6 +282,14 @@ impl StackLogins {
     pub async fn enrolled(&self, pool: &Pool, identity: &Identity, token: &str) {
         self.broker
             .set_password(&acl::mosquitto_username(identity), token);
+        self.sync_acl(pool).await;
+    }
+
+    /// What an administrator does after revoking `identity` in the registry: its login leaves
+    /// the password file, the ACL is generated again (without it), Mosquitto reloads both.
+    pub async fn revoked(&self, pool: &Pool, identity: &Identity) {
+        self.broker
+            .remove_password(&acl::mosquitto_username(identity));
         self.sync_acl(pool).await;
     }
 

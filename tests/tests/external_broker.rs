@@ -5,14 +5,16 @@
 //! the program and stops it by itself at the booking's end; two management workers share the
 //! scans through Mosquitto's shared subscriptions without handling one twice; a device's scan
 //! forged on another device's topic is dropped by Mosquitto's ACL and, delivered anyway, is
-//! refused by management.
+//! refused by management; a revoked device stays connected until the password file and the
+//! ACL are written again and Mosquitto reloads them, and is cut off then.
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::Utc;
-use mujin_protocol::identity::device_client_id;
+use mujin_management::identities;
+use mujin_protocol::identity::{device_client_id, Identity};
 use mujin_protocol::message::{
     self, Availability, Decision, EndReason, EventKind, RejectReason, ReportedState, Scan,
     ScanResult,
@@ -406,5 +408,72 @@ async fn a_scan_forged_on_another_devices_topic_is_dropped_by_mosquitto_and_refu
         .await;
     assert_eq!(stack.session_count(&booking).await, 0);
     println!("checked: the same scan, delivered anyway, is refused unauthenticated by management");
+    stack.shutdown().await;
+}
+
+/// How many telemetry messages of `device` the observer recorded.
+fn telemetry_count(stack: &Stack, (store, device): &Device) -> usize {
+    let wanted = Topic::device(store, device, DeviceChannel::Telemetry);
+    let recorded = stack.observer.recorded();
+    recorded
+        .iter()
+        .filter(|recorded| recorded.topic == wanted)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_cut_off_only_when_mosquitto_reloads() {
+    let Some(stack) = stack_on_mosquitto().await else {
+        return;
+    };
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let agent = stack.agent(&device);
+    online(&stack, &device).await;
+    let identity = Identity::Device {
+        store: device.0.clone(),
+        device: device.1.clone(),
+    };
+    identities::revoke(&stack.pool, &identity.username(), Utc::now())
+        .await
+        .expect("revoke the device");
+    // Mosquitto knows nothing of the registry: the device keeps publishing.
+    let before = telemetry_count(&stack, &device);
+    wait_for("telemetry after the revocation", SHORT, || {
+        let more = telemetry_count(&stack, &device) >= before + 2;
+        async move { more.then_some(()) }
+    })
+    .await;
+
+    // The administrator's part: password file, ACL, SIGHUP. Mosquitto drops the connection
+    // at the reload and refuses the agent's reconnections.
+    let mosquitto = stack.mosquitto.as_ref().expect("on Mosquitto");
+    mosquitto.revoked(&stack.pool, &identity).await;
+    let since_reload = || {
+        let log = mosquitto.broker.log_text();
+        let at = log.rfind("Reloading config.").unwrap_or(0);
+        log[at..].to_owned()
+    };
+    wait_for("the agent cut off and refused", SHORT, || {
+        let log = since_reload();
+        let cut = log.contains("Client mujin-agent.shibuya.pc-01 disconnected")
+            && log.contains("not authorised");
+        async move { cut.then_some(()) }
+    })
+    .await;
+    // Without its heartbeats management reports the device offline.
+    stack
+        .observer
+        .wait_event("the device reported offline", SHORT, |event| {
+            match event.kind {
+                EventKind::DeviceAvailability {
+                    availability: Availability::Offline,
+                    ..
+                } if event.device.as_ref() == Some(&device.1) => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+    println!("checked: revoked on Mosquitto → connected until the reload, then cut off, offline");
+    agent.stop().await;
     stack.shutdown().await;
 }
