@@ -371,6 +371,14 @@ async fn a_scan_forged_on_another_devices_topic_is_dropped_by_mosquitto_and_refu
     assert!(b_scans.is_empty(), "Mosquitto delivered {b_scans:?}");
     assert!(answers(&stack, &b).is_empty(), "management answered B");
     assert_eq!(stack.session_count(&booking).await, 0);
+    let log = stack
+        .mosquitto
+        .as_ref()
+        .expect("on Mosquitto")
+        .broker
+        .log_text();
+    let denied = format!("Denied PUBLISH from {}", device_client_id(&a.0, &a.1));
+    assert!(log.contains(&denied), "{log}");
     println!("checked: A's scan on B's topic reached nobody (Mosquitto's ACL)");
 
     // Had it got through (a broker without that ACL: here the observer, which may write
