@@ -2,7 +2,8 @@
 //! `mujin-broker`, with the password file and the ACL generated from the identities registry
 //! (`Stack::start_on_mosquitto`). Management connects as its service identity, each agent as
 //! its device, with Mosquitto's usernames. Shown here: a booking scanned at a real agent starts
-//! the program and stops it by itself at the booking's end; two management workers share the
+//! the program and stops it by itself at the booking's end, and an operator with her own login
+//! sees the session through a request and its reply; two management workers share the
 //! scans through Mosquitto's shared subscriptions without handling one twice; a device's scan
 //! forged on another device's topic is dropped by Mosquitto's ACL and, delivered anyway, is
 //! refused by management; a revoked device stays connected until the password file and the
@@ -14,14 +15,18 @@ use std::time::Duration;
 
 use chrono::Utc;
 use mujin_management::identities;
-use mujin_protocol::identity::{device_client_id, Identity};
+use mujin_management::mosquitto::mosquitto_username;
+use mujin_management::operators::Role;
+use mujin_protocol::identity::{device_client_id, operator_client_id, Identity};
 use mujin_protocol::message::{
-    self, Availability, Decision, EndReason, EventKind, RejectReason, ReportedState, Scan,
-    ScanResult,
+    self, Availability, Decision, EndReason, EventKind, RejectReason, Reply, ReportedState,
+    RequestAction, Scan, ScanResult,
 };
+use mujin_protocol::snapshot::{SnapshotItems, SnapshotPart};
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
-use mujin_protocol::{DeviceId, ScanId, StoreId};
+use mujin_protocol::{DeviceId, ScanId, SessionId, StoreId};
 use mujin_tests::mosquitto::{binaries_or_skip, Binaries};
+use mujin_tests::operator::Operator;
 use mujin_tests::stack::Stack;
 use mujin_tests::{process_alive, wait_for};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -85,6 +90,8 @@ async fn a_booking_starts_and_stops_by_itself_on_mosquitto() {
     let booking = stack.book_now(&device, 3).await;
     let (session_id, pid) = stack.start_session(&mut agent, &booking.ticket).await;
     assert!(process_alive(pid), "the operating program runs");
+    let sessions = operator_sees_sessions(&stack, &device.0).await;
+    assert!(sessions.contains(&session_id), "{sessions:?}");
     let (ended_at, reason) = stack
         .observer
         .wait_event("the session to end", SHORT, |event| match event.kind {
@@ -151,6 +158,58 @@ async fn a_booking_starts_and_stops_by_itself_on_mosquitto() {
     println!("checked: on Mosquitto, scan → start → stop {lateness} after the booking's end");
     agent.stop().await;
     stack.shutdown().await;
+}
+
+/// An operator's console on Mosquitto: operator alice, enrolled (login in the password file,
+/// ACL reloaded) and registered as a viewer, asks for a store's sessions on her requests topic
+/// with her own login and reads management's reply on her replies topic.
+async fn operator_sees_sessions(stack: &Stack, store: &StoreId) -> Vec<SessionId> {
+    let alice = Operator::add(stack, "alice", Role::Viewer).await;
+    let identity = Identity::Operator(alice.id.clone());
+    let enrolled = identities::enrol(&stack.pool, &stack.pepper, &identity, Utc::now())
+        .await
+        .expect("enrol alice");
+    let token = enrolled.token.expose().to_owned();
+    let mosquitto = stack.mosquitto.as_ref().expect("on Mosquitto");
+    mosquitto.enrolled(&stack.pool, &identity, &token).await;
+    let replies = Topic::Replies {
+        operator: alice.id.clone(),
+    };
+    let mut console = Client::connect(
+        stack,
+        operator_client_id(&alice.id),
+        (mosquitto_username(&identity), token),
+        vec![replies.to_string()],
+    )
+    .await;
+    let request = alice.request(RequestAction::Snapshot {
+        part: SnapshotPart::Sessions,
+        store: Some(store.clone()),
+        after: None,
+    });
+    let requests = Topic::Requests {
+        operator: alice.id.clone(),
+    };
+    console
+        .publish_acked(requests.to_string(), message::encode(&request))
+        .await;
+    let reply = loop {
+        let publish = tokio::time::timeout(SHORT, console.received.recv())
+            .await
+            .expect("a reply within 10 s")
+            .expect("client task alive");
+        let reply: Reply = message::decode(&publish.payload).expect("a reply");
+        if reply.request_id == request.request_id {
+            break reply;
+        }
+    };
+    assert!(reply.ok, "{reply:?}");
+    match reply.snapshot.map(|page| page.items) {
+        Some(SnapshotItems::Sessions(sessions)) => {
+            sessions.iter().map(|session| session.session_id).collect()
+        }
+        other => panic!("not a page of sessions: {other:?}"),
+    }
 }
 
 /// Starts `mujin-management run` as a worker with its own client id, its log in `log`.
@@ -262,68 +321,103 @@ async fn two_workers_on_mosquitto_share_the_scans_without_doubling() {
     stack.shutdown().await;
 }
 
-/// A plain client connected with `device`'s own login and client id, as someone who copied
-/// them from the device would be; it only publishes and counts acknowledgements.
-struct Impostor {
+/// A plain MQTT client with one party's login and client id: an operator's console, or
+/// someone who copied a device's login from it. It counts acknowledgements and forwards what
+/// arrives on `filters`.
+struct Client {
     client: AsyncClient,
     acked: tokio::sync::mpsc::UnboundedReceiver<()>,
+    received: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Impostor {
-    async fn connect(stack: &Stack, device: &Device) -> Impostor {
-        let (username, password) = stack.agent_credentials(device);
-        let mut options = MqttOptions::new(
-            device_client_id(&device.0, &device.1),
-            "127.0.0.1",
-            stack.port,
-        );
+impl Client {
+    /// Connects and returns once `filters` are subscribed (at QoS 1).
+    async fn connect(
+        stack: &Stack,
+        client_id: String,
+        (username, password): (String, String),
+        filters: Vec<String>,
+    ) -> Client {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", stack.port);
         options
             .set_credentials(username, password)
             .set_keep_alive(Duration::from_secs(5));
         let (client, mut event_loop) = AsyncClient::new(options, 16);
-        let (connected_tx, mut connected) = tokio::sync::watch::channel(false);
+        let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
         let (acked_tx, acked) = tokio::sync::mpsc::unbounded_channel();
+        let (received_tx, received) = tokio::sync::mpsc::unbounded_channel();
+        let subscriber = client.clone();
         let task = tokio::spawn(async move {
             loop {
                 match event_loop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) if filters.is_empty() => {
+                        let _ = ready_tx.send(true);
+                    }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = connected_tx.send(true);
+                        let subscriptions = filters.iter().map(|filter| {
+                            rumqttc::SubscribeFilter::new(filter.clone(), QoS::AtLeastOnce)
+                        });
+                        let _ = subscriber.try_subscribe_many(subscriptions);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(true);
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         let _ = acked_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let _ = received_tx.send(publish);
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         });
-        tokio::time::timeout(SHORT, connected.wait_for(|up| *up))
+        tokio::time::timeout(SHORT, ready.wait_for(|ready| *ready))
             .await
-            .expect("Mosquitto lets the device's login in")
-            .expect("impostor task alive");
-        Impostor {
+            .expect("Mosquitto lets the login in")
+            .expect("client task alive");
+        Client {
             client,
             acked,
+            received,
             task,
         }
     }
 
-    /// Publishes `scan` on `device`'s scan topic and waits for Mosquitto's PUBACK (which a
-    /// 3.1.1 client gets for a denied publish too).
-    async fn publish_scan(&mut self, (store, device): &Device, scan: &Scan) {
-        let topic = topic::device(store, device, DeviceChannel::Scan);
+    /// Connects with `device`'s own login and client id.
+    async fn device(stack: &Stack, device: &Device) -> Client {
+        let client_id = device_client_id(&device.0, &device.1);
+        Client::connect(
+            stack,
+            client_id,
+            stack.agent_credentials(device),
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Publishes at QoS 1 and waits for Mosquitto's PUBACK (which a 3.1.1 client gets for a
+    /// denied publish too).
+    async fn publish_acked(&mut self, topic: String, payload: Vec<u8>) {
         self.client
-            .publish(topic, QoS::AtLeastOnce, false, message::encode(scan))
+            .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
             .expect("queue a publish");
         tokio::time::timeout(SHORT, self.acked.recv())
             .await
             .expect("Mosquitto acknowledged the publish");
     }
+
+    /// Publishes `scan` on `device`'s scan topic.
+    async fn publish_scan(&mut self, (store, device): &Device, scan: &Scan) {
+        let topic = topic::device(store, device, DeviceChannel::Scan);
+        self.publish_acked(topic, message::encode(scan)).await;
+    }
 }
 
-impl Drop for Impostor {
+impl Drop for Client {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -350,7 +444,7 @@ async fn a_scan_forged_on_another_devices_topic_is_dropped_by_mosquitto_and_refu
     let b = stack.add_device("shibuya", "pc-02").await;
     let booking = stack.book_now(&b, 60).await;
     let key_of_a = stack.device_key(&a).expect("A is enrolled");
-    let mut impostor = Impostor::connect(&stack, &a).await;
+    let mut impostor = Client::device(&stack, &a).await;
 
     // B's valid ticket on B's scan topic, from A's login, signed with A's key.
     let mut forged = scan_of(&booking.ticket);
