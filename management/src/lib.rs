@@ -139,6 +139,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         rules: ScanRules {
             keyring: Keyring::default(), // replaced by the live keys at each scan
             early_grace: settings.early_grace,
+            command_key: Some(command_key.clone()),
         },
         ticket_keys,
         client: connection.client.clone(),
@@ -532,6 +533,10 @@ impl Inbox {
                 }
                 if outcome.session_started {
                     self.wake_timer.notify_one();
+                }
+                if outcome.start_sent {
+                    // Handed to the MQTT client right after this returns.
+                    self.metrics.start_published(Utc::now() - now);
                 }
                 Ok(outcome.publish)
             }

@@ -91,6 +91,32 @@ pub async fn enqueue(
     Ok(command)
 }
 
+/// Sends `command`, just queued in the caller's transaction, at once instead of waiting for the
+/// dispatcher: records its first attempt (so the dispatcher only resends it if it is not
+/// acknowledged in time) and returns it, sealed, with its device's desired state, to publish
+/// right after the commit. A crash between the commit and the publish leaves the command
+/// `sent` with its next attempt due: the dispatcher sends it then.
+pub async fn first_attempt(
+    tx: &impl GenericClient,
+    command: Command,
+    (store, device): (&StoreId, &DeviceId),
+    expires_at: DateTime<Utc>,
+    key: &SigningKey,
+    now: DateTime<Utc>,
+) -> Result<Vec<Outbound>, tokio_postgres::Error> {
+    let next = now + chrono::Duration::from_std(backoff(1)).unwrap_or_default();
+    tx.execute(
+        "UPDATE commands SET status = 'sent', attempts = 1, sent_at = $2, next_attempt_at = $3
+         WHERE command_id = $1",
+        &[&command.command_id.as_uuid(), &now, &next],
+    )
+    .await?;
+    let command = sealed(command, (store, device), expires_at, key, now);
+    let mut publish = vec![command_message(store, device, &command)];
+    publish.extend(desired_states(tx, Some((store, device)), key, now).await?);
+    Ok(publish)
+}
+
 /// The desired state of every device, or of one, from the database (the source of truth).
 pub async fn desired_states(
     client: &impl GenericClient,

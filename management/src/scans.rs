@@ -1,6 +1,7 @@
 //! Scan handling: decide each scan once, record the decision (and the new session) in one
 //! transaction keyed by the scan id, and say what to publish after the commit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,7 +10,7 @@ use mujin_protocol::message::{
     self, Command, CommandAction, Decision, EndReason, Event, EventKind, RejectReason, Scan,
     ScanResult,
 };
-use mujin_protocol::ticket::{Keyring, TicketClaims, TicketError};
+use mujin_protocol::ticket::{Keyring, SigningKey, TicketClaims, TicketError};
 use mujin_protocol::topic::{DeviceChannel, Topic};
 use mujin_protocol::{CommandId, DeviceId, ScanId, SessionId, StoreId, TicketId};
 use tokio_postgres::error::SqlState;
@@ -31,6 +32,9 @@ const STORED_TEXT_LIMIT: usize = 1024;
 pub struct ScanRules {
     pub keyring: Keyring,
     pub early_grace: Duration,
+    /// With the command key, an accepted scan's start command goes out with the scan's answer
+    /// (see [`outbox::first_attempt`]); without it, the dispatcher sends it.
+    pub command_key: Option<Arc<SigningKey>>,
 }
 
 /// What a handled scan leads to.
@@ -40,6 +44,8 @@ pub struct ScanOutcome {
     pub publish: Vec<Outbound>,
     /// A session was started (the stop timer should look again).
     pub session_started: bool,
+    /// Its start command is in `publish` (sent with the answer, not by the dispatcher).
+    pub start_sent: bool,
     /// The decision made now, for the metrics; `None` when the scan was answered with an
     /// earlier decision.
     pub decided: Option<ScanVerdict>,
@@ -126,6 +132,7 @@ async fn decide_and_record(
         early_grace: rules.early_grace,
     };
     let ticket_id = ticket.as_ref().ok().map(|claims| claims.ticket_id);
+    let mut start_now = Vec::new();
     let (decision, events, session_started) = match authorize_scan(&facts) {
         Ok(approval) => {
             let Some(ticket_id) = ticket_id else {
@@ -140,6 +147,13 @@ async fn decide_and_record(
                 now,
             )
             .await?;
+            if let Some(key) = &rules.command_key {
+                let target = (store, device);
+                let command = started.command;
+                start_now =
+                    outbox::first_attempt(&tx, command, target, approval.lease_until, key, now)
+                        .await?;
+            }
             (started.decision, started.events, true)
         }
         Err(refusal) => {
@@ -189,10 +203,15 @@ async fn decide_and_record(
         Decision::Accepted { .. } => ScanVerdict::Accepted,
         Decision::Rejected { reason, .. } => ScanVerdict::Rejected(*reason),
     };
-    // The start command is in the outbox, committed with the session: the dispatcher sends it.
+    // The start command is in the outbox, committed with the session: sent now with the answer
+    // (`start_now`), or by the dispatcher.
+    let start_sent = !start_now.is_empty();
+    let mut publish = vec![scan_result(store, device, scan.scan_id, decision)];
+    publish.extend(start_now);
     Ok(ScanOutcome {
-        publish: vec![scan_result(store, device, scan.scan_id, decision)],
+        publish,
         session_started,
+        start_sent,
         decided: Some(decided),
     })
 }
@@ -200,6 +219,8 @@ async fn decide_and_record(
 struct StartedSession {
     decision: Decision,
     events: Vec<EventKind>,
+    /// The start command, queued in the outbox.
+    command: Command,
 }
 
 /// Records the session an accepted scan starts and queues its start command. A session the
@@ -238,10 +259,11 @@ async fn start_session(
         lease_until,
         remaining_ms: (lease_until - now).num_milliseconds().max(0) as u64,
     };
-    outbox::enqueue(tx, store, device, command_id, start, lease_until, now).await?;
+    let command = outbox::enqueue(tx, store, device, command_id, start, lease_until, now).await?;
     let offline = scan.offline.is_some();
     tracing::info!(%store, %device, %scan_id, %session_id, %lease_until, offline, "scan accepted, session started");
     Ok(StartedSession {
+        command,
         decision: Decision::Accepted {
             session_id,
             ticket_id,
@@ -305,6 +327,7 @@ async fn earlier_decision(
     Ok(Some(ScanOutcome {
         publish: vec![scan_result(store, device, scan_id, decision)],
         session_started: false,
+        start_sent: false,
         decided: None,
     }))
 }
@@ -446,6 +469,7 @@ async fn refuse_malformed(
     Ok(ScanOutcome {
         publish,
         session_started: false,
+        start_sent: false,
         decided: Some(ScanVerdict::Rejected(RejectReason::MalformedScan)),
     })
 }
@@ -495,6 +519,7 @@ pub async fn refuse_flood(
     Ok(ScanOutcome {
         publish,
         session_started: false,
+        start_sent: false,
         decided: Some(ScanVerdict::Rejected(RejectReason::TooManyScans)),
     })
 }
@@ -531,6 +556,7 @@ pub async fn refuse_unauthenticated(
     Ok(ScanOutcome {
         publish: vec![scan_result(store, device, scan_id, decision)],
         session_started: false,
+        start_sent: false,
         decided: Some(ScanVerdict::Rejected(reason)),
     })
 }

@@ -204,6 +204,7 @@ async fn operator_actions_from_the_command_line() {
     // A session started the way the worker starts one: a scan decided in the database.
     let pool = mujin_management::db::pool(&url, 2).unwrap();
     let rules = ScanRules {
+        command_key: None,
         keyring: keys.keyring.clone(),
         early_grace: std::time::Duration::from_secs(60),
     };

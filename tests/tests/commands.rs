@@ -287,3 +287,88 @@ async fn a_start_overtaken_by_a_stop_is_superseded_not_failed() {
     agent.stop().await;
     stack.shutdown().await;
 }
+
+/// An accepted scan's start command goes out with the scan's answer — signed, for the device,
+/// recorded as its first attempt so that the dispatcher only resends it — followed by the
+/// device's desired state; the dispatcher does not send it a second time.
+#[tokio::test]
+async fn an_accepted_scans_start_goes_out_with_its_answer() {
+    use mujin_management::scans::{self, ScanRules};
+    use mujin_protocol::message::{CommandAction, Decision, ScanResult};
+    use mujin_protocol::signed::verify_command;
+
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let booking = stack.book_now(&device, 60).await;
+    // Management is not needed: the scan is decided here the way its inbox decides one.
+    let mut stack = stack;
+    stack.stop_management().await;
+    let command_key =
+        mujin_management::keys::load_or_create_command_key(&stack.dir.path().join("keys"))
+            .expect("the command key");
+    let rules = ScanRules {
+        keyring: stack.keys.keyring.clone(),
+        early_grace: Duration::from_secs(60),
+        command_key: Some(std::sync::Arc::new(command_key)),
+    };
+    let scan = Scan {
+        scan_id: ScanId::random(),
+        ticket: booking.ticket.clone(),
+        read_at: Utc::now(),
+        offline: None,
+        sent_at: None,
+        signature: None,
+    };
+    let now = Utc::now();
+    let outcome = scans::handle_scan(
+        &stack.pool,
+        &rules,
+        &device.0,
+        &device.1,
+        &message::encode(&scan),
+        now,
+    )
+    .await
+    .expect("the scan is decided");
+    assert!(outcome.session_started && outcome.start_sent);
+
+    let topics: Vec<Topic> = outcome
+        .publish
+        .iter()
+        .map(|out| Topic::parse(&out.topic).expect("a mujin topic"))
+        .collect();
+    let channel = |topic: &Topic| match topic {
+        Topic::Device { channel, .. } => Some(*channel),
+        _ => None,
+    };
+    assert_eq!(
+        topics.iter().map(channel).collect::<Vec<_>>(),
+        [
+            Some(DeviceChannel::ScanResult),
+            Some(DeviceChannel::Command),
+            Some(DeviceChannel::Desired)
+        ]
+    );
+    let answer: ScanResult = message::decode(&outcome.publish[0].payload).expect("the answer");
+    let Decision::Accepted { session_id, .. } = answer.decision else {
+        panic!("refused: {answer:?}");
+    };
+    let command: Command = message::decode(&outcome.publish[1].payload).expect("the start");
+    let public = rules.command_key.as_ref().expect("key").public_key();
+    assert_eq!(
+        verify_command(&public, &command, &device.0, &device.1, now),
+        Ok(())
+    );
+    assert!(
+        matches!(command.action, CommandAction::Start { session_id: started, .. } if started == session_id)
+    );
+    let desired: DesiredState = message::decode(&outcome.publish[2].payload).expect("desired");
+    assert!(
+        matches!(desired.program, DesiredProgram::Running { session_id: running, .. } if running == session_id)
+    );
+
+    // Recorded as sent once: the dispatcher waits for the ack before sending it again.
+    let commands = stack.commands_of(session_id).await;
+    assert_eq!(commands, vec![("start".to_owned(), "sent".to_owned(), 1)]);
+    stack.shutdown().await;
+}

@@ -386,6 +386,7 @@ async fn the_next_customer_of_a_back_to_back_booking_is_not_refused_while_the_st
         .await
         .expect("booking");
     let rules = ScanRules {
+        command_key: None,
         keyring: stack.keys.keyring.clone(),
         early_grace: Duration::from_secs(5),
     };
