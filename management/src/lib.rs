@@ -9,7 +9,8 @@
 //! - [`scans`]: one transaction per scan, idempotent by scan id;
 //! - [`stop_timer`]: durable stop timers that end sessions on time;
 //! - [`trust`]: the stores' trust lists, for devices that start offline;
-//! - [`ratelimit`]: per-device scan rate limits;
+//! - [`ratelimit`]: per-device scan rate limits; [`lanes`]: messages of different devices
+//!   handled side by side, acknowledged in arrival order;
 //! - [`device_keys`]: every device message must be signed with its device's own key;
 //! - [`actions`]: operator actions; [`requests`]: the same actions requested over MQTT;
 //! - [`operators`]: who may send requests (signed with the operator's key) and with what role;
@@ -30,6 +31,7 @@ pub mod device_keys;
 pub mod devices;
 pub mod identities;
 pub mod keys;
+pub mod lanes;
 pub mod lifecycle;
 pub mod metrics;
 pub mod mosquitto;
@@ -61,7 +63,7 @@ use mujin_protocol::ticket::Keyring;
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
 use mujin_protocol::{DeviceId, KeyId, OperatorId, StoreId};
 use rumqttc::{AsyncClient, Publish, QoS};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use mqtt::MqttSettings;
@@ -86,7 +88,10 @@ pub struct Settings {
 
 /// Runs the worker until `shutdown` completes, then stops every task and returns.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let pool = db::pool(&settings.database_url, 8).context("cannot set up the database pool")?;
+    // The inbox's lanes, plus the dispatcher, the timers, the trust lists, the key caches and
+    // the metrics each hold a connection at times.
+    let pool = db::pool(&settings.database_url, lanes::LANES + 8)
+        .context("cannot set up the database pool")?;
     db::migrate(&pool)
         .await
         .context("cannot prepare the database")?;
@@ -177,7 +182,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         metrics,
         stop.clone(),
     ));
-    let inbox_task = tokio::spawn(inbox.run(connection.incoming));
+    let inbox = Arc::new(inbox);
+    let handle = move |publish: Publish| {
+        let inbox = inbox.clone();
+        async move { inbox.handle(&publish).await }
+    };
+    let inbox_task = tokio::spawn(lanes::run(
+        connection.incoming,
+        connection.client.clone(),
+        handle,
+        stop.clone(),
+    ));
     tracing::info!(broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port), "management running");
     shutdown.await;
     tracing::info!("management shutting down");
@@ -295,7 +310,9 @@ impl Route {
 }
 
 /// Handles what devices send to management (scans, command acks, states and heartbeats) and
-/// operators' requests.
+/// operators' requests, one message at a time per device (see [`lanes`]); each message is
+/// acknowledged to the broker only after its effect is committed and its answers are queued,
+/// so a crash before that means redelivery, not loss.
 struct Inbox {
     pool: Pool,
     /// The scan rules; their keyring is taken from `ticket_keys` at each scan.
@@ -328,26 +345,6 @@ enum Admission {
 }
 
 impl Inbox {
-    /// Takes messages one by one; each is acknowledged to the broker only after its effect is
-    /// committed and its answers are queued, so a crash before that means redelivery, not loss.
-    async fn run(self, mut incoming: mpsc::UnboundedReceiver<Publish>) {
-        loop {
-            let publish = tokio::select! {
-                () = self.stop.cancelled() => break,
-                publish = incoming.recv() => match publish {
-                    Some(publish) => publish,
-                    None => break,
-                },
-            };
-            if !self.handle(&publish).await {
-                break; // shutting down: leave the message unacknowledged for redelivery
-            }
-            if let Err(error) = self.client.ack(&publish).await {
-                tracing::error!(%error, "cannot acknowledge a message");
-            }
-        }
-    }
-
     /// Handles one message, retrying while the database is unavailable. Returns `false` when
     /// shutdown interrupted it.
     async fn handle(&self, publish: &Publish) -> bool {

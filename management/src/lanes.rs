@@ -1,0 +1,133 @@
+//! Runs the inbox's messages in parallel lanes and acknowledges them in the order they arrived.
+//!
+//! One message at a time left the worker waiting on the database for each scan, state and ack
+//! in turn (about 100 scans a second, whatever the machine). Messages of different devices are
+//! independent — the database serializes what must be (row locks, unique constraints), as it
+//! does between workers — so each goes to the lane of its device (or of its operator), where
+//! it is handled after the earlier messages of that device, and lanes run side by side.
+//!
+//! The broker wants acknowledgements in the order it delivered (rumqttd treats an
+//! out-of-order PUBACK as a protocol error), and a message must be acknowledged only once its
+//! effect is committed. So a single acknowledger takes the messages in arrival order and
+//! acknowledges each when it and every earlier one are done. When a handler reports that it
+//! was interrupted by shutdown, nothing from then on is acknowledged: the senders resend.
+
+use std::collections::hash_map::DefaultHasher;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+
+use mujin_protocol::topic::Topic;
+use rumqttc::{AsyncClient, Publish};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// How many messages are handled at once. Each lane holds at most one database connection at a
+/// time, so the pool must have room for these next to the worker's other tasks.
+pub const LANES: usize = 6;
+
+type Job = (Publish, oneshot::Sender<bool>);
+
+/// The lane of a message: by device for device topics, by operator for requests, 0 otherwise.
+pub fn lane_of(topic: &str, lanes: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    match Topic::parse(topic) {
+        Ok(Topic::Device { store, device, .. }) => (store, device).hash(&mut hasher),
+        Ok(Topic::Requests { operator }) => operator.hash(&mut hasher),
+        _ => return 0,
+    }
+    (hasher.finish() % lanes.max(1) as u64) as usize
+}
+
+/// Takes messages from `incoming` until `stop`, handles each with `handle` (which returns
+/// `false` when shutdown interrupted it) in its lane, and acknowledges them in arrival order.
+/// Returns once every lane and the acknowledger have finished.
+pub async fn run<H, F>(
+    mut incoming: mpsc::UnboundedReceiver<Publish>,
+    client: AsyncClient,
+    handle: H,
+    stop: CancellationToken,
+) where
+    H: Fn(Publish) -> F + Clone + Send + 'static,
+    F: Future<Output = bool> + Send + 'static,
+{
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let acknowledger = tokio::spawn(acknowledge(client, ack_rx));
+    let mut lanes = Vec::with_capacity(LANES);
+    let mut workers = Vec::with_capacity(LANES);
+    for _ in 0..LANES {
+        let (tx, rx) = mpsc::unbounded_channel::<Job>();
+        lanes.push(tx);
+        workers.push(tokio::spawn(lane(rx, handle.clone())));
+    }
+    loop {
+        let publish = tokio::select! {
+            () = stop.cancelled() => break,
+            publish = incoming.recv() => match publish {
+                Some(publish) => publish,
+                None => break,
+            },
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        let index = lane_of(&publish.topic, LANES);
+        if ack_tx.send((publish.clone(), done_rx)).is_err()
+            || lanes[index].send((publish, done_tx)).is_err()
+        {
+            break;
+        }
+    }
+    drop(lanes);
+    drop(ack_tx);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let _ = acknowledger.await;
+}
+
+/// Handles one lane's messages in order; stops at the first one interrupted by shutdown.
+async fn lane<H, F>(mut jobs: mpsc::UnboundedReceiver<Job>, handle: H)
+where
+    H: Fn(Publish) -> F,
+    F: Future<Output = bool>,
+{
+    while let Some((publish, done)) = jobs.recv().await {
+        let handled = handle(publish).await;
+        let _ = done.send(handled);
+        if !handled {
+            break;
+        }
+    }
+}
+
+/// Acknowledges messages in arrival order, each once it is handled.
+async fn acknowledge(
+    client: AsyncClient,
+    mut handled: mpsc::UnboundedReceiver<(Publish, oneshot::Receiver<bool>)>,
+) {
+    while let Some((publish, done)) = handled.recv().await {
+        if done.await != Ok(true) {
+            // Interrupted by shutdown: this one and every later one stay unacknowledged.
+            break;
+        }
+        if let Err(error) = client.ack(&publish).await {
+            tracing::error!(%error, "cannot acknowledge a message");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_keeps_its_lane_and_devices_spread_over_the_lanes() {
+        let topic = |device: usize| format!("mujin/v1/stores/s1/devices/d{device:03}/scan");
+        let state = "mujin/v1/stores/s1/devices/d007/state";
+        assert_eq!(lane_of(&topic(7), LANES), lane_of(state, LANES));
+        let used: std::collections::HashSet<usize> = (0..100)
+            .map(|device| lane_of(&topic(device), LANES))
+            .collect();
+        assert_eq!(used.len(), LANES, "100 devices use every lane");
+        assert!(used.iter().all(|lane| *lane < LANES));
+        assert_eq!(lane_of("not/a/mujin/topic", LANES), 0);
+    }
+}
