@@ -10,16 +10,22 @@
 //! out-of-order PUBACK as a protocol error), and a message must be acknowledged only once its
 //! effect is committed. So a single acknowledger takes the messages in arrival order and
 //! acknowledges each when it and every earlier one are done. When a handler reports that it
-//! was interrupted by shutdown, nothing from then on is acknowledged: the senders resend.
+//! was interrupted by shutdown, nothing from then on is acknowledged: the senders resend. A
+//! message that came on an earlier connection is not acknowledged at all: the broker numbers
+//! packets afresh on each connection, so its packet id would now name another message.
 
 use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use mujin_protocol::topic::Topic;
 use rumqttc::{AsyncClient, Publish};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use crate::mqtt::Received;
 
 /// How many messages are handled at once. Each lane holds at most one database connection at a
 /// time, so the pool must have room for these next to the worker's other tasks.
@@ -39,11 +45,12 @@ pub fn lane_of(topic: &str, lanes: usize) -> usize {
 }
 
 /// Takes messages from `incoming` until `stop`, handles each with `handle` (which returns
-/// `false` when shutdown interrupted it) in its lane, and acknowledges them in arrival order.
+/// `false` when shutdown interrupted it) in its lane, and acknowledges them in arrival order
+/// — those that came on the connection `generation` names as current.
 /// Returns once every lane and the acknowledger have finished.
 pub async fn run<H, F>(
-    mut incoming: mpsc::UnboundedReceiver<Publish>,
-    client: AsyncClient,
+    mut incoming: mpsc::UnboundedReceiver<Received>,
+    (client, generation): (AsyncClient, Arc<AtomicU64>),
     handle: H,
     stop: CancellationToken,
 ) where
@@ -51,7 +58,7 @@ pub async fn run<H, F>(
     F: Future<Output = bool> + Send + 'static,
 {
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let acknowledger = tokio::spawn(acknowledge(client, ack_rx));
+    let acknowledger = tokio::spawn(acknowledge(client, generation, ack_rx));
     let mut lanes = Vec::with_capacity(LANES);
     let mut workers = Vec::with_capacity(LANES);
     for _ in 0..LANES {
@@ -60,16 +67,17 @@ pub async fn run<H, F>(
         workers.push(tokio::spawn(lane(rx, handle.clone())));
     }
     loop {
-        let publish = tokio::select! {
+        let received = tokio::select! {
             () = stop.cancelled() => break,
-            publish = incoming.recv() => match publish {
-                Some(publish) => publish,
+            received = incoming.recv() => match received {
+                Some(received) => received,
                 None => break,
             },
         };
         let (done_tx, done_rx) = oneshot::channel();
+        let publish = received.publish.clone();
         let index = lane_of(&publish.topic, LANES);
-        if ack_tx.send((publish.clone(), done_rx)).is_err()
+        if ack_tx.send((received, done_rx)).is_err()
             || lanes[index].send((publish, done_tx)).is_err()
         {
             break;
@@ -98,17 +106,24 @@ where
     }
 }
 
-/// Acknowledges messages in arrival order, each once it is handled.
+/// Acknowledges messages in arrival order, each once it is handled (and only on the connection
+/// it came on).
 async fn acknowledge(
     client: AsyncClient,
-    mut handled: mpsc::UnboundedReceiver<(Publish, oneshot::Receiver<bool>)>,
+    generation: Arc<AtomicU64>,
+    mut handled: mpsc::UnboundedReceiver<(Received, oneshot::Receiver<bool>)>,
 ) {
-    while let Some((publish, done)) = handled.recv().await {
+    while let Some((received, done)) = handled.recv().await {
         if done.await != Ok(true) {
             // Interrupted by shutdown: this one and every later one stay unacknowledged.
             break;
         }
-        if let Err(error) = client.ack(&publish).await {
+        if received.connection != generation.load(Ordering::SeqCst) {
+            // Its connection is gone: the broker forgot it; with a clean session, its sender
+            // resends what got no answer.
+            continue;
+        }
+        if let Err(error) = client.ack(&received.publish).await {
             tracing::error!(%error, "cannot acknowledge a message");
         }
     }

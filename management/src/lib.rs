@@ -189,7 +189,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     };
     let inbox_task = tokio::spawn(lanes::run(
         connection.incoming,
-        connection.client.clone(),
+        (connection.client.clone(), connection.generation.clone()),
         handle,
         stop.clone(),
     ));

@@ -10,6 +10,7 @@
 //! Once its subscriptions are acknowledged the worker says it is online on its retained status
 //! topic; its last will says offline.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,10 +81,21 @@ impl Outbound {
     }
 }
 
+/// A message from the broker, with the connection it came on. Its acknowledgement belongs to
+/// that connection only: after a reconnection the broker numbers its messages afresh, so
+/// acknowledging an old packet id would acknowledge (or refuse, out of order) a new message.
+#[derive(Debug)]
+pub struct Received {
+    pub publish: Publish,
+    /// Counts CONNACKs: 1 for the first connection, 2 after the first reconnection, …
+    pub connection: u64,
+}
 /// The running connection.
 pub struct Connection {
     pub client: AsyncClient,
-    pub incoming: mpsc::UnboundedReceiver<Publish>,
+    pub incoming: mpsc::UnboundedReceiver<Received>,
+    /// Which connection to the broker is the current one (see [`Received::connection`]).
+    pub generation: Arc<AtomicU64>,
     /// `true` while connected to the broker.
     pub connected: watch::Receiver<bool>,
     pub task: JoinHandle<()>,
@@ -146,6 +158,7 @@ pub fn connect(
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     mujin_transport::low_latency(&mut eventloop);
     let (forward, incoming) = mpsc::unbounded_channel();
+    let generation = Arc::new(AtomicU64::new(0));
     let (connected_tx, connected) = watch::channel(false);
     let task = tokio::spawn(poll(
         eventloop,
@@ -155,13 +168,14 @@ pub fn connect(
             status_topic: status_topic.clone(),
             acked: 0,
         },
-        forward,
+        (forward, generation.clone()),
         (connected_tx, metrics),
         stop,
     ));
     Ok(Connection {
         client,
         incoming,
+        generation,
         connected,
         task,
         status_topic,
@@ -210,7 +224,7 @@ impl Subscriber {
 async fn poll(
     mut eventloop: EventLoop,
     mut subscriber: Subscriber,
-    forward: mpsc::UnboundedSender<Publish>,
+    (forward, generation): (mpsc::UnboundedSender<Received>, Arc<AtomicU64>),
     (connected, metrics): (watch::Sender<bool>, Arc<Metrics>),
     stop: CancellationToken,
 ) {
@@ -228,6 +242,7 @@ async fn poll(
                     "connected to the broker"
                 );
                 backoff = Duration::from_millis(200);
+                generation.fetch_add(1, Ordering::SeqCst);
                 connected.send_replace(true);
                 metrics.broker_connected(true);
                 if connected_before {
@@ -240,7 +255,11 @@ async fn poll(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 // Once the worker has stopped, a message stays unacknowledged; its sender sends
                 // it again.
-                let _ = forward.send(publish);
+                let connection = generation.load(Ordering::SeqCst);
+                let _ = forward.send(Received {
+                    publish,
+                    connection,
+                });
             }
             // Everything queued before the disconnect request has been written.
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,

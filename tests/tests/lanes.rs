@@ -7,11 +7,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mujin_broker::{free_local_port, Broker, BrokerSettings, Credentials};
 use mujin_management::lanes;
+use mujin_management::mqtt::Received;
 use mujin_protocol::topic::{self, DeviceChannel};
 use mujin_protocol::{DeviceId, StoreId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
@@ -64,7 +66,7 @@ async fn a_slow_device_holds_up_nobody_and_acknowledgements_stay_in_order() {
     let mut receiver_options = options(port, "receiver");
     receiver_options.set_manual_acks(true);
     let (receiver, mut receiver_loop) = AsyncClient::new(receiver_options, 64);
-    let (forward, incoming) = mpsc::unbounded_channel::<Publish>();
+    let (forward, incoming) = mpsc::unbounded_channel::<Received>();
     let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel();
     let filter = topic::every_device(DeviceChannel::Scan);
     let subscriber = receiver.clone();
@@ -83,7 +85,10 @@ async fn a_slow_device_holds_up_nobody_and_acknowledgements_stay_in_order() {
                     let _ = subscribed_tx.send(());
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let _ = forward.send(publish);
+                    let _ = forward.send(Received {
+                        publish,
+                        connection: 1,
+                    });
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -120,7 +125,13 @@ async fn a_slow_device_holds_up_nobody_and_acknowledgements_stay_in_order() {
         }
     };
     let stop = CancellationToken::new();
-    let lanes_task = tokio::spawn(lanes::run(incoming, receiver.clone(), handle, stop.clone()));
+    let generation = Arc::new(AtomicU64::new(1));
+    let lanes_task = tokio::spawn(lanes::run(
+        incoming,
+        (receiver.clone(), generation),
+        handle,
+        stop.clone(),
+    ));
 
     let (sender, mut sender_loop) = AsyncClient::new(options(port, "sender"), 64);
     tokio::spawn(async move { while sender_loop.poll().await.is_ok() {} });
