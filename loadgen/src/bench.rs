@@ -92,7 +92,7 @@ impl Profile {
             ),
             "Every ticket is booked through management's booking path (booking::reserve with the current ticket key). A step books each device it uses once (one session per device per step), has them scan at the offered rate (open loop: paced by the clock, not by answers), then waits for the booked end and for every stop.".into(),
             "Latency is measured at the virtual device, from handing the signed scan to its MQTT client to receiving the start command. Management runs as `mujin-management run` with RUST_LOG=warn; PostgreSQL runs with its default durability (fsync and synchronous_commit on).".into(),
-            "The embedded broker admits at most 1024 connections (MAX_CONNECTIONS in broker/src/server.rs), so the fleet is at most ~1000 devices there; a step offers at most one scan per device, so steps at rates above the fleet size per second last under a second.".into(),
+            "The embedded broker admits at most 16384 connections (MAX_CONNECTIONS in broker/src/server.rs), and this process needs an open-file limit above the fleet size; a step offers at most one scan per device, so steps at rates above the fleet size per second last under a second.".into(),
             "Scenarios 1, 2 and 4 run without telemetry; scenario 3 turns it on for the whole fleet (one full round first) and it stays on. End-of-session warnings are turned off in the bench store (sessions last seconds).".into(),
             format!(
                 "Scenario 1: rates {:?}/s, {} round(s) of up to {} s each. Scenario 2: rates {:?}/s for up to {} s each, stopping at the first rate not sustained. Scenario 4: ends spread over {} s. Scenario 3: telemetry every {} s, scans at {}/s for {} s.",

@@ -62,7 +62,7 @@ enum Command {
         /// Where mujin-broker and mujin-management are (default: next to this binary).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
-        /// Virtual devices (default 1000, quick 300; the embedded broker admits 1024 clients).
+        /// Virtual devices (default 1000, quick 300; the embedded broker admits 16384 clients).
         #[arg(long)]
         devices: Option<usize>,
         /// Skip the comparison with Mosquitto.
