@@ -120,6 +120,9 @@ pub async fn close(client: &AsyncClient, status_topic: &str, timeout: Duration) 
     let _ = tokio::time::timeout(timeout, close).await;
 }
 
+/// How many of the worker's own QoS 1 publishes may await the broker's acknowledgement.
+const OUTGOING_INFLIGHT: u16 = 4096;
+
 /// Why management cannot connect as configured.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -148,6 +151,12 @@ pub fn connect(
         .set_clean_session(true)
         .set_manual_acks(true)
         .set_max_packet_size(64 * 1024, 64 * 1024)
+        // Answers, commands and desired states are QoS 1: with rumqttc's default of 100
+        // unacknowledged publishes, a burst of scans filled the window, which also held back
+        // the worker's acknowledgements of incoming messages (same request queue) while the
+        // broker held back its own acknowledgements behind the worker's full window, until the
+        // keep-alive ping timed out and the connection dropped.
+        .set_inflight(OUTGOING_INFLIGHT)
         .set_transport(transport)
         .set_last_will(LastWill::new(
             &status_topic,
