@@ -208,10 +208,10 @@ pub async fn refuse(
     now: DateTime<Utc>,
 ) -> Result<Vec<Outbound>, WorkError> {
     if let (DeviceChannel::Scan, Some(scan_id)) = (channel, refusal.scan_id) {
-        let outcome = scans::refuse_unauthenticated(
+        let outcome = scans::refuse_undecided(
             pool,
             (store, device),
-            scan_id,
+            Some(scan_id),
             (refusal.reason, &refusal.detail),
             record,
             now,

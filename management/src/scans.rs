@@ -493,44 +493,19 @@ pub async fn refuse_flood(
     );
     if record {
         tracing::warn!(%store, %device, "scan flood: refusing this device's scans for now");
-        let event = Event {
-            at: now,
-            store: store.clone(),
-            device: Some(device.clone()),
-            kind: EventKind::ScanRejected {
-                scan_id,
-                reason: RejectReason::TooManyScans,
-                detail: detail.clone(),
-            },
-        };
-        let client = pool.get().await?;
-        audit::record(&client, &event).await?;
     }
-    let publish = scan_id
-        .map(|scan_id| {
-            let decision = Decision::Rejected {
-                reason: RejectReason::TooManyScans,
-                detail,
-            };
-            scan_result(store, device, scan_id, decision)
-        })
-        .into_iter()
-        .collect();
-    Ok(ScanOutcome {
-        publish,
-        session_started: false,
-        start_sent: false,
-        decided: Some(ScanVerdict::Rejected(RejectReason::TooManyScans)),
-    })
+    let refusal = (RejectReason::TooManyScans, detail.as_str());
+    refuse_undecided(pool, (store, device), scan_id, refusal, record, now).await
 }
 
-/// Answers a scan that is not authenticated as its device's (or was sent outside the time
-/// window) without deciding it: its scan id is not stored, so a forgery cannot take the id of a
-/// real scan. `record` adds a `scan_rejected` event (the caller limits how often).
-pub async fn refuse_unauthenticated(
+/// Answers a scan without deciding it (a flood, a forgery, a scan sent outside the time window):
+/// its scan id is not stored, so the same id sent again later is decided then, and a forgery
+/// cannot take the id of a real scan. `record` adds a `scan_rejected` event (the caller limits
+/// how often); without a scan id to answer, only that event remains.
+pub async fn refuse_undecided(
     pool: &Pool,
     (store, device): (&StoreId, &DeviceId),
-    scan_id: ScanId,
+    scan_id: Option<ScanId>,
     (reason, detail): (RejectReason, &str),
     record: bool,
     now: DateTime<Utc>,
@@ -541,7 +516,7 @@ pub async fn refuse_unauthenticated(
             store: store.clone(),
             device: Some(device.clone()),
             kind: EventKind::ScanRejected {
-                scan_id: Some(scan_id),
+                scan_id,
                 reason,
                 detail: detail.to_owned(),
             },
@@ -549,12 +524,20 @@ pub async fn refuse_unauthenticated(
         let client = pool.get().await?;
         audit::record(&client, &event).await?;
     }
-    let decision = Decision::Rejected {
-        reason,
-        detail: detail.to_owned(),
-    };
+    let publish = scan_id
+        .map(|scan_id| {
+            let detail = detail.to_owned();
+            scan_result(
+                store,
+                device,
+                scan_id,
+                Decision::Rejected { reason, detail },
+            )
+        })
+        .into_iter()
+        .collect();
     Ok(ScanOutcome {
-        publish: vec![scan_result(store, device, scan_id, decision)],
+        publish,
         session_started: false,
         start_sent: false,
         decided: Some(ScanVerdict::Rejected(reason)),

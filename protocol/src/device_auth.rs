@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::identity::{random_bytes, IdentityError};
 use crate::ids::{DeviceId, KeyId, StoreId};
 use crate::message::{self, Ack, ReportedState, Scan, Telemetry};
-use crate::signed::{Signature, VerifyError};
+use crate::signed::{self, Signature, VerifyError};
 use crate::ticket::{PublicKey, SigningKey};
 use crate::topic::DeviceChannel;
 
@@ -129,11 +129,8 @@ impl DeviceKey {
     /// Signs `message` as published by `device` of `store` (replacing any signature it had).
     pub fn sign<M: DeviceMessage>(&self, store: &StoreId, device: &DeviceId, message: &mut M) {
         *message.signature_mut() = None;
-        let bytes = signed_bytes(store, device, message);
-        *message.signature_mut() = Some(Signature {
-            key_id: self.key.key_id().clone(),
-            sig: HEXLOWER.encode(&self.key.sign_bytes(&bytes)),
-        });
+        let signature = signed::sign_bytes(&self.key, &signed_bytes(store, device, message));
+        *message.signature_mut() = Some(signature);
     }
 }
 
@@ -155,18 +152,13 @@ pub fn verify<M: DeviceMessage>(
     device: &DeviceId,
     message: &M,
 ) -> Result<(), VerifyError> {
-    let signature = message.signature().ok_or(VerifyError::Unsigned)?;
-    if signature.key_id != key.key_id {
-        return Err(VerifyError::UnknownKey(signature.key_id.to_string()));
-    }
     let mut unsigned = message.clone();
     *unsigned.signature_mut() = None;
-    let sig = HEXLOWER
-        .decode(signature.sig.as_bytes())
-        .map_err(|_| VerifyError::BadSignature)?;
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key.bytes)
-        .verify(&signed_bytes(store, device, &unsigned), &sig)
-        .map_err(|_| VerifyError::BadSignature)
+    signed::verify_bytes(
+        key,
+        message.signature(),
+        &signed_bytes(store, device, &unsigned),
+    )
 }
 
 /// Checks that a scan was sent within [`DEVICE_MAX_SKEW`] of `now`.

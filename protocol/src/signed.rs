@@ -103,14 +103,14 @@ fn signed_bytes<T: Serialize>(context: &[u8], unsigned: &T) -> Vec<u8> {
     bytes
 }
 
-fn sign_bytes(key: &SigningKey, bytes: &[u8]) -> Signature {
+pub(crate) fn sign_bytes(key: &SigningKey, bytes: &[u8]) -> Signature {
     Signature {
         key_id: key.key_id().clone(),
         sig: HEXLOWER.encode(&key.sign_bytes(bytes)),
     }
 }
 
-fn verify_bytes(
+pub(crate) fn verify_bytes(
     key: &PublicKey,
     signature: Option<&Signature>,
     bytes: &[u8],
