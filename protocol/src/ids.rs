@@ -24,6 +24,11 @@ pub enum IdError {
     NotUuid { kind: &'static str, text: String },
 }
 
+/// What [`check_slug`] accepts, as a JSON Schema pattern (the length is checked apart).
+const SLUG_PATTERN: &str = "^[a-z0-9][a-z0-9-]*$";
+/// The hyphenated UUID form the uuid ids are written in (parsing also takes other forms).
+const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+
 fn check_slug(kind: &'static str, text: &str, max: usize) -> Result<(), IdError> {
     if text.is_empty() {
         return Err(IdError::Empty { kind });
@@ -94,6 +99,23 @@ macro_rules! slug_id {
                 Self::parse(&text).map_err(serde::de::Error::custom)
             }
         }
+
+        // On the wire: the slug itself, as `parse` accepts it.
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "description": concat!("A ", $kind, ": a-z, 0-9 and '-', not starting with '-'."),
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": $max,
+                    "pattern": SLUG_PATTERN,
+                })
+            }
+        }
     };
 }
 
@@ -154,6 +176,22 @@ macro_rules! uuid_id {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 let text = String::deserialize(deserializer)?;
                 Self::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+
+        // On the wire: the hyphenated lower-case form `Display` writes.
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "description": concat!("A ", $kind, ": a UUID, hyphenated."),
+                    "type": "string",
+                    "format": "uuid",
+                    "pattern": UUID_PATTERN,
+                })
             }
         }
     };

@@ -6,6 +6,7 @@
 //! - [`topic`]: the versioned topic tree, its builders and its parser;
 //! - [`message`]: the JSON payloads on those topics and their one encoder/decoder;
 //! - [`presence`]: which management workers are connected;
+//! - [`schema`]: JSON Schemas of the payloads, generated from these types;
 //! - [`snapshot`]: the paged snapshot queries a console catches up with;
 //! - [`signed`]: management's signature on commands, desired states and trust lists;
 //! - [`ticket`]: the signed electronic ticket and its QR-friendly text form;
@@ -19,6 +20,7 @@ pub mod identity;
 pub mod ids;
 pub mod message;
 pub mod presence;
+pub mod schema;
 pub mod signed;
 pub mod snapshot;
 pub mod ticket;

@@ -5,6 +5,7 @@
 //! parsing newer messages.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +43,7 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
 
 /// A ticket read by a device's scanner. `scan_id` is fresh per reading; a redelivery of the
 /// same message keeps it, which is how management answers each reading once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Scan {
     pub scan_id: ScanId,
     /// The text exactly as the scanner produced it.
@@ -64,7 +65,7 @@ pub struct Scan {
 }
 
 /// A provisional session a device started while management did not answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OfflineStart {
     /// Chosen by the device; management adopts it when it accepts the scan.
     pub session_id: SessionId,
@@ -75,7 +76,7 @@ pub struct OfflineStart {
 }
 
 /// Management's answer to one scan, shown to the customer by the device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ScanResult {
     pub scan_id: ScanId,
     #[serde(flatten)]
@@ -83,7 +84,7 @@ pub struct ScanResult {
 }
 
 /// The outcome of a scan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision {
     Accepted {
@@ -100,7 +101,7 @@ pub enum Decision {
 }
 
 /// Why a scan was refused. Each reason has its own message for the customer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
     /// The scan payload itself could not be read.
@@ -216,7 +217,7 @@ impl std::fmt::Display for RejectReason {
 }
 
 /// What the device's operating program is doing.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ProgramStatus {
     #[default]
@@ -232,7 +233,7 @@ pub enum ProgramStatus {
 }
 
 /// How the last program run ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProgramExit {
     pub session_id: SessionId,
     pub stopped_by: StopCause,
@@ -242,7 +243,7 @@ pub struct ProgramExit {
 }
 
 /// Who ended a program run, from the device's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StopCause {
     /// A stop command from management.
@@ -260,7 +261,7 @@ pub enum StopCause {
 }
 
 /// Whether the agent is connected. The retained state's last will says `offline`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Availability {
     Online,
@@ -268,7 +269,7 @@ pub enum Availability {
 }
 
 /// The device's reported state, retained on its `state` topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReportedState {
     pub availability: Availability,
     #[serde(default)]
@@ -297,7 +298,7 @@ impl ReportedState {
 }
 
 /// Periodic health report (QoS 0).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Telemetry {
     /// The device's wall clock when it sent this.
     pub at: DateTime<Utc>,
@@ -313,7 +314,7 @@ pub struct Telemetry {
 }
 
 /// A command from management to one device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Command {
     pub command_id: CommandId,
     pub issued_at: DateTime<Utc>,
@@ -340,7 +341,7 @@ pub struct Command {
 }
 
 /// What a command asks the device to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum CommandAction {
     /// Start the operating program for a session and stop it by itself at `lease_until`.
@@ -394,7 +395,7 @@ impl CommandAction {
 /// What management wants a device to be doing, retained on its `desired` topic so an agent that
 /// (re)connects converges to it. PostgreSQL is the source of truth; management republishes every
 /// device's desired state when it starts and whenever it reconnects.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DesiredState {
     /// The device's command epoch this state belongs to (see [`Command::epoch`]).
     pub epoch: u64,
@@ -412,7 +413,7 @@ pub struct DesiredState {
 }
 
 /// The program state management wants.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum DesiredProgram {
     Idle,
@@ -429,7 +430,7 @@ pub enum DesiredProgram {
 pub const STALE_ACK_PREFIX: &str = "stale:";
 
 /// The device's answer to one command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Ack {
     pub command_id: CommandId,
     pub ok: bool,
@@ -442,7 +443,7 @@ pub struct Ack {
 }
 
 /// Why a session ended, as recorded in its usage record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// The booked window ended.
@@ -475,7 +476,7 @@ impl EndReason {
 
 /// A request from an operator (or an integrator) to management, on the operator's `requests`
 /// topic; the reply comes on the operator's `replies` topic with the same `request_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Request {
     pub request_id: RequestId,
     #[serde(flatten)]
@@ -503,7 +504,7 @@ impl Request {
 }
 
 /// What an operator asks management to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum RequestAction {
     /// Stop a running session now.
@@ -552,7 +553,7 @@ impl RequestAction {
 }
 
 /// Management's answer to one request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Reply {
     pub request_id: RequestId,
     /// Whether the request was carried out.
@@ -568,7 +569,7 @@ pub struct Reply {
 }
 
 /// Something that happened in a store, for consoles, integrators and the audit trail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
     pub at: DateTime<Utc>,
     pub store: StoreId,
@@ -579,7 +580,7 @@ pub struct Event {
 }
 
 /// The kinds of [`Event`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
     ReservationCreated {

@@ -4,12 +4,13 @@
 //! the shared group, that is the only place a single worker is visible.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::message::Availability;
 
 /// One worker's status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkerStatus {
     pub availability: Availability,
     /// When the worker wrote it; absent in the last will (written at connect time).

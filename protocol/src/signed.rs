@@ -14,6 +14,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use data_encoding::HEXLOWER;
 use ring::{digest, signature};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeviceId, KeyId, StoreId};
@@ -32,9 +33,10 @@ pub const REQUEST_MAX_SKEW: TimeDelta = TimeDelta::minutes(5);
 const OPERATOR_KEY_PREFIX: &str = "op";
 
 /// A signature on a message: the signing key's id and the Ed25519 signature in lower-case hex.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Signature {
     pub key_id: KeyId,
+    #[schemars(regex(pattern = "^[0-9a-f]{128}$"))]
     pub sig: String,
 }
 

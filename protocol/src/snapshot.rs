@@ -7,6 +7,7 @@
 //! the sender passes it back as `after` to get the following page, until `next` is absent.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeviceId, RequestId, SessionId, StoreId, TicketId};
@@ -16,7 +17,7 @@ use crate::message::{encode, EndReason, Event, Reply, MAX_PAYLOAD_BYTES};
 pub const MAX_CURSOR_LEN: usize = 64;
 
 /// Which part of management's view a snapshot query asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotPart {
     /// Bookings not cancelled, not used and not over, by start.
@@ -51,7 +52,7 @@ impl std::fmt::Display for SnapshotPart {
 }
 
 /// An upcoming booking: its ticket id and window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BookingSummary {
     pub ticket_id: TicketId,
     pub store: StoreId,
@@ -61,7 +62,7 @@ pub struct BookingSummary {
 }
 
 /// A running or recently ended session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionSummary {
     pub session_id: SessionId,
     pub ticket_id: TicketId,
@@ -78,7 +79,7 @@ pub struct SessionSummary {
 }
 
 /// The items of one page, tagged with their part.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "part", content = "items", rename_all = "snake_case")]
 pub enum SnapshotItems {
     Bookings(Vec<BookingSummary>),
@@ -109,7 +110,7 @@ impl SnapshotItems {
 }
 
 /// One page of a snapshot, carried in [`Reply::snapshot`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SnapshotPage {
     #[serde(flatten)]
     pub items: SnapshotItems,

@@ -9,6 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use data_encoding::HEXLOWER;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeviceId, KeyId, StoreId, TicketId};
@@ -21,7 +22,7 @@ use crate::ticket::{Keyring, PublicKey, TicketClaims, TicketError};
 pub const MAX_REFUSED_TICKETS: usize = 200;
 
 /// One store's trust list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TrustList {
     pub issued_at: DateTime<Utc>,
     /// The store this list is for (absent from older managements).
@@ -47,9 +48,10 @@ pub struct TrustList {
 }
 
 /// A ticket-verification key: its id and the Ed25519 public key in lower-case hex.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TrustedKey {
     pub key_id: KeyId,
+    #[schemars(regex(pattern = "^[0-9a-f]{64}$"))]
     pub public_key: String,
 }
 
@@ -74,7 +76,7 @@ impl TrustedKey {
 }
 
 /// A ticket the device must refuse, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RefusedTicket {
     pub ticket_id: TicketId,
     /// `cancelled` or `already_used`.
