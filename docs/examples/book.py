@@ -2,6 +2,7 @@
 """Books a device over MQTT 5 as an integrator, prints the ticket, then follows the store's events.
 
     book.py STORE DEVICE [--minutes 60] [--from RFC3339] [--free-slots] [--follow SECONDS]
+    book.py STORE DEVICE --dry-run      # prints the signed reserve request, sends nothing
 
 Standard output: the ticket text (for a QR code) on the first line, then, with --follow, each
 event of the store as one JSON object a line. Everything else goes to standard error.
@@ -106,13 +107,18 @@ class Integrator:
             self.replies[correlation] = json.loads(message.payload)
             self.lock.notify_all()
 
-    def request(self, action, **fields):
-        """Sends one signed request and returns its reply's fields; raises Refused."""
+    def sign(self, action, **fields):
+        """A fresh request and its signed envelope: the signature covers the text as sent."""
         request_id = str(uuid.uuid4())
         text = json.dumps({"request_id": request_id, "sent_at": rfc3339(datetime.now(timezone.utc)),
                            "action": action, **fields})
         signature = self.key.sign(SIGNING_CONTEXT + text.encode()).hex()
-        envelope = {"request": text, "key_id": self.env["MUJIN_INTEGRATOR_KEY_ID"], "sig": signature}
+        return request_id, {"request": text, "key_id": self.env["MUJIN_INTEGRATOR_KEY_ID"],
+                            "sig": signature}
+
+    def request(self, action, **fields):
+        """Sends one signed request and returns its reply's fields; raises Refused."""
+        request_id, envelope = self.sign(action, **fields)
         properties = Properties(PacketTypes.PUBLISH)
         properties.ResponseTopic = self.reply_topic
         properties.CorrelationData = request_id.encode()
@@ -138,12 +144,20 @@ def main():
                         help="first print the device's free slots of the next 24 hours")
     parser.add_argument("--follow", type=float, default=0, metavar="SECONDS",
                         help="then print the store's events for this long")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the signed reserve request instead of sending it")
     args = parser.parse_args()
-    missing = [name for name in ENVIRONMENT if not os.environ.get(name)]
+    needed = ENVIRONMENT[3:] if args.dry_run else ENVIRONMENT
+    missing = [name for name in needed if not os.environ.get(name)]
     if missing:
         sys.exit(f"book.py: {', '.join(missing)} not set (mujin-management integrator-enrol prints them)")
-    env = {name: os.environ[name] for name in ENVIRONMENT}
+    env = {name: os.environ.get(name, "") for name in ENVIRONMENT}
     start = args.start or rfc3339(datetime.now(timezone.utc))
+    if args.dry_run:
+        _, envelope = Integrator(env).sign("reserve", store=args.store, device=args.device,
+                                           minutes=args.minutes, **{"from": start})
+        print(json.dumps(envelope))
+        return
 
     # Subscribed to the events before booking, so the booking's own event is seen too.
     integrator = Integrator(env, f"mujin/v1/stores/{args.store}/events" if args.follow else None)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Books a device over MQTT as an integrator and prints the ticket text (for a QR code).
 #
-#   book.sh STORE DEVICE [MINUTES] [FROM]
+#   book.sh [--dry-run] STORE DEVICE [MINUTES] [FROM]
 #
 # MINUTES defaults to 60, FROM (RFC 3339) to now. The ticket text is the only thing printed on
-# standard output; the ticket id and the window go to standard error.
+# standard output; the ticket id and the window go to standard error. --dry-run prints the signed
+# request instead of sending it (no broker, no MQTT login needed).
 #
 # Configured by the environment: the lines `mujin-management integrator-enrol` prints
 # (MUJIN_MQTT_USERNAME, MUJIN_MQTT_PASSWORD, MUJIN_MQTT_CLIENT_ID, MUJIN_INTEGRATOR,
@@ -27,17 +28,28 @@ die() {
     exit 1
 }
 
-for command in mosquitto_pub mosquitto_sub openssl xxd jq stdbuf; do
+dry_run=false
+if [ "${1:-}" = --dry-run ]; then
+    dry_run=true
+    shift
+fi
+[ $# -ge 2 ] && [ $# -le 4 ] || die "usage: book.sh [--dry-run] STORE DEVICE [MINUTES] [FROM]"
+
+commands=(openssl xxd jq)
+variables=(MUJIN_INTEGRATOR MUJIN_INTEGRATOR_KEY_ID MUJIN_INTEGRATOR_KEY)
+if ! $dry_run; then
+    commands+=(mosquitto_pub mosquitto_sub stdbuf)
+    variables+=(MUJIN_MQTT_USERNAME MUJIN_MQTT_PASSWORD MUJIN_MQTT_CLIENT_ID)
+fi
+for command in "${commands[@]}"; do
     command -v "$command" >/dev/null 2>&1 ||
-        die "$command is not installed (Debian: mosquitto-clients, openssl, xxd, jq)"
+        die "$command is not installed (Debian: mosquitto-clients, openssl, xxd, jq, coreutils)"
 done
-for variable in MUJIN_MQTT_USERNAME MUJIN_MQTT_PASSWORD MUJIN_MQTT_CLIENT_ID MUJIN_INTEGRATOR \
-    MUJIN_INTEGRATOR_KEY_ID MUJIN_INTEGRATOR_KEY; do
+for variable in "${variables[@]}"; do
     [ -n "${!variable:-}" ] || die "$variable is not set (mujin-management integrator-enrol prints it)"
 done
 [[ "$MUJIN_INTEGRATOR_KEY" =~ ^[0-9a-fA-F]{64}$ ]] ||
     die "MUJIN_INTEGRATOR_KEY must be 64 hex characters (the Ed25519 seed)"
-[ $# -ge 2 ] && [ $# -le 4 ] || die "usage: book.sh STORE DEVICE [MINUTES] [FROM]"
 
 store=$1
 device=$2
@@ -83,6 +95,10 @@ signature=$(openssl pkeyutl -sign -inkey "$work/key.der" -keyform DER -rawin -in
     xxd -p -c 256)
 envelope=$(jq -cn --arg request "$request" --arg key_id "$MUJIN_INTEGRATOR_KEY_ID" \
     --arg sig "$signature" '{request: $request, key_id: $key_id, sig: $sig}')
+if $dry_run; then
+    echo "$envelope"
+    exit 0
+fi
 
 connection=(-h "$host" -p "$port" -V "$protocol" -u "$MUJIN_MQTT_USERNAME" -P "$MUJIN_MQTT_PASSWORD")
 [ -z "${MUJIN_TLS_CA:-}" ] || connection+=(--cafile "$MUJIN_TLS_CA")
