@@ -114,7 +114,10 @@ for _ in $(seq $((timeout * 10))); do
         die "could not subscribe at $host:$port: $(grep -v '^Client ' "$work/sub" || true)"
     sleep 0.1
 done
-grep -q '^Subscribed' "$work/sub" || die "no subscription acknowledgement from $host:$port"
+granted=$(grep -m 1 '^Subscribed' "$work/sub" || true)
+[ -n "$granted" ] || die "no subscription acknowledgement from $host:$port"
+# The broker grants a QoS (0-2) or refuses with a code of 128 or more (e.g. an ACL).
+[ "${granted##*: }" -lt 128 ] || die "the broker refused the subscription to $reply_topic (${granted##*: })"
 
 publish=(-i "$MUJIN_MQTT_CLIENT_ID.book" -q 1 -t "mujin/v1/integrators/$MUJIN_INTEGRATOR/bookings")
 if [ "$version" = 5 ]; then
