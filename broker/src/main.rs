@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use mujin_broker::{
     BrokerError, BrokerSettings, Credentials, IdentitySettings, TlsListenerSettings,
 };
@@ -18,7 +17,7 @@ const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn";
 ///
 /// Clients are let in by identities from management's database (--database-url with
 /// --identity-pepper) and/or by the fixed accounts of a credentials file (--credentials).
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "mujin-broker", version)]
 #[command(group(clap::ArgGroup::new("accounts").required(true).multiple(true).args(["credentials", "database_url"])))]
 struct Flags {
@@ -98,7 +97,7 @@ fn accounts(flags: &Flags) -> Result<(Credentials, Option<IdentitySettings>), Br
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let flags: Flags = mujin_config::parse("MUJIN_BROKER_CONFIG");
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()

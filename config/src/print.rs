@@ -83,7 +83,10 @@ fn line(arg: &Arg, matches: &ArgMatches, from_file: bool) -> String {
         .flatten()
         .map(|value| value.to_string_lossy().into_owned())
         .collect();
-    format!("{key} = {}  # {source}", value(arg, &raw))
+    // Defaults stay commented out: the output is then a file to start from that sets only
+    // what differs, and a default given explicitly could trip a `requires` rule.
+    let comment = if source == "default" { "# " } else { "" };
+    format!("{comment}{key} = {}  # {source}", value(arg, &raw))
 }
 
 /// The value as TOML: masked for a secret, a boolean for a switch, an array where the

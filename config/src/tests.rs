@@ -170,7 +170,10 @@ fn print_config_shows_sources_and_masks_secrets() {
         printed.contains("listen = \"10.0.0.1:1\"  # file\n"),
         "{printed}"
     );
-    assert!(printed.contains("retries = 1  # default\n"), "{printed}");
+    assert!(
+        printed.contains("\n# retries = 1  # default\n"),
+        "{printed}"
+    );
     assert!(printed.contains("verbose = true  # flag\n"), "{printed}");
     assert!(
         printed.contains("password = \"********\"  # file\n"),
@@ -178,7 +181,7 @@ fn print_config_shows_sources_and_masks_secrets() {
     );
     assert!(printed.contains("# format is not set\n"), "{printed}");
     assert!(
-        printed.contains("\n[run]\nbroker = \"h:1\"  # default\nuser = \"u\"  # file\n"),
+        printed.contains("\n[run]\n# broker = \"h:1\"  # default\nuser = \"u\"  # file\n"),
         "{printed}"
     );
     assert!(!printed.contains("a-long-secret"), "{printed}");

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use clap::Parser;
 use mujin_console::Settings;
 use mujin_protocol::signed;
 use mujin_protocol::ticket::SigningKey;
@@ -15,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 /// The mujin operator console: every store's devices and events, live.
 ///
 /// Pass the password through MUJIN_CONSOLE_PASSWORD to keep it off the process list.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(version)]
 struct Flags {
     /// The MQTT broker, host:port.
@@ -66,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off")),
         )
         .init();
-    let flags = Flags::parse();
+    let flags: Flags = mujin_config::parse("MUJIN_CONSOLE_CONFIG");
     let operator = operator_id(flags.operator.as_deref(), &flags.username)?;
     let client_id = flags
         .client_id

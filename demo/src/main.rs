@@ -61,7 +61,7 @@ enum Hidden {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = mujin_config::parse("MUJIN_DEMO_CONFIG");
     if let Some(Hidden::Agent { args }) = cli.command {
         return agents::agent_main(args);
     }

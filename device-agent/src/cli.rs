@@ -207,7 +207,7 @@ impl Args {
 /// The whole `mujin-agent` command: parses `args` (the first one is the program name), logs to
 /// stderr, runs the agent on its own runtime until SIGINT or SIGTERM.
 pub fn cli_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
-    let args = Args::parse_from(args);
+    let args: Args = mujin_config::parse_from("MUJIN_AGENT_CONFIG", args);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli: Cli = mujin_config::parse("MUJIN_LOADGEN_CONFIG");
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     // block_on keeps the work on the main thread, which the private PostgreSQL is tied to.
     runtime.block_on(async {

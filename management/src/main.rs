@@ -1,6 +1,5 @@
 //! `mujin-management`: see `mujin_management::cli`.
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -12,5 +11,6 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| EnvFilter::new("info,rumqttc=warn")),
         )
         .init();
-    mujin_management::cli::execute(mujin_management::cli::Cli::parse()).await
+    let cli: mujin_management::cli::Cli = mujin_config::parse("MUJIN_MANAGEMENT_CONFIG");
+    mujin_management::cli::execute(cli).await
 }
