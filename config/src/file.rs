@@ -75,7 +75,7 @@ pub fn read(path: &Path) -> Result<toml::Table, FileError> {
         FileError::Syntax {
             path: shown,
             line,
-            message: error.message().trim().to_owned(),
+            message: error.message().trim().replace('\n', "; "),
         }
     })
 }
