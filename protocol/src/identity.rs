@@ -2,10 +2,12 @@
 //! usernames, the client ids each may use, and the keyed hash under which their secret tokens
 //! are stored.
 //!
-//! - usernames: `device:{store}:{device}`, `operator:{operator}`, `service:{name}`;
+//! - usernames: `device:{store}:{device}`, `operator:{operator}`, `integrator:{integrator}`,
+//!   `service:{name}`;
 //! - client ids: a device exactly `mujin-agent.{store}.{device}`; an operator
-//!   `mujin-console.{operator}` or `mujin-console.{operator}.{anything}`; a service its name or
-//!   `{name}-{anything}` (e.g. `mujin-management-2`), never one of the two prefixes above;
+//!   `mujin-console.{operator}` or `mujin-console.{operator}.{anything}`; an integrator
+//!   `mujin-integrator.{integrator}` or `mujin-integrator.{integrator}.{anything}`; a service its
+//!   name or `{name}-{anything}` (e.g. `mujin-management-2`), never one of the prefixes above;
 //! - tokens: 32 random bytes as 64 lower-case hex characters, kept only as
 //!   HMAC-SHA256(pepper, token) so a copy of the database alone cannot be used to connect.
 //!
@@ -17,7 +19,7 @@ use data_encoding::HEXLOWER;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::ids::{DeviceId, IdError, OperatorId, StoreId, WorkerId};
+use crate::ids::{DeviceId, IdError, IntegratorId, OperatorId, StoreId, WorkerId};
 
 /// Bytes of a pepper and of a token's randomness.
 pub const SECRET_LEN: usize = 32;
@@ -25,11 +27,13 @@ pub const SECRET_LEN: usize = 32;
 pub const AGENT_CLIENT_PREFIX: &str = "mujin-agent.";
 /// Client ids of operator consoles start with this (then `{operator}`).
 pub const CONSOLE_CLIENT_PREFIX: &str = "mujin-console.";
+/// Client ids of integrators start with this (then `{integrator}`).
+pub const INTEGRATOR_CLIENT_PREFIX: &str = "mujin-integrator.";
 
 /// Why a username, token, hash or pepper was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
-    #[error("{0:?} is not an identity username (device:STORE:DEVICE, operator:OPERATOR or service:NAME)")]
+    #[error("{0:?} is not an identity username (device:STORE:DEVICE, operator:OPERATOR, integrator:INTEGRATOR or service:NAME)")]
     NotAnIdentity(String),
     #[error(transparent)]
     BadId(#[from] IdError),
@@ -50,8 +54,10 @@ pub enum IdentityError {
 pub enum Identity {
     /// One device's agent.
     Device { store: StoreId, device: DeviceId },
-    /// An operator at a console (or an integrator).
+    /// An operator at a console.
     Operator(OperatorId),
+    /// A booking integrator (see [`crate::booking`]).
+    Integrator(IntegratorId),
     /// A server-side part, e.g. `mujin-management` (its workers share its token).
     Service(ServiceName),
 }
@@ -65,7 +71,7 @@ impl ServiceName {
     pub fn parse(text: &str) -> Result<Self, IdentityError> {
         // Same rules as a worker id, which is what most services name themselves after.
         let name = WorkerId::parse(text)?;
-        let reserved = [AGENT_CLIENT_PREFIX, CONSOLE_CLIENT_PREFIX]
+        let reserved = RESERVED_CLIENT_PREFIXES
             .iter()
             .any(|prefix| prefix.trim_end_matches('.') == name.as_str());
         if reserved {
@@ -85,6 +91,13 @@ impl fmt::Display for ServiceName {
     }
 }
 
+/// Client-id prefixes that belong to one kind of identity; no service may use them.
+const RESERVED_CLIENT_PREFIXES: [&str; 3] = [
+    AGENT_CLIENT_PREFIX,
+    CONSOLE_CLIENT_PREFIX,
+    INTEGRATOR_CLIENT_PREFIX,
+];
+
 /// The client id a device's agent must use.
 pub fn device_client_id(store: &StoreId, device: &DeviceId) -> String {
     format!("{AGENT_CLIENT_PREFIX}{store}.{device}")
@@ -96,12 +109,27 @@ pub fn operator_client_id(operator: &OperatorId) -> String {
     format!("{CONSOLE_CLIENT_PREFIX}{operator}")
 }
 
+/// The plain client id of an integrator (`…{integrator}.{suffix}` is allowed too, for several
+/// connections at once).
+pub fn integrator_client_id(integrator: &IntegratorId) -> String {
+    format!("{INTEGRATOR_CLIENT_PREFIX}{integrator}")
+}
+
+/// Whether `client_id` is `plain` or `plain.{suffix}` (a non-empty suffix).
+fn plain_or_dotted(client_id: &str, plain: &str) -> bool {
+    client_id == plain
+        || client_id
+            .strip_prefix(plain)
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'))
+}
+
 impl Identity {
-    /// `device`, `operator` or `service`.
+    /// `device`, `operator`, `integrator` or `service`.
     pub fn kind(&self) -> &'static str {
         match self {
             Identity::Device { .. } => "device",
             Identity::Operator(_) => "operator",
+            Identity::Integrator(_) => "integrator",
             Identity::Service(_) => "service",
         }
     }
@@ -124,15 +152,16 @@ impl Identity {
                 })
             }
             "operator" => Ok(Identity::Operator(OperatorId::parse(rest)?)),
+            "integrator" => Ok(Identity::Integrator(IntegratorId::parse(rest)?)),
             "service" => Ok(Identity::Service(ServiceName::parse(rest)?)),
             _ => Err(not_one()),
         }
     }
 
-    /// True when `username` is meant as an identity (`device:`, `operator:` or `service:`),
-    /// valid or not.
+    /// True when `username` is meant as an identity (`device:`, `operator:`, `integrator:` or
+    /// `service:`), valid or not.
     pub fn is_identity_username(username: &str) -> bool {
-        ["device:", "operator:", "service:"]
+        ["device:", "operator:", "integrator:", "service:"]
             .iter()
             .any(|prefix| username.starts_with(prefix))
     }
@@ -143,15 +172,15 @@ impl Identity {
         match self {
             Identity::Device { store, device } => client_id == device_client_id(store, device),
             Identity::Operator(operator) => {
-                let plain = operator_client_id(operator);
-                client_id == plain
-                    || client_id
-                        .strip_prefix(plain.as_str())
-                        .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'))
+                plain_or_dotted(client_id, &operator_client_id(operator))
+            }
+            Identity::Integrator(integrator) => {
+                plain_or_dotted(client_id, &integrator_client_id(integrator))
             }
             Identity::Service(name) => {
-                let reserved = client_id.starts_with(AGENT_CLIENT_PREFIX)
-                    || client_id.starts_with(CONSOLE_CLIENT_PREFIX);
+                let reserved = RESERVED_CLIENT_PREFIXES
+                    .iter()
+                    .any(|prefix| client_id.starts_with(prefix));
                 let own = client_id == name.as_str()
                     || client_id
                         .strip_prefix(name.as_str())
@@ -169,6 +198,10 @@ impl Identity {
                 let plain = operator_client_id(operator);
                 format!("{plain} or {plain}.<suffix>")
             }
+            Identity::Integrator(integrator) => {
+                let plain = integrator_client_id(integrator);
+                format!("{plain} or {plain}.<suffix>")
+            }
             Identity::Service(name) => format!("{name} or {name}-<suffix>"),
         }
     }
@@ -179,6 +212,7 @@ impl fmt::Display for Identity {
         match self {
             Identity::Device { store, device } => write!(f, "device:{store}:{device}"),
             Identity::Operator(operator) => write!(f, "operator:{operator}"),
+            Identity::Integrator(integrator) => write!(f, "integrator:{integrator}"),
             Identity::Service(name) => write!(f, "service:{name}"),
         }
     }
@@ -289,6 +323,7 @@ mod tests {
         for identity in [
             device("shibuya", "pc-01"),
             Identity::Operator(OperatorId::parse("alice").unwrap()),
+            Identity::Integrator(IntegratorId::parse("acme").unwrap()),
             Identity::Service(ServiceName::parse("mujin-management").unwrap()),
         ] {
             let username = identity.username();
@@ -310,6 +345,9 @@ mod tests {
             "operator:a.b",
             "service:mujin-agent",
             "service:mujin-console",
+            "service:mujin-integrator",
+            "integrator:",
+            "integrator:a:b",
             "robot:x",
         ] {
             assert!(
@@ -356,6 +394,30 @@ mod tests {
         ] {
             assert!(!alice.allows_client_id(other), "{other} allowed");
         }
+    }
+
+    #[test]
+    fn an_integrator_may_connect_several_times_under_its_own_prefix() {
+        let acme = Identity::Integrator(IntegratorId::parse("acme").unwrap());
+        assert_eq!(acme.username(), "integrator:acme");
+        assert_eq!(acme.kind(), "integrator");
+        assert!(acme.allows_client_id("mujin-integrator.acme"));
+        assert!(acme.allows_client_id("mujin-integrator.acme.kiosk-7"));
+        for other in [
+            "mujin-integrator.acme.",
+            "mujin-integrator.acmex",
+            "mujin-integrator.other",
+            "mujin-console.acme",
+            "acme",
+        ] {
+            assert!(!acme.allows_client_id(other), "{other} allowed");
+        }
+        assert_eq!(
+            acme.client_id_rule(),
+            "mujin-integrator.acme or mujin-integrator.acme.<suffix>"
+        );
+        let broad = Identity::Service(ServiceName::parse("mujin").unwrap());
+        assert!(!broad.allows_client_id("mujin-integrator.acme"));
     }
 
     #[test]

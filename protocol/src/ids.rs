@@ -215,6 +215,11 @@ slug_id!(
     OperatorId, "operator id", 32
 );
 slug_id!(
+    /// A booking integrator (a booking site, a payment kiosk), e.g. `acme-web`; it books over
+    /// MQTT on topics of its own (see [`crate::booking`]).
+    IntegratorId, "integrator id", 32
+);
+slug_id!(
     /// One management worker, e.g. `mujin-management-2` (its MQTT client id).
     WorkerId, "worker id", 64
 );

@@ -1,5 +1,6 @@
 //! The mujin wire contract: everything two mujin parts must agree on to talk over MQTT.
 //!
+//! - [`booking`]: integrators' signed booking requests over MQTT and management's replies;
 //! - [`device_auth`]: each device's signature on what it publishes;
 //! - [`ids`]: validated identifiers (`StoreId`, `DeviceId`, `TicketId`, …);
 //! - [`identity`]: who connects to the broker (usernames, client ids, token hashes);
@@ -15,6 +16,7 @@
 //! This crate has no runtime dependencies (no tokio, no database) so that every part —
 //! and golden vectors for other languages — can share it.
 
+pub mod booking;
 pub mod device_auth;
 pub mod identity;
 pub mod ids;
@@ -28,6 +30,6 @@ pub mod topic;
 pub mod trust;
 
 pub use ids::{
-    CommandId, DeviceId, IdError, KeyId, OperatorId, RequestId, ScanId, SessionId, StoreId,
-    TicketId, WorkerId,
+    CommandId, DeviceId, IdError, IntegratorId, KeyId, OperatorId, RequestId, ScanId, SessionId,
+    StoreId, TicketId, WorkerId,
 };

@@ -13,11 +13,16 @@
 //! mujin/v1/management/{worker}/status                   management → all     QoS 1 retained, LWT offline
 //! mujin/v1/operators/{operator}/requests                operator → management QoS 1
 //! mujin/v1/operators/{operator}/replies                 management → operator QoS 1
+//! mujin/v1/integrators/{integrator}/bookings            integrator → management QoS 1
+//! mujin/v1/integrators/{integrator}/replies             management → integrator QoS 1 (default)
 //! ```
+//!
+//! An integrator may name its own reply topic, anywhere under `mujin/v1/integrators/{integrator}/`
+//! ([`reply_topic_allowed`]).
 
 use std::fmt;
 
-use crate::ids::{DeviceId, IdError, OperatorId, StoreId, WorkerId};
+use crate::ids::{DeviceId, IdError, IntegratorId, OperatorId, StoreId, WorkerId};
 
 /// The root every mujin topic lives under; the version changes only with incompatible payloads.
 pub const ROOT: &str = "mujin/v1";
@@ -118,6 +123,15 @@ pub enum Topic {
     Replies {
         operator: OperatorId,
     },
+    /// An integrator's signed booking requests (see [`crate::booking`]).
+    IntegratorBookings {
+        integrator: IntegratorId,
+    },
+    /// Management's replies to an integrator's booking requests, when the request names no
+    /// reply topic of its own.
+    IntegratorReplies {
+        integrator: IntegratorId,
+    },
 }
 
 /// Why a topic string is not a mujin topic.
@@ -163,6 +177,12 @@ impl Topic {
             ["operators", operator, "replies"] => Ok(Topic::Replies {
                 operator: OperatorId::parse(operator)?,
             }),
+            ["integrators", integrator, "bookings"] => Ok(Topic::IntegratorBookings {
+                integrator: IntegratorId::parse(integrator)?,
+            }),
+            ["integrators", integrator, "replies"] => Ok(Topic::IntegratorReplies {
+                integrator: IntegratorId::parse(integrator)?,
+            }),
             ["stores", store, "devices", device, channel] => Ok(Topic::Device {
                 store: StoreId::parse(store)?,
                 device: DeviceId::parse(device)?,
@@ -177,7 +197,11 @@ impl Topic {
         match self {
             Topic::Device { channel, .. } => channel.retained(),
             Topic::Trust { .. } | Topic::Worker { .. } => true,
-            Topic::Events { .. } | Topic::Requests { .. } | Topic::Replies { .. } => false,
+            Topic::Events { .. }
+            | Topic::Requests { .. }
+            | Topic::Replies { .. }
+            | Topic::IntegratorBookings { .. }
+            | Topic::IntegratorReplies { .. } => false,
         }
     }
 
@@ -189,7 +213,9 @@ impl Topic {
             | Topic::Trust { .. }
             | Topic::Worker { .. }
             | Topic::Requests { .. }
-            | Topic::Replies { .. } => 1,
+            | Topic::Replies { .. }
+            | Topic::IntegratorBookings { .. }
+            | Topic::IntegratorReplies { .. } => 1,
         }
     }
 }
@@ -207,6 +233,12 @@ impl fmt::Display for Topic {
             Topic::Worker { worker } => write!(f, "{ROOT}/management/{worker}/status"),
             Topic::Requests { operator } => write!(f, "{ROOT}/operators/{operator}/requests"),
             Topic::Replies { operator } => write!(f, "{ROOT}/operators/{operator}/replies"),
+            Topic::IntegratorBookings { integrator } => {
+                write!(f, "{ROOT}/integrators/{integrator}/bookings")
+            }
+            Topic::IntegratorReplies { integrator } => {
+                write!(f, "{ROOT}/integrators/{integrator}/replies")
+            }
         }
     }
 }
@@ -287,6 +319,59 @@ pub fn every_operator_replies() -> String {
     format!("{ROOT}/operators/+/replies")
 }
 
+/// The booking-request topic of one integrator.
+pub fn integrator_bookings(integrator: &IntegratorId) -> String {
+    Topic::IntegratorBookings {
+        integrator: integrator.clone(),
+    }
+    .to_string()
+}
+
+/// The default reply topic of one integrator.
+pub fn integrator_replies(integrator: &IntegratorId) -> String {
+    Topic::IntegratorReplies {
+        integrator: integrator.clone(),
+    }
+    .to_string()
+}
+
+/// The prefix of every topic of one integrator, ending in `/`: its own reply topics live here.
+pub fn integrator_subtree(integrator: &IntegratorId) -> String {
+    format!("{ROOT}/integrators/{integrator}/")
+}
+
+/// ACL filter: everything under one integrator's subtree.
+pub fn integrator_all(integrator: &IntegratorId) -> String {
+    format!("{ROOT}/integrators/{integrator}/#")
+}
+
+/// Subscription filter: the booking requests of every integrator (management's side).
+pub fn every_integrator_bookings() -> String {
+    format!("{ROOT}/integrators/+/bookings")
+}
+
+/// ACL filter: every integrator's subtree (management publishes replies anywhere in it).
+pub fn every_integrator_topic() -> String {
+    format!("{ROOT}/integrators/+/#")
+}
+
+/// The longest reply topic an integrator may name.
+pub const MAX_REPLY_TOPIC_LEN: usize = 256;
+
+/// Whether management may publish a reply for `integrator` on `topic`: a concrete topic (no
+/// wildcard, no empty level, no NUL) under the integrator's own subtree, other than its bookings
+/// topic (a reply there would come back to management as a request). Management never
+/// publishes into someone else's topics.
+pub fn reply_topic_allowed(integrator: &IntegratorId, topic: &str) -> bool {
+    let Some(rest) = topic.strip_prefix(&integrator_subtree(integrator)) else {
+        return false;
+    };
+    topic.len() <= MAX_REPLY_TOPIC_LEN
+        && rest != "bookings"
+        && !rest.split('/').any(str::is_empty)
+        && !rest.contains(['+', '#', '\0'])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +444,60 @@ mod tests {
             assert_eq!(Topic::parse(&topic.to_string()).unwrap(), topic);
         }
         assert_eq!(every_operator_requests(), "mujin/v1/operators/+/requests");
+    }
+
+    #[test]
+    fn integrator_topics_parse_and_replies_stay_in_their_subtree() {
+        let acme = IntegratorId::parse("acme").unwrap();
+        assert_eq!(
+            integrator_bookings(&acme),
+            "mujin/v1/integrators/acme/bookings"
+        );
+        assert_eq!(
+            integrator_replies(&acme),
+            "mujin/v1/integrators/acme/replies"
+        );
+        for topic in [
+            Topic::IntegratorBookings {
+                integrator: acme.clone(),
+            },
+            Topic::IntegratorReplies {
+                integrator: acme.clone(),
+            },
+        ] {
+            assert_eq!(Topic::parse(&topic.to_string()).unwrap(), topic);
+            assert_eq!(topic.qos(), 1);
+            assert!(!topic.retained());
+        }
+        assert_eq!(
+            shared("bookings", &every_integrator_bookings()),
+            "$share/mujin-management-bookings/mujin/v1/integrators/+/bookings"
+        );
+        assert_eq!(integrator_all(&acme), "mujin/v1/integrators/acme/#");
+        assert_eq!(every_integrator_topic(), "mujin/v1/integrators/+/#");
+        for allowed in [
+            "mujin/v1/integrators/acme/replies",
+            "mujin/v1/integrators/acme/replies/kiosk-7",
+            "mujin/v1/integrators/acme/x",
+        ] {
+            assert!(reply_topic_allowed(&acme, allowed), "{allowed} refused");
+        }
+        let long = format!("mujin/v1/integrators/acme/{}", "a".repeat(300));
+        for refused in [
+            "mujin/v1/integrators/acme/bookings",
+            "mujin/v1/integrators/acme/",
+            "mujin/v1/integrators/acme",
+            "mujin/v1/integrators/acmex/replies",
+            "mujin/v1/integrators/other/replies",
+            "mujin/v1/operators/acme/replies",
+            "mujin/v1/integrators/acme/replies/+",
+            "mujin/v1/integrators/acme/#",
+            "mujin/v1/integrators/acme//x",
+            "mujin/v1/integrators/acme/x/",
+            long.as_str(),
+        ] {
+            assert!(!reply_topic_allowed(&acme, refused), "{refused} allowed");
+        }
     }
 
     #[test]
