@@ -14,6 +14,9 @@ pub struct Sample {
     listen: SocketAddr,
     #[arg(long, env = "SAMPLE_RETRIES", default_value_t = 1)]
     retries: u32,
+    /// Set from the environment by one test only (the environment is the whole process's).
+    #[arg(long, env = "SAMPLE_TIMEOUT", default_value_t = 10)]
+    timeout: u32,
     #[arg(long)]
     verbose: bool,
     #[arg(long, action = ArgAction::SetFalse)]
@@ -91,15 +94,15 @@ fn the_file_fills_what_flags_do_not_give() {
 
 #[test]
 fn the_environment_beats_the_file_and_flags_beat_the_environment() {
-    // Only this test sets SAMPLE_RETRIES.
-    std::env::set_var("SAMPLE_RETRIES", "6");
-    let file = config("retries = 5");
+    // Only this test sets SAMPLE_TIMEOUT.
+    std::env::set_var("SAMPLE_TIMEOUT", "6");
+    let file = config("timeout = 5");
     let env = parse(&file, &[]);
-    let flag = parse(&file, &["--retries", "7"]);
-    std::env::remove_var("SAMPLE_RETRIES");
+    let flag = parse(&file, &["--timeout", "7"]);
+    std::env::remove_var("SAMPLE_TIMEOUT");
     let env = env.unwrap().flags;
-    assert_eq!(env.retries, 6);
-    assert_eq!(flag.unwrap().flags.retries, 7);
+    assert_eq!(env.timeout, 6);
+    assert_eq!(flag.unwrap().flags.timeout, 7);
 }
 
 #[test]
@@ -201,4 +204,60 @@ fn without_a_file_nothing_changes() {
     };
     assert_eq!(error.kind(), clap::error::ErrorKind::DisplayHelp);
     assert!(error.to_string().contains("--print-config"));
+}
+
+/// The demo's shape: its own flags conflict with a hidden subcommand that passes everything on.
+#[derive(Debug, Parser)]
+#[command(name = "demo", args_conflicts_with_subcommands = true)]
+struct Demo {
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    #[command(subcommand)]
+    command: Option<Inner>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Inner {
+    #[command(hide = true, disable_help_flag = true)]
+    Agent {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+}
+
+#[test]
+fn a_pass_through_subcommand_gets_its_words_untouched() {
+    let file = config("duration = 5\n");
+    let path = file.path().to_str().unwrap();
+    let demo = |args: &[&str]| {
+        let argv = ["demo", "--config", path]
+            .into_iter()
+            .chain(args.iter().copied());
+        try_parse_from::<Demo, _, _>("DEMO_CONFIG", argv)
+            .unwrap()
+            .flags
+    };
+    assert_eq!(demo(&[]).duration, 5);
+    // The demo starts its agents as `mujin-demo agent …`, where the file comes from the
+    // environment if at all (`--config` before `agent` would conflict, as any demo flag does).
+    // Only this test sets DEMO_CONFIG.
+    std::env::set_var("DEMO_CONFIG", path);
+    let inner =
+        try_parse_from::<Demo, _, _>("DEMO_CONFIG", ["demo", "agent", "--store", "s", "--", "sh"]);
+    std::env::remove_var("DEMO_CONFIG");
+    let inner = inner.unwrap().flags;
+    let Some(Inner::Agent { args }) = inner.command else {
+        panic!("no agent: {inner:?}");
+    };
+    assert_eq!(args, vec!["--store", "s", "--", "sh"]);
+    // The hidden subcommand has no table in the file.
+    let bad = config("[agent]\nstore = \"s\"\n");
+    assert!(parse_demo_error(&bad).contains("key \"agent\": unknown key"));
+}
+
+fn parse_demo_error(file: &tempfile::NamedTempFile) -> String {
+    let argv = ["demo", "--config", file.path().to_str().unwrap()];
+    try_parse_from::<Demo, _, _>("DEMO_CONFIG", argv)
+        .unwrap_err()
+        .to_string()
 }
