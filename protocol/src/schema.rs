@@ -13,6 +13,7 @@ use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::Value;
 
+use crate::booking::{BookingEnvelope, BookingReply, BookingRequest};
 use crate::message::{Ack, Command, DesiredState, Event, Reply, ReportedState, Request, Scan};
 use crate::message::{ScanResult, Telemetry};
 use crate::presence::WorkerStatus;
@@ -21,10 +22,58 @@ use crate::trust::TrustList;
 
 /// The schema of one type, standalone (the types it uses are under `definitions`).
 pub fn schema_for<T: JsonSchema>() -> Value {
-    SchemaSettings::draft07()
+    let mut schema = SchemaSettings::draft07()
         .into_generator()
         .into_root_schema_for::<T>()
-        .to_value()
+        .to_value();
+    plain_descriptions(&mut schema);
+    schema
+}
+
+/// Descriptions come from the doc comments: they are written for rustdoc, so its links
+/// (``[`Command::epoch`]``) become plain code spans, `crate::` paths name the crate, and lines
+/// wrapped in the source are joined (paragraphs stay apart).
+fn plain_descriptions(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    Value::String(text) if key == "description" => *text = plain(text),
+                    _ => plain_descriptions(child),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(plain_descriptions),
+        _ => {}
+    }
+}
+
+fn plain(doc: &str) -> String {
+    let mut text = String::with_capacity(doc.len());
+    let mut rest = doc;
+    // ``[`path`]`` → `` `path` ``; a bracket not closing right after the span (an interval such
+    // as ``[`from`, `to`)``) is left alone.
+    while let Some(start) = rest.find("[`") {
+        let after = &rest[start + 2..];
+        match after.find('`') {
+            Some(end) if after[end + 1..].starts_with(']') => {
+                text.push_str(&rest[..start]);
+                text.push('`');
+                text.push_str(&after[..=end]);
+                rest = &after[end + 2..];
+            }
+            _ => {
+                text.push_str(&rest[..start + 2]);
+                rest = after;
+            }
+        }
+    }
+    text.push_str(rest);
+    let text = text.replace("crate::", "mujin_protocol::");
+    text.split("\n\n")
+        .map(|paragraph| paragraph.replace('\n', " "))
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// Every message schema, by file name without `.json` (e.g. `scan-result`), in topic order.
@@ -43,6 +92,9 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("request", schema_for::<Request>()),
         ("reply", schema_for::<Reply>()),
         ("snapshot-page", schema_for::<SnapshotPage>()),
+        ("booking-envelope", schema_for::<BookingEnvelope>()),
+        ("booking-request", schema_for::<BookingRequest>()),
+        ("booking-reply", schema_for::<BookingReply>()),
     ]
 }
 
@@ -60,6 +112,14 @@ mod tests {
             );
             assert!(schema.get("title").is_some(), "{name} has no title");
         }
+    }
+
+    #[test]
+    fn descriptions_lose_rustdoc_links_and_source_line_breaks() {
+        assert_eq!(
+            plain("Its epoch (see [`Command::epoch`],\n[`crate::signed`]).\n\nIn [`from`, `to`)."),
+            "Its epoch (see `Command::epoch`, `mujin_protocol::signed`).\n\nIn [`from`, `to`)."
+        );
     }
 
     #[test]
