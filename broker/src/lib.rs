@@ -5,7 +5,8 @@
 //! - [`IdentitySettings`] — identities from management's PostgreSQL (devices, operators,
 //!   services), each with its own token stored as a keyed hash and bound to its client ids;
 //!   reloaded every 2 s, revoked ones disconnected (module `identities`, `gate`, `watch`);
-//! - [`Broker`] — a running broker: MQTT 3.1.1 listener, optional MQTT 5 listener, optional TLS
+//! - [`Broker`] — a running broker: MQTT 3.1.1 listener (module `v4`: MQTT 5 properties are
+//!   left out of what it sends), optional MQTT 5 listener, optional TLS
 //!   listener ([`TlsListenerSettings`], module `tls`) relaying to the 3.1.1 one; bind errors
 //!   are returned by [`Broker::start`], and [`Broker::shutdown`] closes every connection.
 //! - [`run`] — start, wait for the shutdown future, stop: what the `mujin-broker` binary does.
@@ -18,6 +19,7 @@ mod gate;
 pub mod identities;
 mod server;
 mod tls;
+mod v4;
 mod watch;
 
 use std::future::Future;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use rumqttd::protocol::{v4::V4, v5::V5, Protocol};
+use rumqttd::protocol::{v5::V5, Protocol};
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::gate::Gate;
 use crate::tls::{self, TlsListenerSettings};
+use crate::v4::V4WithoutProperties;
 use crate::watch::{self, Kicker};
 use crate::{BrokerError, BrokerSettings, IdentitySettings};
 
@@ -123,7 +124,7 @@ impl Broker {
         let v4 = Server::new(
             server_settings("v4", v4_addr, &connections),
             router_tx.clone(),
-            V4,
+            V4WithoutProperties,
         );
         let mut pending = vec![(v4_addr, broker.spawn_listener(v4))];
         if let Some(addr) = v5_addr {
@@ -297,6 +298,8 @@ fn check_bindable(addr: SocketAddr) -> Result<(), BrokerError> {
 
 #[cfg(test)]
 mod tests {
+    use rumqttd::protocol::v4::V4;
+
     use super::*;
 
     /// Pins down the rumqttd behaviour `serve` relies on: the first poll of `Server::start`

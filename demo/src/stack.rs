@@ -549,6 +549,7 @@ fn start_management(
         key_id,
         early_grace: EARLY_GRACE,
         metrics_listen: None,
+        booking_broker: None,
     };
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();

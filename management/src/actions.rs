@@ -419,6 +419,18 @@ pub async fn cancel(
 ) -> Result<(), CancelError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    cancel_in(&tx, ticket_id, by, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`cancel`] inside the caller's transaction (takes effect when it commits).
+pub async fn cancel_in(
+    tx: &impl GenericClient,
+    ticket_id: TicketId,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<(), CancelError> {
     let row = tx
         .query_opt(
             "SELECT store_id, device_id, cancelled_at, cancel_reason FROM reservations
@@ -452,7 +464,6 @@ pub async fn cancel(
         &[&ticket_id.as_uuid(), &now],
     )
     .await?;
-    tx.commit().await?;
     let (store, device): (String, String) = (row.get(0), row.get(1));
     tracing::info!(%store, %device, %ticket_id, by, "booking cancelled");
     Ok(())

@@ -2,10 +2,10 @@
 //! the signed ticket that goes with it. Overlaps are refused by the database itself.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use mujin_protocol::message::{Event, EventKind};
 use mujin_protocol::ticket::{SigningKey, TicketClaims};
-use mujin_protocol::{DeviceId, StoreId, TicketId};
+use mujin_protocol::{DeviceId, IntegratorId, StoreId, TicketId};
 use tokio_postgres::error::SqlState;
 
 use crate::audit;
@@ -190,6 +190,23 @@ pub async fn reserve(
     ends_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Booking, BookingError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let booking = reserve_in(&tx, key, (store, device), (starts_at, ends_at), None, now).await?;
+    tx.commit().await?;
+    Ok(booking)
+}
+
+/// [`reserve`] inside the caller's transaction, for `owner` (the integrator that booked it, if
+/// one did). A refused booking leaves the transaction aborted: call it in a savepoint to go on.
+pub async fn reserve_in(
+    tx: &impl GenericClient,
+    key: &SigningKey,
+    (store, device): (&StoreId, &DeviceId),
+    (starts_at, ends_at): (DateTime<Utc>, DateTime<Utc>),
+    owner: Option<&IntegratorId>,
+    now: DateTime<Utc>,
+) -> Result<Booking, BookingError> {
     // Tickets carry whole seconds; book what the ticket says.
     let starts_at = truncate_to_second(starts_at);
     let ends_at = truncate_to_second(ends_at);
@@ -207,12 +224,10 @@ pub async fn reserve(
         not_after: ends_at,
         key_id: key.key_id().clone(),
     };
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
     let inserted = tx
         .execute(
-            "INSERT INTO reservations (ticket_id, store_id, device_id, period, key_id)
-             VALUES ($1, $2, $3, tstzrange($4, $5, '[)'), $6)",
+            "INSERT INTO reservations (ticket_id, store_id, device_id, period, key_id, integrator)
+             VALUES ($1, $2, $3, tstzrange($4, $5, '[)'), $6, $7)",
             &[
                 &claims.ticket_id.as_uuid(),
                 &store.as_str(),
@@ -220,6 +235,7 @@ pub async fn reserve(
                 &starts_at,
                 &ends_at,
                 &claims.key_id.as_str(),
+                &owner.map(IntegratorId::as_str),
             ],
         )
         .await;
@@ -245,8 +261,7 @@ pub async fn reserve(
             not_after: ends_at,
         },
     };
-    audit::record(&tx, &event).await?;
-    tx.commit().await?;
+    audit::record(tx, &event).await?;
     let ticket = key.issue(&claims);
     Ok(Booking { claims, ticket })
 }

@@ -1,4 +1,4 @@
-//! Identities the broker lets in (devices, operators, services): enrolment, which creates a
+//! Identities the broker lets in (devices, operators, integrators, services): enrolment, which creates a
 //! random token and stores only its keyed hash, revocation, the list, and their subcommands.
 //! The broker reads the same `identities` table (see `mujin-broker --database-url`).
 
@@ -7,6 +7,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use deadpool_postgres::Pool;
+use mujin_protocol::booking::{IntegratorKey, IntegratorKeyError};
 use mujin_protocol::device_auth::{DeviceKey, DeviceKeyError};
 use mujin_protocol::identity::{Identity, IdentityError, Pepper, ServiceName, Token};
 use mujin_protocol::signed::public_key_text;
@@ -121,6 +122,8 @@ pub enum IdentityDbError {
     Token(#[from] IdentityError),
     #[error("cannot create a device key: {0}")]
     DeviceKey(#[from] DeviceKeyError),
+    #[error("cannot create an integrator key: {0}")]
+    IntegratorKey(#[from] IntegratorKeyError),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -147,6 +150,9 @@ pub struct Enrolled {
     /// A device's new device key (its public half is stored; an earlier one stops working);
     /// `None` for other identities.
     pub device_key: Option<DeviceKey>,
+    /// An integrator's new signing key (its public half is stored; an earlier one stops
+    /// working); `None` for other identities.
+    pub integrator_key: Option<IntegratorKey>,
 }
 
 /// One identity as listed (no secret).
@@ -167,7 +173,8 @@ pub enum Revoked {
 
 /// Creates `identity` with a new token, or gives it a new one (the old token stops working and
 /// a revocation is lifted). A device is registered (with its store) when it is not yet, and
-/// gets a new device key in the same transaction (replacing its earlier one).
+/// gets a new device key in the same transaction (replacing its earlier one), an integrator a
+/// new signing key.
 pub async fn enrol(
     pool: &Pool,
     pepper: &Pepper,
@@ -182,9 +189,18 @@ pub async fn enrol(
         }
         Identity::Operator(operator) => (None, None, Some(operator.as_str()), None),
         Identity::Service(name) => (None, None, None, Some(name.as_str())),
+        Identity::Integrator(_) => (None, None, None, None),
+    };
+    let integrator = match identity {
+        Identity::Integrator(integrator) => Some(integrator.as_str()),
+        _ => None,
     };
     let device_key = match identity {
         Identity::Device { .. } => Some(DeviceKey::generate()?),
+        _ => None,
+    };
+    let integrator_key = match identity {
+        Identity::Integrator(_) => Some(IntegratorKey::generate()?),
         _ => None,
     };
     let mut client = pool.get().await?;
@@ -207,8 +223,9 @@ pub async fn enrol(
     let row = transaction
         .query_one(
             "INSERT INTO identities
-                 (username, kind, store_id, device_id, operator_id, service_name, token_hash, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 (username, kind, store_id, device_id, operator_id, service_name, token_hash,
+                  created_at, integrator_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (username) DO UPDATE
                  SET token_hash = EXCLUDED.token_hash, created_at = EXCLUDED.created_at,
                      revoked_at = NULL
@@ -222,6 +239,7 @@ pub async fn enrol(
                 &service,
                 &hash.as_bytes().as_slice(),
                 &now,
+                &integrator,
             ],
         )
         .await?;
@@ -244,6 +262,24 @@ pub async fn enrol(
             )
             .await?;
     }
+    if let (Some(integrator), Some(key)) = (integrator, &integrator_key) {
+        let public = key.public_key();
+        transaction
+            .execute(
+                "INSERT INTO integrators (integrator, key_id, public_key, created_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (integrator) DO UPDATE
+                     SET key_id = EXCLUDED.key_id, public_key = EXCLUDED.public_key,
+                         created_at = EXCLUDED.created_at, revoked_at = NULL",
+                &[
+                    &integrator,
+                    &public.key_id.as_str(),
+                    &public.bytes.as_slice(),
+                    &now,
+                ],
+            )
+            .await?;
+    }
     transaction.commit().await?;
     let replaced: bool = row.get(0);
     tracing::info!(username = %identity, replaced, "enrolled an identity");
@@ -252,11 +288,13 @@ pub async fn enrol(
         token,
         replaced,
         device_key,
+        integrator_key,
     })
 }
 
 /// Revokes the identity `username`: the broker refuses it and disconnects it within seconds.
-/// A device's key is deleted too, so management refuses what is signed with it.
+/// A device's key is deleted too, so management refuses what is signed with it; an integrator's
+/// key is revoked.
 pub async fn revoke(
     pool: &Pool,
     username: &str,
@@ -270,6 +308,14 @@ pub async fn revoke(
              WHERE i.username = $1 AND i.kind = 'device'
                AND k.store_id = i.store_id AND k.device_id = i.device_id",
             &[&username],
+        )
+        .await?;
+    client
+        .execute(
+            "UPDATE integrators AS k SET revoked_at = $2 FROM identities AS i
+             WHERE i.username = $1 AND i.kind = 'integrator'
+               AND k.integrator = i.integrator_id AND k.revoked_at IS NULL",
+            &[&username, &now],
         )
         .await?;
     let revoked = client
@@ -419,6 +465,7 @@ mod tests {
             token: Token::generate().unwrap(),
             replaced: false,
             device_key,
+            integrator_key: None,
         }
     }
 

@@ -13,6 +13,7 @@
 //!   handled side by side, acknowledged in arrival order;
 //! - [`device_keys`]: every device message must be signed with its device's own key;
 //! - [`actions`]: operator actions; [`requests`]: the same actions requested over MQTT;
+//! - [`integrators`]: who may book over MQTT; [`bookings`]: their requests, over MQTT 5;
 //! - [`operators`]: who may send requests (signed with the operator's key) and with what role;
 //! - [`mqtt`]: the broker connection; [`db`]: pool and migrations; [`audit`]: the event log;
 //! - [`metrics`]: Prometheus metrics on `GET /metrics`; [`reports`]: usage reports (sessions,
@@ -25,11 +26,13 @@ pub mod actions;
 pub mod audit;
 pub mod authorize;
 pub mod booking;
+pub mod bookings;
 pub mod cli;
 pub mod db;
 pub mod device_keys;
 pub mod devices;
 pub mod identities;
+pub mod integrators;
 pub mod keys;
 pub mod lanes;
 pub mod lifecycle;
@@ -84,13 +87,16 @@ pub struct Settings {
     pub early_grace: Duration,
     /// Where to serve Prometheus metrics on `GET /metrics`; none when not given.
     pub metrics_listen: Option<SocketAddr>,
+    /// The MQTT 5 broker (host, port) integrators' booking requests are taken from (see
+    /// [`bookings`]); booking over MQTT is off without it.
+    pub booking_broker: Option<(String, u16)>,
 }
 
 /// Runs the worker until `shutdown` completes, then stops every task and returns.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     // The inbox's lanes, plus the dispatcher, the timers, the trust lists, the key caches and
-    // the metrics each hold a connection at times.
-    let pool = db::pool(&settings.database_url, lanes::LANES + 8)
+    // the metrics and the booking gateway each hold a connection at times.
+    let pool = db::pool(&settings.database_url, lanes::LANES + 10)
         .context("cannot set up the database pool")?;
     db::migrate(&pool)
         .await
@@ -182,6 +188,26 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         metrics,
         stop.clone(),
     ));
+    let bookings_task = match &settings.booking_broker {
+        Some((host, port)) => {
+            let desk = bookings::Desk {
+                pool: pool.clone(),
+                ticket_keys: inbox.ticket_keys.clone(),
+                wake_timer: inbox.wake_timer.clone(),
+                wake_dispatcher: inbox.wake_dispatcher.clone(),
+            };
+            Some(bookings::start(
+                &settings.mqtt,
+                (host, *port),
+                desk,
+                stop.clone(),
+            )?)
+        }
+        None => {
+            tracing::info!("booking over MQTT is off (no --booking-broker)");
+            None
+        }
+    };
     let inbox = Arc::new(inbox);
     let handle = move |publish: Publish| {
         let inbox = inbox.clone();
@@ -206,6 +232,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         trust_task,
         reload_task
     );
+    if let Some(task) = bookings_task {
+        let _ = task.await;
+    }
     if let Some(mut task) = metrics_task {
         // A scraper holding its connection open must not hold shutdown.
         if tokio::time::timeout(Duration::from_secs(2), &mut task)

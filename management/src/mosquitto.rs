@@ -21,7 +21,7 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 use mujin_protocol::identity::Identity;
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
-use mujin_protocol::{DeviceId, OperatorId, StoreId};
+use mujin_protocol::{DeviceId, IntegratorId, OperatorId, StoreId};
 
 use crate::identities::{self, IdentityRow};
 
@@ -93,8 +93,19 @@ fn grants(identity: &Identity) -> Vec<(Access, String)> {
     match identity {
         Identity::Device { store, device } => device_grants(store, device),
         Identity::Operator(operator) => operator_grants(operator),
+        Identity::Integrator(integrator) => integrator_grants(integrator),
         Identity::Service(_) => service_grants(),
     }
+}
+
+/// An integrator sends its booking requests, hears every reply under its own subtree and
+/// follows the stores' events.
+fn integrator_grants(integrator: &IntegratorId) -> Vec<(Access, String)> {
+    vec![
+        (Access::Write, topic::integrator_bookings(integrator)),
+        (Access::Read, topic::integrator_all(integrator)),
+        (Access::Read, topic::every_store_events()),
+    ]
 }
 
 /// A device publishes its readings and reports, and hears only what is meant for it.
@@ -164,6 +175,7 @@ fn service_grants() -> Vec<(Access, String)> {
         topic::every_device(DeviceChannel::Scan),
         topic::every_device(DeviceChannel::Ack),
         topic::every_operator_requests(),
+        topic::every_integrator_bookings(),
         // Taken by every worker.
         topic::every_device(DeviceChannel::State),
         topic::every_device(DeviceChannel::Telemetry),
@@ -175,6 +187,8 @@ fn service_grants() -> Vec<(Access, String)> {
         topic::every_store_events(),
         topic::every_store_trust(),
         topic::every_operator_replies(),
+        // Replies to integrators, anywhere under their own subtrees.
+        topic::every_integrator_topic(),
         topic::every_worker_status(),
     ];
     reads
@@ -232,6 +246,7 @@ mod tests {
             row("device:shibuya:pc-02", true),
             row("device:shibuya:pc-01", false),
             row("operator:alice", false),
+            row("integrator:acme", false),
         ];
         let expected = format!(
             "{HEADER}
@@ -257,11 +272,18 @@ topic read mujin/v1/stores/+/devices/+/command
 topic read mujin/v1/stores/+/devices/+/ack
 topic read mujin/v1/stores/+/events
 
+# integrator:acme
+user integrator.acme
+topic write mujin/v1/integrators/acme/bookings
+topic read mujin/v1/integrators/acme/#
+topic read mujin/v1/stores/+/events
+
 # service:mujin-management
 user service.mujin-management
 topic read mujin/v1/stores/+/devices/+/scan
 topic read mujin/v1/stores/+/devices/+/ack
 topic read mujin/v1/operators/+/requests
+topic read mujin/v1/integrators/+/bookings
 topic read mujin/v1/stores/+/devices/+/state
 topic read mujin/v1/stores/+/devices/+/telemetry
 topic write mujin/v1/stores/+/devices/+/command
@@ -270,6 +292,7 @@ topic write mujin/v1/stores/+/devices/+/scan-result
 topic write mujin/v1/stores/+/events
 topic write mujin/v1/stores/+/trust
 topic write mujin/v1/operators/+/replies
+topic write mujin/v1/integrators/+/#
 topic write mujin/v1/management/+/status
 "
         );

@@ -3,6 +3,7 @@
 //! - [`postgres`]: one private PostgreSQL cluster per test process, a fresh database per test;
 //! - [`stack`]: the `mujin-broker` process, management in-process, and helpers to book tickets;
 //! - [`agent`]: real `mujin-agent` processes with real child programs;
+//! - [`bookings`]: integrators enrolled for booking over MQTT ([`stack::Stack::enrol_integrator`]);
 //! - [`observer`]: an MQTT client that records everything published, to assert on;
 //! - [`operator`]: registered operators that sign their requests;
 //! - [`proxy`]: a TCP proxy to cut one client off the broker;
@@ -11,6 +12,7 @@
 //! - [`tls`]: certificates made at test time, and TLS for a whole stack.
 
 pub mod agent;
+pub mod bookings;
 pub mod mosquitto;
 pub mod observer;
 pub mod operator;

@@ -5,6 +5,9 @@
 //! hand-made device message the same way); management, the observer and the operator use the
 //! fixed accounts of the broker's credentials file. [`Stack::start_on_mosquitto`] runs the same
 //! stack on a real Mosquitto instead, with Mosquitto's usernames and the generated ACL.
+//! [`Stack::start_with_bookings`] adds booking over MQTT (an MQTT 5 listener and management's
+//! booking gateway); integrators are enrolled with [`Stack::enrol_integrator`] (module
+//! [`crate::bookings`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,6 +70,9 @@ pub struct Stack {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Mosquitto in place of `mujin-broker` ([`Stack::start_on_mosquitto`]).
     pub mosquitto: Option<StackLogins>,
+    /// The broker's MQTT 5 port, where management takes booking requests
+    /// ([`Stack::start_with_bookings`]); `None`: booking over MQTT is off.
+    pub v5_port: Option<u16>,
 }
 
 impl Stack {
@@ -80,7 +86,7 @@ impl Stack {
     /// required or not.
     pub async fn start_with_tls(client_certificates: bool) -> Stack {
         let database_url = crate::postgres::fresh_database().await;
-        Self::start_on_with(database_url, Some(client_certificates), None, None).await
+        Self::start_on_with(database_url, Some(client_certificates), None, None, false).await
     }
 
     /// Like [`Stack::start`], with management serving Prometheus metrics on a free local port
@@ -89,7 +95,7 @@ impl Stack {
         let database_url = crate::postgres::fresh_database().await;
         let port = mujin_broker::free_local_port().expect("a free port");
         let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        Self::start_on_with(database_url, None, Some(metrics), None).await
+        Self::start_on_with(database_url, None, Some(metrics), None, false).await
     }
 
     /// Like [`Stack::start`], on a real Mosquitto instead of `mujin-broker`: management
@@ -99,12 +105,28 @@ impl Stack {
     /// no TLS and no broker restart on this stack.
     pub async fn start_on_mosquitto(binaries: &Binaries) -> Stack {
         let database_url = crate::postgres::fresh_database().await;
-        Self::start_on_with(database_url, None, None, Some(binaries)).await
+        Self::start_on_with(database_url, None, None, Some(binaries), false).await
     }
 
     /// Like [`Stack::start`], on the given (empty) database.
     pub async fn start_on(database_url: String) -> Stack {
-        Self::start_on_with(database_url, None, None, None).await
+        Self::start_on_with(database_url, None, None, None, false).await
+    }
+
+    /// Like [`Stack::start`], with booking over MQTT on: the broker also listens for MQTT 5 on
+    /// [`Stack::v5_port`] and management runs its booking gateway there (as with
+    /// `mujin-management run --booking-broker 127.0.0.1:V5PORT`). MQTT 3.1.1 integrators use
+    /// [`Stack::port`] as usual.
+    pub async fn start_with_bookings() -> Stack {
+        let database_url = crate::postgres::fresh_database().await;
+        Self::start_on_with(database_url, None, None, None, true).await
+    }
+
+    /// [`Stack::start_on_mosquitto`] with booking over MQTT on (Mosquitto speaks MQTT 5 on its
+    /// one port, which is then also [`Stack::v5_port`]).
+    pub async fn start_on_mosquitto_with_bookings(binaries: &Binaries) -> Stack {
+        let database_url = crate::postgres::fresh_database().await;
+        Self::start_on_with(database_url, None, None, Some(binaries), true).await
     }
 
     async fn start_on_with(
@@ -112,6 +134,7 @@ impl Stack {
         tls_client_certificates: Option<bool>,
         metrics_listen: Option<std::net::SocketAddr>,
         mosquitto: Option<&Binaries>,
+        bookings: bool,
     ) -> Stack {
         crate::init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -122,16 +145,19 @@ impl Stack {
         let keys = keys::load_or_create(&key_dir(&dir), &KeyId::parse("k1").expect("key id"))
             .expect("signing key");
         let pepper = keys::load_or_create_pepper(&key_dir(&dir)).expect("identity pepper");
-        let (broker, mosquitto, port) = match mosquitto {
+        let (broker, mosquitto, port, v5_port) = match mosquitto {
             Some(binaries) => {
                 let on = StackLogins::start(binaries, dir.path(), &pool, &pepper, OBSERVER).await;
                 let port = on.broker.port();
-                (None, Some(on), port)
+                (None, Some(on), port, bookings.then_some(port))
             }
             None => {
                 let port = mujin_broker::free_local_port().expect("a free port");
-                let broker = start_broker(dir.path(), &database_url, port, tls.as_ref()).await;
-                (Some(broker), None, port)
+                let v5_port =
+                    bookings.then(|| mujin_broker::free_local_port().expect("a free port"));
+                let ports = (port, v5_port);
+                let broker = start_broker(dir.path(), &database_url, ports, tls.as_ref()).await;
+                (Some(broker), None, port, v5_port)
             }
         };
         let observer = Observer::connect(port, OBSERVER.0, OBSERVER.1).await;
@@ -150,6 +176,7 @@ impl Stack {
             tls,
             metrics_listen,
             mosquitto,
+            v5_port,
         };
         stack.start_management();
         stack.wait_for_management().await;
@@ -205,6 +232,7 @@ impl Stack {
             key_id: KeyId::parse("k1").expect("key id"),
             early_grace: Duration::from_secs(5),
             metrics_listen: self.metrics_listen,
+            booking_broker: self.v5_port.map(|port| ("127.0.0.1".to_owned(), port)),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(mujin_management::run(
@@ -237,6 +265,10 @@ impl Stack {
             .args(tls_args)
             .args(["--username", &username, "--early-grace-secs", "5"])
             .args(["--client-id", client_id])
+            .args(
+                self.v5_port
+                    .map(|v5| format!("--booking-broker=127.0.0.1:{v5}")),
+            )
             .env("MUJIN_MQTT_PASSWORD", password)
             .env("RUST_LOG", "info,rumqttc=warn,refinery_core=warn")
             .stdout(Stdio::null())
@@ -413,7 +445,8 @@ impl Stack {
             "a stack on Mosquitto keeps its broker"
         );
         let tls = self.tls.as_ref();
-        self.broker = Some(start_broker(self.dir.path(), &self.database_url, self.port, tls).await);
+        let ports = (self.port, self.v5_port);
+        self.broker = Some(start_broker(self.dir.path(), &self.database_url, ports, tls).await);
     }
 
     /// The lifecycle of every command sent for a session: (action, status, attempts), oldest first.
@@ -537,9 +570,15 @@ fn key_dir(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("keys")
 }
 
-/// Starts `mujin-broker` on `port`, with the fixed accounts in `dir`/credentials.toml and the
-/// identities of `database_url` (pepper in `dir`/keys), and waits until it says it listens.
-async fn start_broker(dir: &Path, database_url: &str, port: u16, tls: Option<&StackTls>) -> Child {
+/// Starts `mujin-broker` on `port` (and MQTT 5 on `v5_port`), with the fixed accounts in
+/// `dir`/credentials.toml and the identities of `database_url` (pepper in `dir`/keys), and waits
+/// until it says it listens.
+async fn start_broker(
+    dir: &Path,
+    database_url: &str,
+    (port, v5_port): (u16, Option<u16>),
+    tls: Option<&StackTls>,
+) -> Child {
     let credentials = dir.join("credentials.toml");
     let mut file = String::new();
     for (username, password) in [MANAGEMENT, AGENT, OBSERVER, OPERATOR] {
@@ -550,6 +589,7 @@ async fn start_broker(dir: &Path, database_url: &str, port: u16, tls: Option<&St
     std::fs::write(&credentials, file).expect("write credentials");
     let mut child = Command::new(crate::binary("mujin-broker"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(v5_port.map(|v5| format!("--listen-v5=127.0.0.1:{v5}")))
         .args(tls.map(StackTls::broker_args).unwrap_or_default())
         .arg("--credentials")
         .arg(&credentials)

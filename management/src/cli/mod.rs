@@ -25,7 +25,7 @@ pub use sessions::{DeviceServiceArgs, ExtendArgs, OperatorArgs};
 pub use stores::{parse_start, ReserveArgs, StoreSettingsArgs};
 
 use crate::postgres::{ClusterError, PrivateCluster};
-use crate::{db, identities, mosquitto, operators};
+use crate::{db, identities, integrators, mosquitto, operators};
 
 /// The database mujin uses in its private cluster.
 const DATABASE_NAME: &str = "mujin";
@@ -143,6 +143,9 @@ pub enum CliCommand {
     /// identities, identity-revoke.
     #[command(flatten)]
     Identity(identities::IdentityCommand),
+    /// Integrators that book over MQTT: integrator-enrol, integrator-revoke.
+    #[command(flatten)]
+    Integrator(integrators::IntegratorCommand),
     /// Print (or write with --out) Mosquitto's ACL file for the enrolled identities, for fleets
     /// that run Mosquitto: devices reach only their own topics. Usernames there use `.` for
     /// `:`; passwords are added at enrolment with `mosquitto_passwd -b`.
@@ -247,6 +250,10 @@ async fn execute_with(cli: &Cli, database_url: &str) -> anyhow::Result<()> {
         CliCommand::Identity(command) => {
             let pool = ready_pool(database_url).await?;
             identities::execute(command, &pool, &key_dir(&global.data_dir)).await
+        }
+        CliCommand::Integrator(command) => {
+            let pool = ready_pool(database_url).await?;
+            integrators::execute(command, &pool, &key_dir(&global.data_dir)).await
         }
         CliCommand::MosquittoAcl { out } => {
             let pool = ready_pool(database_url).await?;

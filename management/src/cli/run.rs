@@ -39,6 +39,11 @@ pub struct RunArgs {
     /// when not given. See docs/metrics.md.
     #[arg(long, env = "MUJIN_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Take integrators' booking requests over MQTT 5 from this broker (host:port of an MQTT 5
+    /// listener, e.g. `mujin-broker --listen-v5`), with the same username, password and TLS as
+    /// --broker; booking over MQTT is off when not given. See docs/protocol.md.
+    #[arg(long, env = "MUJIN_BOOKING_BROKER", value_name = "HOST:PORT")]
+    pub booking_broker: Option<String>,
 }
 
 /// Runs the worker until Ctrl-C or SIGTERM.
@@ -48,6 +53,11 @@ pub(super) async fn run(
     args: &RunArgs,
 ) -> anyhow::Result<()> {
     let (host, port) = split_host_port(&args.broker)?;
+    let booking_broker = args
+        .booking_broker
+        .as_deref()
+        .map(split_host_port)
+        .transpose()?;
     let settings = Settings {
         database_url: database_url.to_owned(),
         mqtt: MqttSettings {
@@ -66,6 +76,7 @@ pub(super) async fn run(
         key_id: global.seed_key_id(),
         early_grace: Duration::from_secs(args.early_grace_secs),
         metrics_listen: args.metrics_listen,
+        booking_broker,
     };
     crate::run(settings, shutdown_signal()).await
 }
