@@ -714,6 +714,19 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_verifies() {
+        // docs/protocol.md's example, computed with Python's `cryptography` from the seed 07…07.
+        let key = key();
+        assert_eq!(key.key_id().as_str(), "in-fe812c12f3ab4");
+        let payload = r#"{"request": "{\"request_id\":\"8f5e2d4c-1b7a-4c3e-9d2f-0a6b5c4d3e2f\",\"sent_at\":\"2027-01-15T08:55:00Z\",\"action\":\"reserve\",\"store\":\"shibuya\",\"device\":\"pc-01\",\"from\":\"2027-01-15T09:00:00Z\",\"minutes\":60}", "key_id": "in-fe812c12f3ab4", "sig": "15506e1320f2eb77d4c0243efeae16d4538cdb11453a24616711639f5151149a90aef3fe4f0b0cb60e5cff890ddec0d00e6fda0efd0cab4dd34553557150ed06"}"#;
+        let envelope = decode_envelope(payload.as_bytes()).unwrap();
+        assert_eq!(envelope.verify(&key.public_key()), Ok(()));
+        assert_eq!(key.sign_text(&envelope.request), envelope);
+        let request = envelope.decode_request().unwrap();
+        assert_eq!(request.action.name(), ActionName::Reserve);
+    }
+
+    #[test]
     fn integrator_keys_have_derived_ids_and_hidden_seeds() {
         let key = key();
         let id = key.key_id().as_str();
