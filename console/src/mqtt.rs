@@ -264,6 +264,9 @@ pub fn decode_publish(topic: &str, payload: &[u8], retained: bool) -> Incoming {
             .map(Incoming::Reply)
             .map_err(|err| err.to_string()),
         Ok(Topic::Requests { .. }) => Err("requests are not followed here".to_owned()),
+        Ok(Topic::IntegratorBookings { .. } | Topic::IntegratorReplies { .. }) => {
+            Err("integrators' bookings are not followed here".to_owned())
+        }
         Ok(Topic::Trust { .. } | Topic::Worker { .. }) => {
             Err("trust lists and worker status are not followed here".to_owned())
         }
