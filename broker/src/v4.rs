@@ -56,10 +56,14 @@ mod tests {
         };
         let mut with = BytesMut::new();
         V4WithoutProperties
-            .write(Packet::Publish(publish.clone(), Some(properties)), &mut with)
+            .write(
+                Packet::Publish(publish.clone(), Some(properties)),
+                &mut with,
+            )
             .unwrap();
         let mut plain = BytesMut::new();
-        V4.write(Packet::Publish(publish, None), &mut plain).unwrap();
+        V4.write(Packet::Publish(publish, None), &mut plain)
+            .unwrap();
         assert_eq!(with, plain);
     }
 }
