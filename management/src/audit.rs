@@ -2,6 +2,7 @@
 //! it; the dispatcher publishes it on the store's event topic after the commit (see
 //! [`take_unpublished`]).
 
+use crate::db::CachedStatements;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use mujin_protocol::message::{self, Event};
@@ -14,26 +15,48 @@ pub async fn record<C: GenericClient>(
     client: &C,
     event: &Event,
 ) -> Result<(), tokio_postgres::Error> {
-    let body = serde_json::to_value(event).unwrap_or_default();
-    let kind = body
-        .get("kind")
-        .and_then(|kind| kind.as_str())
-        .unwrap_or("unknown")
-        .to_owned();
+    record_all(client, std::slice::from_ref(event)).await
+}
+
+/// Writes `events` in one statement (one round trip however many there are).
+pub async fn record_all<C: GenericClient>(
+    client: &C,
+    events: &[Event],
+) -> Result<(), tokio_postgres::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut at = Vec::with_capacity(events.len());
+    let mut stores = Vec::with_capacity(events.len());
+    let mut devices = Vec::with_capacity(events.len());
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut bodies = Vec::with_capacity(events.len());
+    for event in events {
+        let body = serde_json::to_value(event).unwrap_or_default();
+        let kind = body
+            .get("kind")
+            .and_then(|kind| kind.as_str())
+            .unwrap_or("unknown")
+            .to_owned();
+        at.push(event.at);
+        stores.push(event.store.as_str());
+        devices.push(event.device.as_ref().map(|device| device.as_str()));
+        kinds.push(kind);
+        bodies.push(body);
+    }
+    // WITH ORDINALITY keeps the events' order in their ids.
     client
-        .execute(
-            "INSERT INTO events (at, store_id, device_id, kind, body) VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &event.at,
-                &event.store.as_str(),
-                &event.device.as_ref().map(|device| device.as_str()),
-                &kind,
-                &body,
-            ],
-        )
+        .cached_execute(RECORD_EVENTS, &[&at, &stores, &devices, &kinds, &bodies])
         .await?;
     Ok(())
 }
+
+/// The statement [`record_all`] runs.
+pub const RECORD_EVENTS: &str = "INSERT INTO events (at, store_id, device_id, kind, body)
+     SELECT at, store_id, device_id, kind, body
+     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+          WITH ORDINALITY AS e(at, store_id, device_id, kind, body, n)
+     ORDER BY n";
 
 /// Claims up to `limit` events not yet published, oldest first, marking them published at
 /// `now` (inside the caller's transaction), and returns their messages.
@@ -43,7 +66,7 @@ pub async fn take_unpublished<C: GenericClient>(
     now: DateTime<Utc>,
 ) -> Result<Vec<Outbound>, tokio_postgres::Error> {
     let rows = client
-        .query(
+        .cached_query(
             "UPDATE events SET published_at = $2
              WHERE event_id IN (SELECT event_id FROM events WHERE published_at IS NULL
                                 ORDER BY event_id LIMIT $1 FOR UPDATE SKIP LOCKED)

@@ -1,9 +1,11 @@
 //! The PostgreSQL connection pool and the schema migrations (refinery, embedded at build time).
 
+use std::future::Future;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 pub use deadpool_postgres::Pool as DbPool;
 
@@ -99,6 +101,69 @@ impl WorkError {
 pub fn clean_text(text: &str, max: usize) -> String {
     text.chars().filter(|c| *c != '\0').take(max).collect()
 }
+
+/// Statements prepared once per connection and then reused (deadpool's per-connection cache):
+/// a plain `execute("…")` prepares the statement again every time, one more round trip to
+/// PostgreSQL and one more parse and plan per statement, on every scan, ack and state.
+pub trait CachedStatements: deadpool_postgres::GenericClient {
+    fn cached_execute<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        async move {
+            let statement = self.prepare_cached(sql).await?;
+            self.execute(&statement, params).await
+        }
+    }
+
+    fn cached_query<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        async move {
+            let statement = self.prepare_cached(sql).await?;
+            self.query(&statement, params).await
+        }
+    }
+
+    fn cached_query_one<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Row, tokio_postgres::Error>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        async move {
+            let statement = self.prepare_cached(sql).await?;
+            self.query_one(&statement, params).await
+        }
+    }
+
+    fn cached_query_opt<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Option<Row>, tokio_postgres::Error>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        async move {
+            let statement = self.prepare_cached(sql).await?;
+            self.query_opt(&statement, params).await
+        }
+    }
+}
+
+impl<C: deadpool_postgres::GenericClient> CachedStatements for C {}
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@
 //!   channel, so a forger cannot fill the audit log;
 //! - [`DeviceAuth`]: the above for the inbox, and [`refuse`]: what a refused message leads to.
 
+use crate::db::CachedStatements;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -115,7 +116,7 @@ impl DeviceKeyCache {
 async fn load(pool: &Pool) -> Result<DeviceKeyMap, WorkError> {
     let client = pool.get().await?;
     let rows = client
-        .query(
+        .cached_query(
             "SELECT store_id, device_id, key_id, public_key FROM device_keys",
             &[],
         )

@@ -2,6 +2,7 @@
 //! and each session's end as the device saw it. Reported state that contradicts the database is
 //! flagged; a program that exited by itself closes its session.
 
+use crate::db::CachedStatements;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -161,7 +162,7 @@ pub async fn record_availability(
     let tx = client.transaction().await?;
     let online = availability == Availability::Online;
     let updated = tx
-        .execute(
+        .cached_execute(
             "UPDATE devices SET online = $3, availability_changed_at = $4
              WHERE store_id = $1 AND device_id = $2 AND online IS DISTINCT FROM $3",
             &[&store.as_str(), &device.as_str(), &online, &now],
@@ -171,7 +172,7 @@ pub async fn record_availability(
         // Not a registered device, or another worker already recorded this change.
         return Ok(());
     }
-    let session_id = open_session(&tx, store, device)
+    let session_id = open_session(&tx, store, device, false)
         .await?
         .map(|session| session.session_id);
     if !online {
@@ -217,57 +218,84 @@ pub async fn record_skew(
 /// the database does not have open.
 pub async fn reconcile(
     pool: &Pool,
-    liveness: &mut Liveness,
+    liveness: &tokio::sync::Mutex<Liveness>,
     key: &DeviceKey,
     state: &ReportedState,
     now: DateTime<Utc>,
 ) -> Result<(), WorkError> {
     let (store, device) = key;
+    let running = match &state.program {
+        ProgramStatus::Running {
+            session_id,
+            provisional: false,
+            ..
+        } => Some(*session_id),
+        _ => None,
+    };
+    // Most states (idle, or running what the database expects) change nothing: no transaction,
+    // and at most one read. The liveness lock is held only for its map, never across a query,
+    // so the devices' states do not wait on one another.
+    let Some(exit) = &state.last_exit else {
+        let Some(session_id) = running else {
+            return Ok(());
+        };
+        let client = pool.get().await?;
+        let open = open_session(&client, store, device, false).await?;
+        flag_unexpected(&client, liveness, key, session_id, open.as_ref(), now).await?;
+        return Ok(());
+    };
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let open = open_session(&tx, store, device).await?;
-    if let Some(exit) = &state.last_exit {
-        record_device_stop(&tx, store, device, exit).await?;
-        let exited = open.as_ref().filter(|session| {
-            session.session_id == exit.session_id && exit.stopped_by == StopCause::ProgramExited
-        });
-        if let Some(session) = exited {
-            tracing::info!(%store, %device, session_id = %session.session_id, exit = exit.exit, "program exited by itself; closing its session");
-            end_session(&tx, session, EndReason::ProgramExited, now).await?;
-        }
+    let open = open_session(&tx, store, device, true).await?;
+    record_device_stop(&tx, store, device, exit).await?;
+    let exited = open.as_ref().filter(|session| {
+        session.session_id == exit.session_id && exit.stopped_by == StopCause::ProgramExited
+    });
+    if let Some(session) = exited {
+        tracing::info!(%store, %device, session_id = %session.session_id, exit = exit.exit, "program exited by itself; closing its session");
+        end_session(&tx, session, EndReason::ProgramExited, now).await?;
     }
     // A provisional session (started offline) is settled by its scan, which the device sends
     // until it is answered: it is not a conflict before that.
-    if let ProgramStatus::Running {
-        session_id,
-        provisional: false,
-        ..
-    } = &state.program
-    {
-        let expected = open
-            .as_ref()
-            .is_some_and(|session| session.session_id == *session_id);
-        if !expected && liveness.first_flag(key, *session_id) {
-            let detail = format!(
-                "device runs session {session_id}, which is not open on it; its desired state says {}",
-                open.as_ref().map_or("idle".to_owned(), |s| format!("session {}", s.session_id))
-            );
-            tracing::warn!(%store, %device, detail, "session conflict");
-            record(
-                &tx,
-                store,
-                device,
-                EventKind::SessionConflict {
-                    session_id: *session_id,
-                    detail,
-                },
-                now,
-            )
-            .await?;
-        }
+    if let Some(session_id) = running {
+        flag_unexpected(&tx, liveness, key, session_id, open.as_ref(), now).await?;
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Records a conflict (once per device and session) when the device runs a session that is not
+/// the one open on it.
+async fn flag_unexpected(
+    client: &impl GenericClient,
+    liveness: &tokio::sync::Mutex<Liveness>,
+    (store, device): &DeviceKey,
+    session_id: SessionId,
+    open: Option<&OpenSession>,
+    now: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    let expected = open.is_some_and(|session| session.session_id == session_id);
+    if expected
+        || !liveness
+            .lock()
+            .await
+            .first_flag(&(store.clone(), device.clone()), session_id)
+    {
+        return Ok(());
+    }
+    let detail = format!(
+        "device runs session {session_id}, which is not open on it; its desired state says {}",
+        open.map_or("idle".to_owned(), |s| format!("session {}", s.session_id))
+    );
+    tracing::warn!(%store, %device, detail, "session conflict");
+    record(
+        client,
+        store,
+        device,
+        EventKind::SessionConflict { session_id, detail },
+        now,
+    )
+    .await
 }
 
 async fn record_device_stop(
@@ -280,7 +308,7 @@ async fn record_device_stop(
         .ok()
         .and_then(|value| value.as_str().map(str::to_owned))
         .unwrap_or_default();
-    tx.execute(
+    tx.cached_execute(
         "UPDATE sessions SET device_stopped_at = $4, device_stop_cause = $5, device_exit = $6
          WHERE session_id = $1 AND store_id = $2 AND device_id = $3 AND device_stopped_at IS NULL",
         &[
@@ -296,18 +324,23 @@ async fn record_device_stop(
     Ok(())
 }
 
+/// The device's open session; `lock`ed for the rest of the transaction when it may be ended.
 async fn open_session(
-    tx: &impl GenericClient,
+    client: &impl GenericClient,
     store: &StoreId,
     device: &DeviceId,
+    lock: bool,
 ) -> Result<Option<OpenSession>, tokio_postgres::Error> {
-    let row = tx
-        .query_opt(
-            "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
-             WHERE store_id = $1 AND device_id = $2 AND ended_at IS NULL
-             FOR UPDATE",
-            &[&store.as_str(), &device.as_str()],
-        )
+    let sql = if lock {
+        "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
+         WHERE store_id = $1 AND device_id = $2 AND ended_at IS NULL
+         FOR UPDATE"
+    } else {
+        "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
+         WHERE store_id = $1 AND device_id = $2 AND ended_at IS NULL"
+    };
+    let row = client
+        .cached_query_opt(sql, &[&store.as_str(), &device.as_str()])
         .await?;
     Ok(row.as_ref().and_then(OpenSession::from_row))
 }

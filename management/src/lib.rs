@@ -618,8 +618,8 @@ impl Inbox {
             }
         }
         let change = liveness.reported(key, state.availability, instant);
-        devices::reconcile(&self.pool, &mut liveness, key, &state, now).await?;
         drop(liveness);
+        devices::reconcile(&self.pool, &self.liveness, key, &state, now).await?;
         self.record_changes(key, change.into_iter().collect(), now)
             .await
     }

@@ -3,6 +3,7 @@
 //! rows in PostgreSQL, claimed with `FOR UPDATE SKIP LOCKED`, so they survive restarts and
 //! several workers can share them.
 
+use crate::db::CachedStatements;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +92,7 @@ pub async fn run_due(pool: &Pool, now: DateTime<Utc>) -> Result<Pass, WorkError>
 /// left (and a warning right after the start would only be noise).
 async fn warn_due(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<usize, WorkError> {
     let due = tx
-        .query(
+        .cached_query(
             "SELECT s.session_id, s.store_id, s.device_id, s.started_at, s.lease_until
              FROM sessions s JOIN stores st ON st.store_id = s.store_id
              WHERE s.ended_at IS NULL AND s.warned_at IS NULL
@@ -121,7 +122,7 @@ async fn warn_due(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<usize, 
             now,
         )
         .await?;
-        tx.execute(
+        tx.cached_execute(
             "UPDATE sessions SET warned_at = $2 WHERE session_id = $1",
             &[&session.session_id.as_uuid(), &now],
         )
@@ -168,7 +169,7 @@ async fn give_up_no_shows(tx: &impl GenericClient, now: DateTime<Utc>) -> Result
     // Checked again in a new statement: a scan that committed its session between the claim's
     // snapshot and its lock must win (scans lock the reservation before starting a session).
     let cancelled = tx
-        .query(
+        .cached_query(
             "UPDATE reservations r SET cancelled_at = $2, cancel_reason = 'no_show'
              WHERE r.ticket_id = ANY($1)
                AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.ticket_id = r.ticket_id)

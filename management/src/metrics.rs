@@ -7,6 +7,7 @@
 //! scrapes, so they are exact at scrape time and cost nothing while nobody scrapes.
 //! Store and device ids are never labels: a fleet's size must not multiply the series.
 
+use crate::db::CachedStatements;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -333,11 +334,11 @@ struct RowCounts {
 async fn count_rows(pool: &Pool) -> Result<RowCounts, WorkError> {
     let client = pool.get().await?;
     let sessions_running: i64 = client
-        .query_one("SELECT count(*) FROM sessions WHERE ended_at IS NULL", &[])
+        .cached_query_one("SELECT count(*) FROM sessions WHERE ended_at IS NULL", &[])
         .await?
         .get(0);
     let commands = client
-        .query("SELECT status, count(*) FROM commands GROUP BY status", &[])
+        .cached_query("SELECT status, count(*) FROM commands GROUP BY status", &[])
         .await?
         .iter()
         .map(|row| (row.get(0), row.get(1)))

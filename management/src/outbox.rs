@@ -7,6 +7,7 @@
 //! expires [`SIGNED_COMMAND_TTL`] later at most, so a captured one cannot be replayed elsewhere
 //! or much later.
 
+use crate::db::CachedStatements;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,13 +54,26 @@ pub async fn enqueue(
     now: DateTime<Utc>,
 ) -> Result<Command, tokio_postgres::Error> {
     let epoch: i64 = tx
-        .query_one(
+        .cached_query_one(
             "UPDATE devices SET epoch = epoch + 1 WHERE store_id = $1 AND device_id = $2 RETURNING epoch",
             &[&store.as_str(), &device.as_str()],
         )
         .await?
         .get(0);
-    let command = Command {
+    let command = new_command((store, device), command_id, action, epoch, now);
+    insert_command(tx, &command, expires_at, now, false).await?;
+    Ok(command)
+}
+
+/// A command for the device at `epoch` (the device's epoch once this command is queued).
+pub fn new_command(
+    (store, device): (&StoreId, &DeviceId),
+    command_id: CommandId,
+    action: CommandAction,
+    epoch: i64,
+    now: DateTime<Utc>,
+) -> Command {
+    Command {
         command_id,
         issued_at: now,
         epoch: epoch.max(0) as u64,
@@ -69,52 +83,77 @@ pub async fn enqueue(
         expires_at: None,
         action,
         signature: None,
+    }
+}
+
+/// The statement [`insert_command`] runs.
+pub const INSERT_COMMAND: &str =
+    "INSERT INTO commands (command_id, store_id, device_id, session_id, epoch, action, payload,
+                           next_attempt_at, expires_at, created_at, status, attempts, sent_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+/// Writes `command` to the outbox: queued for the dispatcher, or, when `sent_now`, recorded as
+/// its first attempt, made by the caller right after the commit (see [`sent_now`]).
+pub async fn insert_command(
+    tx: &impl GenericClient,
+    command: &Command,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    sent_now: bool,
+) -> Result<(), tokio_postgres::Error> {
+    let payload = serde_json::to_value(command).unwrap_or_default();
+    let (status, attempts, sent_at, next_attempt_at) = if sent_now {
+        let retry = now + chrono::Duration::from_std(backoff(1)).unwrap_or_default();
+        ("sent", 1, Some(now), retry)
+    } else {
+        ("queued", 0, None, now)
     };
-    let payload = serde_json::to_value(&command).unwrap_or_default();
-    tx.execute(
-        "INSERT INTO commands (command_id, store_id, device_id, session_id, epoch, action, payload,
-                               next_attempt_at, expires_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8)",
+    let (store, device) = (command.store.as_ref(), command.device.as_ref());
+    tx.cached_execute(
+        INSERT_COMMAND,
         &[
             &command.command_id.as_uuid(),
-            &store.as_str(),
-            &device.as_str(),
+            &store.map(StoreId::as_str),
+            &device.map(DeviceId::as_str),
             &command.action.session_id().as_uuid(),
-            &epoch,
+            &(command.epoch as i64),
             &command.action.name(),
             &payload,
-            &now,
+            &next_attempt_at,
             &expires_at,
+            &now,
+            &status,
+            &attempts,
+            &sent_at,
         ],
     )
     .await?;
-    Ok(command)
+    Ok(())
 }
 
-/// Sends `command`, just queued in the caller's transaction, at once instead of waiting for the
-/// dispatcher: records its first attempt (so the dispatcher only resends it if it is not
-/// acknowledged in time) and returns it, sealed, with its device's desired state, to publish
-/// right after the commit. A crash between the commit and the publish leaves the command
-/// `sent` with its next attempt due: the dispatcher sends it then.
-pub async fn first_attempt(
-    tx: &impl GenericClient,
+/// A start written with [`insert_command`]`(…, sent_now: true)`, as it goes out right after the
+/// commit: the sealed command, then its device's desired state (running the session). A crash
+/// between the commit and the publish leaves the command `sent` with its next attempt due: the
+/// dispatcher sends it then.
+pub fn sent_now(
     command: Command,
     (store, device): (&StoreId, &DeviceId),
-    expires_at: DateTime<Utc>,
+    (session_id, lease_until): (SessionId, DateTime<Utc>),
     key: &SigningKey,
     now: DateTime<Utc>,
-) -> Result<Vec<Outbound>, tokio_postgres::Error> {
-    let next = now + chrono::Duration::from_std(backoff(1)).unwrap_or_default();
-    tx.execute(
-        "UPDATE commands SET status = 'sent', attempts = 1, sent_at = $2, next_attempt_at = $3
-         WHERE command_id = $1",
-        &[&command.command_id.as_uuid(), &now, &next],
-    )
-    .await?;
-    let command = sealed(command, (store, device), expires_at, key, now);
-    let mut publish = vec![command_message(store, device, &command)];
-    publish.extend(desired_states(tx, Some((store, device)), key, now).await?);
-    Ok(publish)
+) -> Vec<Outbound> {
+    let epoch = command.epoch as i64;
+    let command = sealed(command, (store, device), lease_until, key, now);
+    vec![
+        command_message(store, device, &command),
+        desired_message(
+            (store.clone(), device.clone()),
+            epoch,
+            Some((session_id, lease_until)),
+            key,
+            now,
+        ),
+    ]
 }
 
 /// The desired state of every device, or of one, from the database (the source of truth).
@@ -128,7 +167,7 @@ pub async fn desired_states(
         (Some(store.as_str()), Some(device.as_str()))
     });
     let rows = client
-        .query(
+        .cached_query(
             "SELECT d.store_id, d.device_id, d.epoch, s.session_id, s.lease_until
              FROM devices d
              LEFT JOIN sessions s ON s.store_id = d.store_id AND s.device_id = d.device_id AND s.ended_at IS NULL
@@ -143,27 +182,48 @@ pub async fn desired_states(
             let device = DeviceId::parse(row.get(1)).ok()?;
             let session: Option<Uuid> = row.get(3);
             let lease_until: Option<DateTime<Utc>> = row.get(4);
-            let program = match (session, lease_until) {
-                (Some(session_id), Some(lease_until)) => DesiredProgram::Running {
-                    session_id: SessionId::from_uuid(session_id),
-                    lease_until,
-                    remaining_ms: remaining_ms(lease_until, now),
-                },
-                _ => DesiredProgram::Idle,
-            };
-            let mut state = DesiredState {
-                epoch: row.get::<_, i64>(2).max(0) as u64,
-                issued_at: now,
-                store: Some(store.clone()),
-                device: Some(device.clone()),
-                program,
-                signature: None,
-            };
-            sign_desired(key, &mut state);
-            let topic = Topic::device(&store, &device, DeviceChannel::Desired);
-            Some(Outbound::new(&topic, message::encode(&state)))
+            let running = session
+                .zip(lease_until)
+                .map(|(session_id, until)| (SessionId::from_uuid(session_id), until));
+            Some(desired_message(
+                (store, device),
+                row.get(2),
+                running,
+                key,
+                now,
+            ))
         })
         .collect())
+}
+
+/// The signed desired state of a device at `epoch`: running `running` (session and end), or
+/// idle.
+fn desired_message(
+    (store, device): (StoreId, DeviceId),
+    epoch: i64,
+    running: Option<(SessionId, DateTime<Utc>)>,
+    key: &SigningKey,
+    now: DateTime<Utc>,
+) -> Outbound {
+    let program = match running {
+        Some((session_id, lease_until)) => DesiredProgram::Running {
+            session_id,
+            lease_until,
+            remaining_ms: remaining_ms(lease_until, now),
+        },
+        None => DesiredProgram::Idle,
+    };
+    let topic = Topic::device(&store, &device, DeviceChannel::Desired);
+    let mut state = DesiredState {
+        epoch: epoch.max(0) as u64,
+        issued_at: now,
+        store: Some(store),
+        device: Some(device),
+        program,
+        signature: None,
+    };
+    sign_desired(key, &mut state);
+    Outbound::new(&topic, message::encode(&state))
 }
 
 fn remaining_ms(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
@@ -231,7 +291,7 @@ pub async fn dispatch_due(
     // The session's booked end comes along for a stop that ends it at that end (a primary-key
     // lookup per command), to time the stop's lateness.
     let due = tx
-        .query(
+        .cached_query(
             "SELECT c.command_id, c.store_id, c.device_id, c.payload, c.attempts, c.expires_at,
                     c.action, c.created_at,
                     CASE WHEN s.stop_command_id = c.command_id AND s.end_reason = $3
@@ -252,7 +312,7 @@ pub async fn dispatch_due(
             first_sends.push(FirstSend::of(row));
         }
         let next = now + chrono::Duration::from_std(backoff(attempts)).unwrap_or_default();
-        tx.execute(
+        tx.cached_execute(
             "UPDATE commands SET status = 'sent', attempts = $2, sent_at = coalesce(sent_at, $3),
                                  next_attempt_at = $4
              WHERE command_id = $1",
@@ -285,7 +345,7 @@ pub async fn dispatch_due(
     let event_count = events.len();
     publish.extend(events);
     let next_due: Option<DateTime<Utc>> = tx
-        .query_one(
+        .cached_query_one(
             "SELECT min(least(next_attempt_at, expires_at)) FROM commands WHERE status IN ('queued', 'sent')",
             &[],
         )
@@ -338,7 +398,7 @@ impl FirstSend {
 
 async fn expire(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<(), WorkError> {
     let rows = tx
-        .query(
+        .cached_query(
             "UPDATE commands SET status = 'expired', settled_at = $1
              WHERE status IN ('queued', 'sent') AND expires_at <= $1
              RETURNING command_id, store_id, device_id, session_id, action, attempts",
@@ -383,21 +443,40 @@ pub async fn record_ack(
             return Ok(());
         }
     };
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
     let superseded = !ack.ok && ack.detail.starts_with(message::STALE_ACK_PREFIX);
-    let status = match (ack.ok, superseded) {
-        (true, _) => "acknowledged",
-        (false, true) => "superseded",
-        (false, false) => "failed",
-    };
+    let mut client = pool.get().await?;
+    if ack.ok {
+        // One statement, committed on its own: no transaction to open and close.
+        let settled = client
+            .cached_execute(
+                SETTLE_COMMAND,
+                &[
+                    &ack.command_id.as_uuid(),
+                    &store.as_str(),
+                    &device.as_str(),
+                    &"acknowledged",
+                    &now,
+                    &"",
+                ],
+            )
+            .await?;
+        tracing::debug!(%store, %device, command_id = %ack.command_id, settled, "command acknowledged");
+        return Ok(());
+    }
+    let tx = client.transaction().await?;
+    let status = if superseded { "superseded" } else { "failed" };
     let detail = clean_text(&ack.detail, 500);
     let row = tx
-        .query_opt(
-            "UPDATE commands SET status = $4, settled_at = $5, detail = $6
-             WHERE command_id = $1 AND store_id = $2 AND device_id = $3 AND status IN ('queued', 'sent')
-             RETURNING session_id, action",
-            &[&ack.command_id.as_uuid(), &store.as_str(), &device.as_str(), &status, &now, &detail],
+        .cached_query_opt(
+            SETTLE_COMMAND,
+            &[
+                &ack.command_id.as_uuid(),
+                &store.as_str(),
+                &device.as_str(),
+                &status,
+                &now,
+                &detail,
+            ],
         )
         .await?;
     match row {
@@ -407,7 +486,7 @@ pub async fn record_ack(
         Some(_) if superseded => {
             tracing::info!(%store, %device, command_id = %ack.command_id, detail = ack.detail, "command superseded by a newer one")
         }
-        Some(row) if !ack.ok => {
+        Some(row) => {
             let event = Event {
                 at: now,
                 store: store.clone(),
@@ -422,13 +501,15 @@ pub async fn record_ack(
             tracing::warn!(%store, %device, command_id = %ack.command_id, detail = ack.detail, "device refused a command");
             audit::record(&tx, &event).await?;
         }
-        Some(_) => {
-            tracing::debug!(%store, %device, command_id = %ack.command_id, "command acknowledged")
-        }
     }
     tx.commit().await?;
     Ok(())
 }
+
+/// Settles a pending command with the device's answer.
+const SETTLE_COMMAND: &str = "UPDATE commands SET status = $4, settled_at = $5, detail = $6
+     WHERE command_id = $1 AND store_id = $2 AND device_id = $3 AND status IN ('queued', 'sent')
+     RETURNING session_id, action";
 
 /// Publishes due commands while connected, and every device's desired state on each
 /// (re)connection, until `stop` is cancelled.

@@ -7,6 +7,7 @@
 //! `requests`, what fails authentication in `refused_requests`; both leave an `operator_action`
 //! event when they concern a store.
 
+use crate::db::CachedStatements;
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::{GenericClient, Pool, Transaction};
 use mujin_protocol::message::{self, Reply, Request, RequestAction};
@@ -151,7 +152,7 @@ async fn decide_once(
     let mut client = pool.get().await?;
     let mut tx = client.transaction().await?;
     let claimed = tx
-        .execute(
+        .cached_execute(
             "INSERT INTO requests (request_id, operator, action, body, ok, detail, decided_at, key_id)
              VALUES ($1, $2, $3, $4, false, '', $5, $6) ON CONFLICT (request_id) DO NOTHING",
             &[
@@ -178,7 +179,7 @@ async fn decide_once(
         }
     };
     operators::record_event(&tx, operator, request, decided.ok, &decided.detail, now).await?;
-    tx.execute(
+    tx.cached_execute(
         "UPDATE requests SET ok = $2, detail = $3, ticket = $4 WHERE request_id = $1",
         &[
             &request_id.as_uuid(),
@@ -206,7 +207,7 @@ async fn recorded_reply(
     operator: &OperatorId,
 ) -> Result<Reply, WorkError> {
     let row = client
-        .query_one(
+        .cached_query_one(
             "SELECT operator, ok, detail, ticket FROM requests WHERE request_id = $1",
             &[&request_id.as_uuid()],
         )
@@ -457,7 +458,7 @@ async fn device_out_of_service(
 ) -> Result<bool, WorkError> {
     let client = pool.get().await?;
     let row = client
-        .query_opt(
+        .cached_query_opt(
             "SELECT in_service FROM devices WHERE store_id = $1 AND device_id = $2",
             &[&store.as_str(), &device.as_str()],
         )
@@ -476,7 +477,7 @@ async fn overlap_detail(
 ) -> Result<String, WorkError> {
     let client = pool.get().await?;
     let row = client
-        .query_opt(
+        .cached_query_opt(
             "SELECT lower(period), upper(period) FROM reservations
              WHERE store_id = $1 AND device_id = $2 AND cancelled_at IS NULL
                AND period && tstzrange($3, $4, '[)')

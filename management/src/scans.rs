@@ -1,6 +1,7 @@
 //! Scan handling: decide each scan once, record the decision (and the new session) in one
 //! transaction keyed by the scan id, and say what to publish after the commit.
 
+use crate::db::CachedStatements;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,15 +18,14 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::audit;
-use crate::authorize::{authorize_scan, DeviceFacts, ReservationFacts, ScanFacts};
-use crate::db::{clean_text, sql_state, WorkError};
+use crate::authorize::{authorize_scan, DeviceFacts, Refusal, ReservationFacts, ScanFacts};
+use crate::db::{sql_state, WorkError};
 use crate::metrics::ScanVerdict;
 use crate::mqtt::Outbound;
 use crate::outbox;
 use crate::stop_timer::{end_session, OpenSession};
 
-/// The longest ticket text stored with a scan; longer readings are cut (they are refused anyway).
-const STORED_TEXT_LIMIT: usize = 1024;
+mod record;
 
 /// What the scan rules need besides the scan.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ pub struct ScanRules {
     pub keyring: Keyring,
     pub early_grace: Duration,
     /// With the command key, an accepted scan's start command goes out with the scan's answer
-    /// (see [`outbox::first_attempt`]); without it, the dispatcher sends it.
+    /// (see [`outbox::sent_now`]); without it, the dispatcher sends it.
     pub command_key: Option<Arc<SigningKey>>,
 }
 
@@ -95,7 +95,16 @@ async fn decide_and_record(
 ) -> Result<ScanOutcome, WorkError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    if let Some(outcome) = earlier_decision(&tx, store, device, scan.scan_id).await? {
+    let ticket_id = ticket.as_ref().ok().map(|claims| claims.ticket_id);
+    // The three reads go out together, one round trip (tokio-postgres pipelines the queries
+    // polled together on one connection); the device row first, as every path locks it first.
+    let (earlier, device_row, reservation) = tokio::try_join!(
+        biased;
+        earlier_decision(&tx, store, device, scan.scan_id),
+        device_row(&tx, store, device),
+        reservation_facts(&tx, ticket_id),
+    )?;
+    if let Some(outcome) = earlier {
         tx.commit().await?;
         return Ok(outcome);
     }
@@ -105,87 +114,34 @@ async fn decide_and_record(
         .offline
         .as_ref()
         .map_or(now, |offline| offline.started_at.min(now));
-    let device_facts = device_facts(&tx, store, device).await?;
     // A session whose booking is over but whose stop timer has not fired yet (the next
     // customer scanning in the first instant of a back-to-back booking) is ended here, so the
-    // device is not refused as busy.
-    let device_facts = match device_facts {
-        Some(facts) if facts.busy && end_overdue_session(&tx, store, device, at).await? => {
-            Some(DeviceFacts {
-                busy: false,
-                ..facts
+    // device is not refused as busy. Its stop command moved the device's epoch.
+    let device_row = match device_row {
+        Some(row) if row.facts.busy && end_overdue_session(&tx, store, device, at).await? => {
+            let epoch = current_epoch(&tx, store, device).await?;
+            Some(DeviceRow {
+                facts: DeviceFacts {
+                    busy: false,
+                    ..row.facts
+                },
+                epoch,
             })
         }
         other => other,
     };
-    let reservation = match ticket {
-        Ok(claims) => reservation_facts(&tx, claims.ticket_id).await?,
-        Err(_) => None,
-    };
+    let epoch = device_row.as_ref().map_or(0, |row| row.epoch);
     let facts = ScanFacts {
         store,
         device,
-        device_facts,
+        device_facts: device_row.map(|row| row.facts),
         ticket,
         reservation,
         now: at,
         early_grace: rules.early_grace,
     };
-    let ticket_id = ticket.as_ref().ok().map(|claims| claims.ticket_id);
-    let mut start_now = Vec::new();
-    let (decision, events, session_started) = match authorize_scan(&facts) {
-        Ok(approval) => {
-            let Some(ticket_id) = ticket_id else {
-                unreachable!("an approved scan has a verified ticket")
-            };
-            let started = start_session(
-                &tx,
-                (store, device),
-                scan,
-                ticket_id,
-                approval.lease_until,
-                now,
-            )
-            .await?;
-            if let Some(key) = &rules.command_key {
-                let target = (store, device);
-                let command = started.command;
-                start_now =
-                    outbox::first_attempt(&tx, command, target, approval.lease_until, key, now)
-                        .await?;
-            }
-            (started.decision, started.events, true)
-        }
-        Err(refusal) => {
-            tracing::info!(%store, %device, scan_id = %scan.scan_id, reason = %refusal.reason, detail = refusal.detail, "scan refused");
-            let mut events = vec![EventKind::ScanRejected {
-                scan_id: Some(scan.scan_id),
-                reason: refusal.reason,
-                detail: refusal.detail.clone(),
-            }];
-            if let Some(offline) = &scan.offline {
-                let detail = format!(
-                    "the device started this session offline at {} on ticket {}, which management refuses ({}: {}); the device stops it",
-                    offline.started_at.to_rfc3339(),
-                    ticket_id.map_or("(unreadable)".to_owned(), |id| id.to_string()),
-                    refusal.reason,
-                    refusal.detail,
-                );
-                tracing::warn!(%store, %device, session_id = %offline.session_id, detail, "offline session refused");
-                events.push(EventKind::SessionConflict {
-                    session_id: offline.session_id,
-                    detail,
-                });
-            }
-            let decision = Decision::Rejected {
-                reason: refusal.reason,
-                detail: refusal.detail,
-            };
-            (decision, events, false)
-        }
-    };
-    insert_scan(&tx, store, device, scan, ticket_id, &decision).await?;
-    let events: Vec<Event> = events
+    let (decision, kinds, start) = decide(&facts, (store, device), scan, ticket_id, epoch, now);
+    let events: Vec<Event> = kinds
         .into_iter()
         .map(|kind| Event {
             at: now,
@@ -194,20 +150,40 @@ async fn decide_and_record(
             kind,
         })
         .collect();
-    for event in &events {
-        audit::record(&tx, event).await?;
-    }
+    let send_start = rules.command_key.is_some();
+    let written = record::Decided {
+        target: (store, device),
+        scan,
+        ticket_id,
+        decision: &decision,
+        start: start.as_ref(),
+        start_sent_now: send_start,
+        events: &events,
+        now,
+    };
+    record::write(&tx, &written).await?;
     tx.commit().await?;
 
     let decided = match &decision {
         Decision::Accepted { .. } => ScanVerdict::Accepted,
         Decision::Rejected { reason, .. } => ScanVerdict::Rejected(*reason),
     };
-    // The start command is in the outbox, committed with the session: sent now with the answer
-    // (`start_now`), or by the dispatcher.
-    let start_sent = !start_now.is_empty();
+    let session_started = start.is_some();
     let mut publish = vec![scan_result(store, device, scan.scan_id, decision)];
-    publish.extend(start_now);
+    // The start command is in the outbox, committed with the session: sent now with the answer,
+    // or by the dispatcher.
+    let mut start_sent = false;
+    if let (Some(start), Some(key)) = (start, &rules.command_key) {
+        let running = (start.session_id, start.lease_until);
+        publish.extend(outbox::sent_now(
+            start.command,
+            (store, device),
+            running,
+            key,
+            now,
+        ));
+        start_sent = true;
+    }
     Ok(ScanOutcome {
         publish,
         session_started,
@@ -216,73 +192,102 @@ async fn decide_and_record(
     })
 }
 
-struct StartedSession {
-    decision: Decision,
-    events: Vec<EventKind>,
-    /// The start command, queued in the outbox.
-    command: Command,
-}
-
-/// Records the session an accepted scan starts and queues its start command. A session the
-/// device already started offline keeps the device's session id and start time.
-async fn start_session(
-    tx: &impl GenericClient,
+/// The pure part: the decision, its events and, when accepted, the session to start with its
+/// start command (at the device's next epoch).
+fn decide(
+    facts: &ScanFacts<'_>,
     (store, device): (&StoreId, &DeviceId),
     scan: &Scan,
-    ticket_id: TicketId,
-    lease_until: DateTime<Utc>,
+    ticket_id: Option<TicketId>,
+    epoch: i64,
     now: DateTime<Utc>,
-) -> Result<StartedSession, WorkError> {
+) -> (Decision, Vec<EventKind>, Option<record::Start>) {
+    let approval = match authorize_scan(facts) {
+        Ok(approval) => approval,
+        Err(refusal) => {
+            let (decision, events) = refused(store, device, scan, ticket_id, refusal);
+            return (decision, events, None);
+        }
+    };
+    let Some(ticket_id) = ticket_id else {
+        unreachable!("an approved scan has a verified ticket")
+    };
     let scan_id = scan.scan_id;
+    let lease_until = approval.lease_until;
     let (session_id, started_at) = match &scan.offline {
         Some(offline) => (offline.session_id, offline.started_at.min(now)),
         None => (SessionId::random(), now),
     };
-    let command_id = CommandId::random();
-    tx.execute(
-        "INSERT INTO sessions (session_id, ticket_id, scan_id, store_id, device_id, started_at, lease_until, start_command_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[
-            &session_id.as_uuid(),
-            &ticket_id.as_uuid(),
-            &scan_id.as_uuid(),
-            &store.as_str(),
-            &device.as_str(),
-            &started_at,
-            &lease_until,
-            &command_id.as_uuid(),
-        ],
-    )
-    .await?;
-    let start = CommandAction::Start {
+    let action = CommandAction::Start {
         session_id,
         lease_until,
         remaining_ms: (lease_until - now).num_milliseconds().max(0) as u64,
     };
-    let command = outbox::enqueue(tx, store, device, command_id, start, lease_until, now).await?;
+    let command = outbox::new_command((store, device), CommandId::random(), action, epoch + 1, now);
     let offline = scan.offline.is_some();
     tracing::info!(%store, %device, %scan_id, %session_id, %lease_until, offline, "scan accepted, session started");
-    Ok(StartedSession {
-        command,
-        decision: Decision::Accepted {
+    let decision = Decision::Accepted {
+        session_id,
+        ticket_id,
+        lease_until,
+    };
+    let events = vec![
+        EventKind::ScanAccepted {
+            scan_id,
+            ticket_id,
+            session_id,
+        },
+        EventKind::SessionStarted {
             session_id,
             ticket_id,
             lease_until,
+            offline,
         },
-        events: vec![
-            EventKind::ScanAccepted {
-                scan_id,
-                ticket_id,
-                session_id,
-            },
-            EventKind::SessionStarted {
-                session_id,
-                ticket_id,
-                lease_until,
-                offline,
-            },
-        ],
-    })
+    ];
+    let start = record::Start {
+        session_id,
+        ticket_id,
+        started_at,
+        lease_until,
+        command,
+    };
+    (decision, events, Some(start))
+}
+
+/// A refused scan's answer and events (a session the device started offline on it is a
+/// conflict: the device stops it).
+fn refused(
+    store: &StoreId,
+    device: &DeviceId,
+    scan: &Scan,
+    ticket_id: Option<TicketId>,
+    refusal: Refusal,
+) -> (Decision, Vec<EventKind>) {
+    tracing::info!(%store, %device, scan_id = %scan.scan_id, reason = %refusal.reason, detail = refusal.detail, "scan refused");
+    let mut events = vec![EventKind::ScanRejected {
+        scan_id: Some(scan.scan_id),
+        reason: refusal.reason,
+        detail: refusal.detail.clone(),
+    }];
+    if let Some(offline) = &scan.offline {
+        let detail = format!(
+            "the device started this session offline at {} on ticket {}, which management refuses ({}: {}); the device stops it",
+            offline.started_at.to_rfc3339(),
+            ticket_id.map_or("(unreadable)".to_owned(), |id| id.to_string()),
+            refusal.reason,
+            refusal.detail,
+        );
+        tracing::warn!(%store, %device, session_id = %offline.session_id, detail, "offline session refused");
+        events.push(EventKind::SessionConflict {
+            session_id: offline.session_id,
+            detail,
+        });
+    }
+    let decision = Decision::Rejected {
+        reason: refusal.reason,
+        detail: refusal.detail,
+    };
+    (decision, events)
 }
 
 /// A scan id seen before gets its first answer again (the start it led to is in the outbox,
@@ -293,9 +298,9 @@ async fn earlier_decision(
     store: &StoreId,
     device: &DeviceId,
     scan_id: ScanId,
-) -> Result<Option<ScanOutcome>, WorkError> {
+) -> Result<Option<ScanOutcome>, tokio_postgres::Error> {
     let row = tx
-        .query_opt(
+        .cached_query_opt(
             "SELECT sc.accepted, sc.reason, sc.detail, sc.ticket_id, se.session_id, se.lease_until
              FROM scans sc LEFT JOIN sessions se ON se.session_id = sc.session_id
              WHERE sc.scan_id = $1",
@@ -332,26 +337,51 @@ async fn earlier_decision(
     }))
 }
 
-async fn device_facts(
+/// The device's facts and its epoch, its row locked for the rest of the transaction.
+struct DeviceRow {
+    facts: DeviceFacts,
+    epoch: i64,
+}
+
+async fn device_row(
     tx: &impl GenericClient,
     store: &StoreId,
     device: &DeviceId,
-) -> Result<Option<DeviceFacts>, WorkError> {
-    // The row lock serializes decisions for one device across workers.
+) -> Result<Option<DeviceRow>, tokio_postgres::Error> {
+    // The row lock serializes decisions for one device across workers; holding it, this
+    // transaction knows the device's epoch until it commits.
     let row = tx
-        .query_opt(
+        .cached_query_opt(
             "SELECT d.in_service,
                     EXISTS (SELECT 1 FROM sessions s
-                            WHERE s.store_id = d.store_id AND s.device_id = d.device_id AND s.ended_at IS NULL)
+                            WHERE s.store_id = d.store_id AND s.device_id = d.device_id AND s.ended_at IS NULL),
+                    d.epoch
              FROM devices d WHERE d.store_id = $1 AND d.device_id = $2
              FOR UPDATE OF d",
             &[&store.as_str(), &device.as_str()],
         )
         .await?;
-    Ok(row.map(|row| DeviceFacts {
-        in_service: row.get(0),
-        busy: row.get(1),
+    Ok(row.map(|row| DeviceRow {
+        facts: DeviceFacts {
+            in_service: row.get(0),
+            busy: row.get(1),
+        },
+        epoch: row.get(2),
     }))
+}
+
+async fn current_epoch(
+    tx: &impl GenericClient,
+    store: &StoreId,
+    device: &DeviceId,
+) -> Result<i64, tokio_postgres::Error> {
+    let row = tx
+        .cached_query_one(
+            "SELECT epoch FROM devices WHERE store_id = $1 AND device_id = $2",
+            &[&store.as_str(), &device.as_str()],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// Ends the device's open session if its lease is over; returns whether it did.
@@ -362,7 +392,7 @@ async fn end_overdue_session(
     now: DateTime<Utc>,
 ) -> Result<bool, WorkError> {
     let row = tx
-        .query_opt(
+        .cached_query_opt(
             "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
              WHERE store_id = $1 AND device_id = $2 AND ended_at IS NULL AND lease_until <= $3
              FOR UPDATE",
@@ -379,10 +409,13 @@ async fn end_overdue_session(
 
 async fn reservation_facts(
     tx: &impl GenericClient,
-    ticket_id: TicketId,
-) -> Result<Option<ReservationFacts>, WorkError> {
+    ticket_id: Option<TicketId>,
+) -> Result<Option<ReservationFacts>, tokio_postgres::Error> {
+    let Some(ticket_id) = ticket_id else {
+        return Ok(None);
+    };
     let row = tx
-        .query_opt(
+        .cached_query_opt(
             "SELECT lower(r.period), upper(r.period), r.cancelled_at IS NOT NULL,
                     EXISTS (SELECT 1 FROM sessions s WHERE s.ticket_id = r.ticket_id)
              FROM reservations r WHERE r.ticket_id = $1
@@ -396,41 +429,6 @@ async fn reservation_facts(
         cancelled: row.get(2),
         used: row.get(3),
     }))
-}
-
-async fn insert_scan(
-    tx: &impl GenericClient,
-    store: &StoreId,
-    device: &DeviceId,
-    scan: &Scan,
-    ticket_id: Option<TicketId>,
-    decision: &Decision,
-) -> Result<(), WorkError> {
-    let (accepted, reason, detail, session_id) = match decision {
-        Decision::Accepted { session_id, .. } => (true, None, "", Some(session_id.as_uuid())),
-        Decision::Rejected { reason, detail } => {
-            (false, Some(reason.as_str()), detail.as_str(), None)
-        }
-    };
-    let text = clean_text(&scan.ticket, STORED_TEXT_LIMIT);
-    tx.execute(
-        "INSERT INTO scans (scan_id, store_id, device_id, ticket_text, ticket_id, read_at, accepted, reason, detail, session_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &[
-            &scan.scan_id.as_uuid(),
-            &store.as_str(),
-            &device.as_str(),
-            &text,
-            &ticket_id.map(|id| id.as_uuid()),
-            &scan.read_at,
-            &accepted,
-            &reason,
-            &detail,
-            &session_id,
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 /// A payload that is not a scan: refused with an event and, when its scan id can still be read,

@@ -6,6 +6,7 @@
 //! bookings and sessions, the audit log's `event_id` for events), so rows added or removed
 //! between two pages never shift the others.
 
+use crate::db::CachedStatements;
 use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::Pool;
 use mujin_protocol::message::{EndReason, Event, Reply};
@@ -95,7 +96,7 @@ async fn bookings(
     let client = pool.get().await?;
     let (after_at, after_id) = after.unzip();
     let rows = client
-        .query(
+        .cached_query(
             "SELECT r.ticket_id, r.store_id, r.device_id, lower(r.period), upper(r.period)
              FROM reservations r
              WHERE r.cancelled_at IS NULL AND upper(r.period) > $1
@@ -143,7 +144,7 @@ async fn sessions(
     let (after_at, after_id) = after.unzip();
     let since = now - ended_sessions_window();
     let rows = client
-        .query(
+        .cached_query(
             "SELECT session_id, ticket_id, store_id, device_id, started_at, lease_until,
                     ended_at, end_reason
              FROM sessions
@@ -210,7 +211,7 @@ async fn events(
     let (rows, more) = match after {
         None => {
             let rows = client
-                .query(
+                .cached_query(
                     "SELECT event_id, body FROM (
                          SELECT event_id, body FROM events
                          WHERE ($1::text IS NULL OR store_id = $1)
@@ -224,7 +225,7 @@ async fn events(
         }
         Some(after) => {
             let rows = client
-                .query(
+                .cached_query(
                     "SELECT event_id, body FROM events
                      WHERE event_id > $1 AND ($2::text IS NULL OR store_id = $2)
                      ORDER BY event_id LIMIT $3",

@@ -4,6 +4,7 @@
 //! are claimed with `FOR UPDATE SKIP LOCKED` inside a transaction, so a worker that dies holding
 //! them releases them with its connection and another takes over.
 
+use crate::db::CachedStatements;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,7 +87,7 @@ pub async fn end_session(
     now: DateTime<Utc>,
 ) -> Result<(), tokio_postgres::Error> {
     let command_id = CommandId::random();
-    tx.execute(
+    tx.cached_execute(
         "UPDATE sessions SET ended_at = $2, end_reason = $3, stop_command_id = $4 WHERE session_id = $1",
         &[
             &session.session_id.as_uuid(),
@@ -135,7 +136,7 @@ pub async fn stop_due_sessions(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let due = tx
-        .query(
+        .cached_query(
             "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
              WHERE ended_at IS NULL AND lease_until <= $1
              ORDER BY lease_until
@@ -150,7 +151,7 @@ pub async fn stop_due_sessions(
         end_session(&tx, &session, EndReason::BookingEnded, now).await?;
     }
     let next_due: Option<DateTime<Utc>> = tx
-        .query_one(
+        .cached_query_one(
             "SELECT min(lease_until) FROM sessions WHERE ended_at IS NULL AND lease_until > $1",
             &[&now],
         )

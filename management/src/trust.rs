@@ -8,6 +8,7 @@
 //! The lists are rebuilt from PostgreSQL every [`REFRESH`] and published when they changed, and
 //! all again after every (re)connection (the broker keeps nothing across restarts).
 
+use crate::db::CachedStatements;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +41,7 @@ pub async fn build_lists(
 ) -> Result<Vec<(StoreId, TrustList)>, WorkError> {
     let client = pool.get().await?;
     let stores = client
-        .query(
+        .cached_query(
             "SELECT store_id, offline_start FROM stores ORDER BY store_id",
             &[],
         )
@@ -48,7 +49,7 @@ pub async fn build_lists(
     // Tickets whose window is still open but which cannot start a session any more; the ones
     // ending soonest first, since a truncated list keeps those.
     let refused = client
-        .query(
+        .cached_query(
             "SELECT r.store_id, r.ticket_id, r.cancelled_at IS NOT NULL
              FROM reservations r
              WHERE upper(r.period) > $1
