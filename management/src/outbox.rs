@@ -86,11 +86,13 @@ pub fn new_command(
     }
 }
 
-/// The statement [`insert_command`] runs.
-pub const INSERT_COMMAND: &str =
+/// The statement [`insert_commands`] runs.
+pub const INSERT_COMMANDS: &str =
     "INSERT INTO commands (command_id, store_id, device_id, session_id, epoch, action, payload,
                            next_attempt_at, expires_at, created_at, status, attempts, sent_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+     SELECT c.*, $10::timestamptz, $11::text, $12::integer, $13::timestamptz
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::bigint[], $6::text[],
+                 $7::jsonb[], $8::timestamptz[], $9::timestamptz[]) AS c";
 
 /// Writes `command` to the outbox: queued for the dispatcher, or, when `sent_now`, recorded as
 /// its first attempt, made by the caller right after the commit (see [`sent_now`]).
@@ -101,26 +103,39 @@ pub async fn insert_command(
     now: DateTime<Utc>,
     sent_now: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let payload = serde_json::to_value(command).unwrap_or_default();
+    insert_commands(tx, &[(command, expires_at)], now, sent_now).await
+}
+
+/// Writes `commands` (each with when it expires) in one statement, as [`insert_command`] does.
+pub async fn insert_commands(
+    tx: &impl GenericClient,
+    commands: &[(&Command, DateTime<Utc>)],
+    now: DateTime<Utc>,
+    sent_now: bool,
+) -> Result<(), tokio_postgres::Error> {
     let (status, attempts, sent_at, next_attempt_at) = if sent_now {
         let retry = now + chrono::Duration::from_std(backoff(1)).unwrap_or_default();
         ("sent", 1, Some(now), retry)
     } else {
         ("queued", 0, None, now)
     };
-    let (store, device) = (command.store.as_ref(), command.device.as_ref());
+    let mut columns = CommandColumns::default();
+    for (command, expires_at) in commands {
+        columns.push(command, *expires_at, next_attempt_at);
+    }
+    let c = &columns;
     tx.cached_execute(
-        INSERT_COMMAND,
+        INSERT_COMMANDS,
         &[
-            &command.command_id.as_uuid(),
-            &store.map(StoreId::as_str),
-            &device.map(DeviceId::as_str),
-            &command.action.session_id().as_uuid(),
-            &(command.epoch as i64),
-            &command.action.name(),
-            &payload,
-            &next_attempt_at,
-            &expires_at,
+            &c.ids,
+            &c.stores,
+            &c.devices,
+            &c.sessions,
+            &c.epochs,
+            &c.actions,
+            &c.payloads,
+            &c.next_attempts,
+            &c.expiries,
             &now,
             &status,
             &attempts,
@@ -129,6 +144,37 @@ pub async fn insert_command(
     )
     .await?;
     Ok(())
+}
+
+/// Commands as the columns of [`INSERT_COMMANDS`].
+#[derive(Default)]
+struct CommandColumns<'a> {
+    ids: Vec<Uuid>,
+    stores: Vec<Option<&'a str>>,
+    devices: Vec<Option<&'a str>>,
+    sessions: Vec<Uuid>,
+    epochs: Vec<i64>,
+    actions: Vec<&'static str>,
+    payloads: Vec<serde_json::Value>,
+    next_attempts: Vec<DateTime<Utc>>,
+    expiries: Vec<DateTime<Utc>>,
+}
+
+impl<'a> CommandColumns<'a> {
+    fn push(&mut self, command: &'a Command, expires_at: DateTime<Utc>, next: DateTime<Utc>) {
+        self.ids.push(command.command_id.as_uuid());
+        self.stores
+            .push(command.store.as_ref().map(StoreId::as_str));
+        self.devices
+            .push(command.device.as_ref().map(DeviceId::as_str));
+        self.sessions.push(command.action.session_id().as_uuid());
+        self.epochs.push(command.epoch as i64);
+        self.actions.push(command.action.name());
+        self.payloads
+            .push(serde_json::to_value(command).unwrap_or_default());
+        self.next_attempts.push(next);
+        self.expiries.push(expires_at);
+    }
 }
 
 /// A start written with [`insert_command`]`(…, sent_now: true)`, as it goes out right after the
@@ -156,23 +202,53 @@ pub fn sent_now(
     ]
 }
 
-/// The desired state of every device, or of one, from the database (the source of truth).
+/// Whose desired states [`desired_states`] reads.
+pub enum DesiredOf<'a> {
+    All,
+    These(&'a [(StoreId, DeviceId)]),
+}
+
+/// Commands attempted in one dispatcher pass, as the columns of one update.
+#[derive(Default)]
+struct AttemptColumns {
+    ids: Vec<Uuid>,
+    attempts: Vec<i32>,
+    next: Vec<DateTime<Utc>>,
+}
+
+impl AttemptColumns {
+    fn push(&mut self, id: Uuid, attempts: i32, next: DateTime<Utc>) {
+        self.ids.push(id);
+        self.attempts.push(attempts);
+        self.next.push(next);
+    }
+}
+
+/// The desired state of every device, or of some, from the database (the source of truth).
 pub async fn desired_states(
     client: &impl GenericClient,
-    only: Option<(&StoreId, &DeviceId)>,
+    which: DesiredOf<'_>,
     key: &SigningKey,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outbound>, tokio_postgres::Error> {
-    let (store, device) = only.map_or((None, None), |(store, device)| {
-        (Some(store.as_str()), Some(device.as_str()))
-    });
+    let (stores, devices): (Option<Vec<&str>>, Option<Vec<&str>>) = match which {
+        DesiredOf::All => (None, None),
+        DesiredOf::These(these) => {
+            let (stores, devices) = these
+                .iter()
+                .map(|(store, device)| (store.as_str(), device.as_str()))
+                .unzip();
+            (Some(stores), Some(devices))
+        }
+    };
     let rows = client
         .cached_query(
             "SELECT d.store_id, d.device_id, d.epoch, s.session_id, s.lease_until
              FROM devices d
              LEFT JOIN sessions s ON s.store_id = d.store_id AND s.device_id = d.device_id AND s.ended_at IS NULL
-             WHERE ($1::text IS NULL OR d.store_id = $1) AND ($2::text IS NULL OR d.device_id = $2)",
-            &[&store, &device],
+             WHERE $1::text[] IS NULL
+                OR (d.store_id, d.device_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            &[&stores, &devices],
         )
         .await?;
     Ok(rows
@@ -305,6 +381,7 @@ pub async fn dispatch_due(
         .await?;
     let mut devices: Vec<(StoreId, DeviceId)> = Vec::new();
     let mut first_sends = Vec::new();
+    let mut attempted = AttemptColumns::default();
     for row in &due {
         let command_id: Uuid = row.get(0);
         let attempts: i32 = row.get::<_, i32>(4) + 1;
@@ -312,13 +389,7 @@ pub async fn dispatch_due(
             first_sends.push(FirstSend::of(row));
         }
         let next = now + chrono::Duration::from_std(backoff(attempts)).unwrap_or_default();
-        tx.cached_execute(
-            "UPDATE commands SET status = 'sent', attempts = $2, sent_at = coalesce(sent_at, $3),
-                                 next_attempt_at = $4
-             WHERE command_id = $1",
-            &[&command_id, &attempts, &now, &next],
-        )
-        .await?;
+        attempted.push(command_id, attempts, next);
         let (Ok(store), Ok(device)) = (StoreId::parse(row.get(1)), DeviceId::parse(row.get(2)))
         else {
             continue;
@@ -337,8 +408,19 @@ pub async fn dispatch_due(
             devices.push((store, device));
         }
     }
-    for (store, device) in &devices {
-        publish.extend(desired_states(&tx, Some((store, device)), key, now).await?);
+    // One statement for all attempts, and one query for the desired states of their devices.
+    if !attempted.ids.is_empty() {
+        tx.cached_execute(
+            "UPDATE commands c SET status = 'sent', attempts = u.attempts,
+                                   sent_at = coalesce(c.sent_at, $4), next_attempt_at = u.next_attempt_at
+             FROM unnest($1::uuid[], $2::integer[], $3::timestamptz[]) AS u(command_id, attempts, next_attempt_at)
+             WHERE c.command_id = u.command_id",
+            &[&attempted.ids, &attempted.attempts, &attempted.next, &now],
+        )
+        .await?;
+    }
+    if !devices.is_empty() {
+        publish.extend(desired_states(&tx, DesiredOf::These(&devices), key, now).await?);
     }
     let events = audit::take_unpublished(&tx, BATCH, now).await?;
     let more_events = events.len() as i64 == BATCH;
@@ -570,7 +652,7 @@ async fn dispatch_once(
     let mut messages = Vec::new();
     if republish {
         let client = pool.get().await?;
-        messages.extend(desired_states(&client, None, key, now).await?);
+        messages.extend(desired_states(&client, DesiredOf::All, key, now).await?);
         tracing::info!(
             devices = messages.len(),
             "published every device's desired state"

@@ -5,15 +5,17 @@
 //! them releases them with its connection and another takes over.
 
 use crate::db::CachedStatements;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
-use mujin_protocol::message::{CommandAction, EndReason, Event, EventKind};
+use mujin_protocol::message::{Command, CommandAction, EndReason, Event, EventKind};
 use mujin_protocol::{CommandId, DeviceId, SessionId, StoreId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::audit;
 use crate::db::WorkError;
@@ -86,46 +88,121 @@ pub async fn end_session(
     reason: EndReason,
     now: DateTime<Utc>,
 ) -> Result<(), tokio_postgres::Error> {
-    let command_id = CommandId::random();
-    tx.cached_execute(
-        "UPDATE sessions SET ended_at = $2, end_reason = $3, stop_command_id = $4 WHERE session_id = $1",
-        &[
-            &session.session_id.as_uuid(),
-            &now,
-            &reason.as_str(),
-            &command_id.as_uuid(),
-        ],
-    )
-    .await?;
-    let event = Event {
-        at: now,
-        store: session.store.clone(),
-        device: Some(session.device.clone()),
-        kind: EventKind::SessionEnded {
-            session_id: session.session_id,
-            started_at: session.started_at,
-            ended_at: now,
-            reason,
-            used_ms: (now - session.started_at).num_milliseconds().max(0) as u64,
-        },
-    };
-    audit::record(tx, &event).await?;
-    let stop = CommandAction::Stop {
-        session_id: session.session_id,
-        reason,
-    };
+    end_sessions(tx, std::slice::from_ref(session), reason, now).await
+}
+
+/// [`end_session`] for many sessions (of different devices) at once: four statements whatever
+/// their number, three of them sent together.
+pub async fn end_sessions(
+    tx: &impl GenericClient,
+    sessions: &[OpenSession],
+    reason: EndReason,
+    now: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    if sessions.is_empty() {
+        return Ok(());
+    }
+    let command_ids: Vec<CommandId> = sessions.iter().map(|_| CommandId::random()).collect();
+    let events: Vec<Event> = sessions
+        .iter()
+        .map(|session| Event {
+            at: now,
+            store: session.store.clone(),
+            device: Some(session.device.clone()),
+            kind: EventKind::SessionEnded {
+                session_id: session.session_id,
+                started_at: session.started_at,
+                ended_at: now,
+                reason,
+                used_ms: (now - session.started_at).num_milliseconds().max(0) as u64,
+            },
+        })
+        .collect();
+    tokio::try_join!(
+        tx.prepare_cached(CLOSE_SESSIONS),
+        tx.prepare_cached(BUMP_EPOCHS),
+        tx.prepare_cached(audit::RECORD_EVENTS),
+    )?;
+    // Sent in this order without waiting for one another (see scans::record for why the
+    // statements are prepared first).
+    let (_, epochs, ()) = tokio::try_join!(
+        biased;
+        close_sessions(tx, sessions, &command_ids, reason, now),
+        bump_epochs(tx, sessions),
+        audit::record_all(tx, &events),
+    )?;
     let expires_at = now + outbox::STOP_EXPIRY;
-    outbox::enqueue(
-        tx,
-        &session.store,
-        &session.device,
-        command_id,
-        stop,
-        expires_at,
-        now,
-    )
-    .await?;
-    Ok(())
+    let commands: Vec<Command> = sessions
+        .iter()
+        .zip(command_ids)
+        .map(|(session, command_id)| {
+            let epoch = epochs
+                .get(&(session.store.as_str(), session.device.as_str()))
+                .copied()
+                .unwrap_or_default();
+            let stop = CommandAction::Stop {
+                session_id: session.session_id,
+                reason,
+            };
+            outbox::new_command(
+                (&session.store, &session.device),
+                command_id,
+                stop,
+                epoch,
+                now,
+            )
+        })
+        .collect();
+    let queued: Vec<(&Command, DateTime<Utc>)> = commands
+        .iter()
+        .map(|command| (command, expires_at))
+        .collect();
+    outbox::insert_commands(tx, &queued, now, false).await
+}
+
+const CLOSE_SESSIONS: &str =
+    "UPDATE sessions s SET ended_at = $2, end_reason = $3, stop_command_id = u.command_id
+     FROM unnest($1::uuid[], $4::uuid[]) AS u(session_id, command_id)
+     WHERE s.session_id = u.session_id";
+
+const BUMP_EPOCHS: &str = "UPDATE devices d SET epoch = d.epoch + 1
+     FROM unnest($1::text[], $2::text[]) AS u(store_id, device_id)
+     WHERE d.store_id = u.store_id AND d.device_id = u.device_id
+     RETURNING d.store_id, d.device_id, d.epoch";
+
+async fn close_sessions(
+    tx: &impl GenericClient,
+    sessions: &[OpenSession],
+    command_ids: &[CommandId],
+    reason: EndReason,
+    now: DateTime<Utc>,
+) -> Result<u64, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = sessions.iter().map(|s| s.session_id.as_uuid()).collect();
+    let commands: Vec<Uuid> = command_ids.iter().map(|id| id.as_uuid()).collect();
+    tx.cached_execute(CLOSE_SESSIONS, &[&ids, &now, &reason.as_str(), &commands])
+        .await
+}
+
+/// Each device's new epoch, by (store, device).
+async fn bump_epochs<'a>(
+    tx: &impl GenericClient,
+    sessions: &'a [OpenSession],
+) -> Result<HashMap<(&'a str, &'a str), i64>, tokio_postgres::Error> {
+    let stores: Vec<&str> = sessions.iter().map(|s| s.store.as_str()).collect();
+    let devices: Vec<&str> = sessions.iter().map(|s| s.device.as_str()).collect();
+    let rows = tx.cached_query(BUMP_EPOCHS, &[&stores, &devices]).await?;
+    let mut epochs = HashMap::new();
+    for row in rows {
+        let (store, device, epoch): (&str, &str, i64) = (row.get(0), row.get(1), row.get(2));
+        // Keyed by the sessions' own strings, which outlive the rows.
+        if let Some(session) = sessions
+            .iter()
+            .find(|s| s.store.as_str() == store && s.device.as_str() == device)
+        {
+            epochs.insert((session.store.as_str(), session.device.as_str()), epoch);
+        }
+    }
+    Ok(epochs)
 }
 
 /// Closes every session due at `now`; returns how many and when the next open session is due.
@@ -145,11 +222,12 @@ pub async fn stop_due_sessions(
             &[&now, &BATCH],
         )
         .await?;
-    for session in due.iter().filter_map(OpenSession::from_row) {
+    let sessions: Vec<OpenSession> = due.iter().filter_map(OpenSession::from_row).collect();
+    for session in &sessions {
         let lateness_ms = (now - session.lease_until).num_milliseconds();
         tracing::info!(store = %session.store, device = %session.device, session_id = %session.session_id, lateness_ms, "booking ended, stopping the session");
-        end_session(&tx, &session, EndReason::BookingEnded, now).await?;
     }
+    end_sessions(&tx, &sessions, EndReason::BookingEnded, now).await?;
     let next_due: Option<DateTime<Utc>> = tx
         .cached_query_one(
             "SELECT min(lease_until) FROM sessions WHERE ended_at IS NULL AND lease_until > $1",

@@ -55,7 +55,7 @@ pub(super) async fn write(
         biased;
         tx.prepare_cached(INSERT_SESSION),
         tx.prepare_cached(SET_EPOCH),
-        tx.prepare_cached(outbox::INSERT_COMMAND),
+        tx.prepare_cached(outbox::INSERT_COMMANDS),
         tx.prepare_cached(INSERT_SCAN),
         tx.prepare_cached(audit::RECORD_EVENTS),
     )?;
