@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 
+use crate::cpu::CpuProbe;
 use crate::device::Credentials;
 use crate::fleet::{self, Fleet, FleetSpec};
 use crate::floor::{self, Floor};
@@ -93,6 +94,7 @@ impl Profile {
             "Every ticket is booked through management's booking path (booking::reserve with the current ticket key). A step books each device it uses once (one session per device per step), has them scan at the offered rate (open loop: paced by the clock, not by answers), then waits for the booked end and for every stop.".into(),
             "Latency is measured at the virtual device, from handing the signed scan to its MQTT client to receiving the start command. Management runs as `mujin-management run` with RUST_LOG=warn; PostgreSQL runs with its default durability (fsync and synchronous_commit on).".into(),
             "The embedded broker admits at most 16384 connections (MAX_CONNECTIONS in broker/src/server.rs), and this process needs an open-file limit above the fleet size; a step offers at most one scan per device, so steps at rates above the fleet size per second last under a second.".into(),
+            "CPU per authorization (scenarios 1 and 2): user + system time from /proc of PostgreSQL (the postmaster, every process it forked, and the children it reaped), management, the broker and this process, read just before a step's first scan is offered and when its last scan is answered (not over the booking before nor the wait for the stops after), divided by the scans answered. It includes the acks and states the devices send after their starts (except for the last few answers), and this process's own share (signing scans, acks and states for every device) because it runs on the same cores. The ceiling is cores × 1,000,000 / total µs per scan: the rate at which these processes alone would fill every core. /proc counts in 10 ms ticks per process, so short steps read coarsely.".into(),
             "Scenarios 1, 2 and 4 run without telemetry; scenario 3 turns it on for the whole fleet (one full round first) and it stays on. End-of-session warnings are turned off in the bench store (sessions last seconds).".into(),
             format!(
                 "Scenario 1: rates {:?}/s, {} round(s) of up to {} s each. Scenario 2: rates {:?}/s for up to {} s each, stopping at the first rate not sustained. Scenario 4: ends spread over {} s. Scenario 3: telemetry every {} s, scans at {}/s for {} s.",
@@ -153,12 +155,19 @@ async fn run_on(
     };
     report.floor = measure_floor(stack, &broker, profile.floor_samples).await?;
     let mut fleet = connect(stack, &broker, &credentials).await?;
+    let cpu = CpuProbe::new(
+        broker.pid(),
+        child_pid(&management),
+        &stack.postgres_dir(),
+        report.machine.cores,
+    );
     tracing::info!("scenario 1: latency");
     report.latency = scenarios::latency(
         &mut fleet,
         &profile.latency_rates,
         profile.latency_step_secs,
         profile.latency_rounds,
+        Some(&cpu),
     )
     .await?;
     tracing::info!("scenario 2: throughput");
@@ -167,6 +176,7 @@ async fn run_on(
             &mut fleet,
             &profile.throughput_rates,
             profile.throughput_step_secs,
+            Some(&cpu),
         )
         .await?,
     );
@@ -263,6 +273,7 @@ async fn compare_mosquitto(
             &profile.comparison_rates,
             profile.latency_step_secs,
             1,
+            None,
         )
         .await;
         fleet.shutdown().await;

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cpu::{CpuPerScan, CpuProbe};
 use crate::device::{BrokerAddress, Credentials, Observation, VirtualDevice};
 use crate::stats::{Percentiles, Samples};
 
@@ -123,6 +124,8 @@ pub struct StepOutcome {
     pub stopped: usize,
     /// Stop command received − booked end.
     pub stop_lateness: Percentiles,
+    /// CPU per answered scan over the scan phase, when measured.
+    pub cpu: Option<CpuPerScan>,
     #[serde(skip)]
     pub latency_samples: Samples,
     #[serde(skip)]
@@ -265,11 +268,30 @@ impl Fleet {
     /// One standard step: books `count` devices until a common end, scans at `rate`, collects
     /// the starts, then waits for the booked end and collects the stops.
     pub async fn step(&mut self, count: usize, rate: f64) -> anyhow::Result<StepOutcome> {
+        self.step_measured(count, rate, None).await
+    }
+
+    /// [`Fleet::step`], reading the CPU time of `cpu`'s processes just before the first scan
+    /// is offered and when the last is answered (not over the booking before nor the wait for
+    /// the stops after): [`StepOutcome::cpu`].
+    pub async fn step_measured(
+        &mut self,
+        count: usize,
+        rate: f64,
+        cpu: Option<&CpuProbe>,
+    ) -> anyhow::Result<StepOutcome> {
         let count = count.min(self.len());
         let devices: Vec<usize> = (0..count).collect();
         let end = self.plan_end(count, rate, Duration::from_secs(4));
         let tickets = self.book(&devices, |_| end).await?;
+        let before = cpu.map(|probe| (probe.sample(), Instant::now()));
         let mut outcome = self.scan(&devices, tickets, rate, end).await;
+        if let (Some(probe), Some((before, started))) = (cpu, before) {
+            let spent = probe.sample().since(&before);
+            let answered = outcome.started + outcome.rejected.values().sum::<usize>();
+            let phase = started.elapsed().as_secs_f64();
+            outcome.cpu = CpuPerScan::new(spent, answered, phase, probe.cores());
+        }
         self.wait_stops(&mut outcome, end + chrono::Duration::seconds(20))
             .await;
         Ok(outcome)

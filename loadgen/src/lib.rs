@@ -4,6 +4,8 @@
 //!   and stops at once and measures the latencies);
 //! - [`fleet`]: many of them, enrolled, connected in batches, booked and driven in steps;
 //! - [`stats`]: latency samples and percentiles;
+//! - [`cpu`]: CPU time per authorization of PostgreSQL, management, the broker and the load
+//!   generator;
 //! - [`stack`]: the private PostgreSQL, broker and management processes of a benchmark run;
 //! - [`floor`]: the MQTT round trip and durable insert a scan → start cannot beat;
 //! - [`scenarios`]: latency, throughput, fleet and stops on time;
@@ -11,6 +13,7 @@
 //! - [`bench`]: `mujin-loadgen bench`; [`run`]: `mujin-loadgen run` against a running stack.
 
 pub mod bench;
+pub mod cpu;
 pub mod device;
 pub mod fleet;
 pub mod floor;

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::cpu::CpuPerScan;
 use crate::fleet::StepOutcome;
 use crate::floor::Floor;
 use crate::scenarios::{FleetLoad, LatencyAtRate, StopsOnTime, Throughput, THROUGHPUT_P99_MS};
@@ -118,8 +119,9 @@ impl Report {
                 name: format!("sustained authorizations/s (p99 ≤ {THROUGHPUT_P99_MS} ms)"),
                 target: "≥ 5,000/s".into(),
                 measured: format!(
-                    "{sustained:.0}/s offered (peak reached {:.0}/s)",
-                    throughput.peak_achieved_rate
+                    "{sustained:.0}/s offered (peak reached {:.0}/s){}",
+                    throughput.peak_achieved_rate,
+                    cpu_ceiling_words(&throughput.steps)
                 ),
                 met: Some(sustained >= 5000.0),
             });
@@ -193,6 +195,12 @@ impl Report {
         floor_table(out, &self.floor)?;
         writeln!(out, "\n## 1. Scan → start latency\n")?;
         latency_table(out, &self.latency, self.floor.p50_ms())?;
+        let by_rate: Vec<(f64, Option<&CpuPerScan>)> = self
+            .latency
+            .iter()
+            .map(|at| (at.rate, at.result.cpu.as_ref()))
+            .collect();
+        cpu_table(out, &by_rate, self.machine.cores)?;
         if let Some(throughput) = &self.throughput {
             writeln!(out, "\n## 2. Throughput\n")?;
             writeln!(
@@ -204,6 +212,12 @@ impl Report {
                 throughput.peak_achieved_rate
             )?;
             step_table(out, &throughput.steps)?;
+            let by_step: Vec<(f64, Option<&CpuPerScan>)> = throughput
+                .steps
+                .iter()
+                .map(|step| (step.offered_rate, step.cpu.as_ref()))
+                .collect();
+            cpu_table(out, &by_step, self.machine.cores)?;
         }
         if let Some(fleet) = &self.fleet {
             writeln!(out, "\n## 3. Fleet\n")?;
@@ -326,6 +340,64 @@ fn latency_table(out: &mut String, results: &[LatencyAtRate], floor: f64) -> std
     Ok(())
 }
 
+/// "; CPU … per scan at the last step → at most …/s on N cores", or nothing unmeasured.
+fn cpu_ceiling_words(steps: &[StepOutcome]) -> String {
+    let Some((rate, cpu)) = steps
+        .iter()
+        .rev()
+        .find_map(|step| Some((step.offered_rate, step.cpu.as_ref()?)))
+    else {
+        return String::new();
+    };
+    match cpu.ceiling_per_sec {
+        Some(ceiling) => format!(
+            "; CPU {:.0} µs per scan at {rate:.0}/s → at most {ceiling:.0}/s on {} cores",
+            cpu.total_us, cpu.cores
+        ),
+        None => String::new(),
+    }
+}
+
+/// CPU per answered scan over the scan phase, one row per rate (nothing when unmeasured).
+fn cpu_table(
+    out: &mut String,
+    rows: &[(f64, Option<&CpuPerScan>)],
+    cores: usize,
+) -> std::fmt::Result {
+    if rows.iter().all(|(_, cpu)| cpu.is_none()) {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\nCPU per authorization (scan phase: from just before the first scan is offered to the last answer), user + system time per answered scan:\n"
+    )?;
+    writeln!(
+        out,
+        "| offered rate | answered | PostgreSQL | management | broker | load generator | total | cores busy | ceiling on {cores} cores |\n|---|---|---|---|---|---|---|---|---|"
+    )?;
+    for (rate, cpu) in rows {
+        let Some(cpu) = cpu else {
+            writeln!(out, "| {rate:.0}/s | not measured | | | | | | | |")?;
+            continue;
+        };
+        let ceiling = cpu
+            .ceiling_per_sec
+            .map_or("–".to_owned(), |c| format!("{c:.0}/s"));
+        writeln!(
+            out,
+            "| {rate:.0}/s | {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} % | {ceiling} |",
+            cpu.answered_scans,
+            cpu.postgres_us,
+            cpu.management_us,
+            cpu.broker_us,
+            cpu.loadgen_us,
+            cpu.total_us,
+            cpu.cores_busy_percent
+        )?;
+    }
+    Ok(())
+}
+
 fn step_table(out: &mut String, steps: &[StepOutcome]) -> std::fmt::Result {
     writeln!(
         out,
@@ -360,4 +432,55 @@ pub fn git_commit() -> Option<String> {
         .status
         .success()
         .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::CpuTimes;
+
+    fn measured(rate: f64, postgres_secs: f64, answered: usize) -> StepOutcome {
+        let spent = CpuTimes {
+            postgres_secs,
+            management_secs: 0.3,
+            broker_secs: 0.1,
+            loadgen_secs: 0.1,
+        };
+        let mut step = StepOutcome::default();
+        step.offered_rate = rate;
+        step.cpu = CpuPerScan::new(spent, answered, 1.0, 2);
+        step
+    }
+
+    #[test]
+    fn the_cpu_table_has_a_row_per_rate_in_microseconds_per_scan() {
+        let step = measured(250.0, 0.5, 1000);
+        let mut out = String::new();
+        cpu_table(&mut out, &[(250.0, step.cpu.as_ref()), (500.0, None)], 2).unwrap();
+        assert!(out.contains("| ceiling on 2 cores |"), "{out}");
+        assert!(
+            out.contains(
+                "| 250/s | 1000 | 500 µs | 300 µs | 100 µs | 100 µs | 1000 µs | 50 % | 2000/s |"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("| 500/s | not measured |"), "{out}");
+        let mut nothing = String::new();
+        cpu_table(&mut nothing, &[(250.0, None)], 2).unwrap();
+        assert!(nothing.is_empty());
+    }
+
+    #[test]
+    fn the_throughput_target_names_the_ceiling_of_the_last_measured_step() {
+        let steps = [
+            measured(250.0, 0.5, 1000),
+            measured(500.0, 1.5, 1000),
+            StepOutcome::default(),
+        ];
+        assert_eq!(
+            cpu_ceiling_words(&steps),
+            "; CPU 2000 µs per scan at 500/s → at most 1000/s on 2 cores"
+        );
+        assert_eq!(cpu_ceiling_words(&[]), "");
+    }
 }

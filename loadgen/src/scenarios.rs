@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
+use crate::cpu::CpuProbe;
 use crate::fleet::{Fleet, StepOutcome};
 use crate::stack::{sample_process, ProcessSample};
 use crate::stats::Samples;
@@ -23,22 +24,25 @@ pub struct LatencyAtRate {
     pub result: StepOutcome,
 }
 
-/// Runs scenario 1: for each rate, `rounds` steps of `min(fleet, rate × step_secs)` scans.
+/// Runs scenario 1: for each rate, `rounds` steps of `min(fleet, rate × step_secs)` scans,
+/// with the CPU per scan of `cpu`'s processes when given.
 pub async fn latency(
     fleet: &mut Fleet,
     rates: &[f64],
     step_secs: f64,
     rounds: usize,
+    cpu: Option<&CpuProbe>,
 ) -> anyhow::Result<Vec<LatencyAtRate>> {
     let mut results = Vec::new();
     for &rate in rates {
         let scans = ((rate * step_secs).round() as usize).clamp(1, fleet.len());
         let mut pooled: Option<StepOutcome> = None;
         for round in 0..rounds {
-            let step = fleet.step(scans, rate).await?;
+            let step = fleet.step_measured(scans, rate, cpu).await?;
             tracing::info!(
                 rate,
                 round,
+                cpu_us_per_scan = step.cpu.map(|cpu| cpu.total_us),
                 p50 = step.latency.p50_ms,
                 p99 = step.latency.p99_ms,
                 started = step.started,
@@ -73,6 +77,10 @@ fn pool(mut total: StepOutcome, step: StepOutcome) -> StepOutcome {
     for (reason, count) in step.rejected {
         *total.rejected.entry(reason).or_default() += count;
     }
+    total.cpu = match (total.cpu, step.cpu) {
+        (Some(total), Some(step)) => Some(total.pooled(&step)),
+        (total, step) => total.or(step),
+    };
     total.latency_samples.extend(&step.latency_samples);
     total.lateness_samples.extend(&step.lateness_samples);
     total.latency = total.latency_samples.percentiles();
@@ -91,11 +99,12 @@ pub struct Throughput {
 }
 
 /// Offers each rate for `step_secs` (at most one scan per device of the fleet), stopping at
-/// the first rate that is not sustained.
+/// the first rate that is not sustained; with the CPU per scan of `cpu`'s processes when given.
 pub async fn throughput(
     fleet: &mut Fleet,
     rates: &[f64],
     step_secs: f64,
+    cpu: Option<&CpuProbe>,
 ) -> anyhow::Result<Throughput> {
     let mut result = Throughput {
         steps: Vec::new(),
@@ -104,13 +113,14 @@ pub async fn throughput(
     };
     for &rate in rates {
         let scans = ((rate * step_secs).round() as usize).clamp(1, fleet.len());
-        let step = fleet.step(scans, rate).await?;
+        let step = fleet.step_measured(scans, rate, cpu).await?;
         let sustained = step.all_started() && step.latency.p99_ms <= THROUGHPUT_P99_MS;
         tracing::info!(
             rate,
             sustained,
             achieved = step.achieved_rate(),
             p99 = step.latency.p99_ms,
+            cpu_us_per_scan = step.cpu.map(|cpu| cpu.total_us),
             "throughput step"
         );
         result.peak_achieved_rate = result.peak_achieved_rate.max(step.achieved_rate());

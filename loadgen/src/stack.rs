@@ -185,6 +185,14 @@ impl Stack {
         Ok(child)
     }
 
+    /// PostgreSQL's data directory (its `postmaster.pid` names the postmaster).
+    pub fn postgres_dir(&self) -> PathBuf {
+        self.cluster.as_ref().map_or_else(
+            || self.dir.join("postgres"),
+            |cluster| cluster.data_dir().to_path_buf(),
+        )
+    }
+
     /// Appends a child's stderr to `<run dir>/<name>.log`.
     fn log(&self, name: &str) -> anyhow::Result<Stdio> {
         let path = self.dir.join(format!("{name}.log"));

@@ -2,8 +2,10 @@
 //! PostgreSQL, management): their scans are answered, sessions start and stop on time, and
 //! the latencies are recorded.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use mujin_loadgen::cpu::CpuProbe;
 use mujin_loadgen::device::BrokerAddress;
 use mujin_loadgen::fleet::{self, Fleet, FleetSpec};
 use mujin_management::ticket_keys;
@@ -36,7 +38,13 @@ async fn a_small_fleet_scans_starts_and_stops() {
     assert_eq!(fleet.ready(), 4);
     let heartbeats = fleet.start_telemetry(Duration::from_millis(500));
 
-    let step = fleet.step(4, 20.0).await.unwrap();
+    // The broker runs in this process; PostgreSQL's data directory holds its socket directory.
+    let cpu = CpuProbe::new(None, None, &postgres_dir(&stack.database_url), 2);
+    assert!(
+        cpu.sample().postgres_secs > 0.0,
+        "the postmaster and its children have run the migrations"
+    );
+    let step = fleet.step_measured(4, 20.0, Some(&cpu)).await.unwrap();
 
     assert_eq!(step.started, 4, "every scan started a session: {step:?}");
     assert!(step.rejected.is_empty(), "{:?}", step.rejected);
@@ -47,6 +55,9 @@ async fn a_small_fleet_scans_starts_and_stops() {
         "every session was stopped at its booked end"
     );
     assert_eq!(step.stop_lateness.count, 4);
+    let cpu = step.cpu.expect("the scan phase was measured");
+    assert_eq!(cpu.answered_scans, 4);
+    assert!(cpu.phase_secs > 0.0, "{cpu:?}");
     assert!(
         step.stop_lateness.max_ms < 5_000.0,
         "{:?}",
@@ -55,4 +66,15 @@ async fn a_small_fleet_scans_starts_and_stops() {
     heartbeats.stop().await;
     fleet.shutdown().await;
     stack.shutdown().await;
+}
+
+/// The private cluster's data directory: the parent of its socket directory (the URL's host).
+fn postgres_dir(database_url: &str) -> PathBuf {
+    let config: tokio_postgres::Config = database_url.parse().expect("a connection string");
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Unix(socket)) => {
+            socket.parent().expect("a socket directory").to_owned()
+        }
+        other => panic!("not a private cluster's socket: {other:?}"),
+    }
 }
