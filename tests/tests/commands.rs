@@ -372,3 +372,98 @@ async fn an_accepted_scans_start_goes_out_with_its_answer() {
     assert_eq!(commands, vec![("start".to_owned(), "sent".to_owned(), 1)]);
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_ending_at_the_same_instant_are_stopped_together_each_at_its_own_epoch() {
+    let stack = Stack::start().await;
+    let devices = [
+        stack.add_device("shibuya", "pc-01").await,
+        stack.add_device("shibuya", "pc-02").await,
+        stack.add_device("shibuya", "vr-01").await,
+    ];
+    // One end for all three: the stop timer closes them in one batch.
+    let now = Utc::now();
+    let end = now + chrono::Duration::seconds(4);
+    let mut sessions = Vec::new();
+    for (store, device) in &devices {
+        let booking = mujin_management::booking::reserve(
+            &stack.pool,
+            &stack.keys.signing,
+            store,
+            device,
+            now,
+            end,
+            now,
+        )
+        .await
+        .expect("booking");
+        sessions.push(
+            scan_without_agent(&stack, &(store.clone(), device.clone()), &booking.ticket).await,
+        );
+    }
+    let mut ended = Vec::new();
+    for _ in &devices {
+        let session_id = stack
+            .observer
+            .wait_event(
+                "a session to end",
+                Duration::from_secs(20),
+                |event| match event.kind {
+                    EventKind::SessionEnded { session_id, .. } if !ended.contains(&session_id) => {
+                        Some(session_id)
+                    }
+                    _ => None,
+                },
+            )
+            .await;
+        ended.push(session_id);
+    }
+    ended.sort();
+    sessions.sort();
+    assert_eq!(ended, sessions);
+
+    let recorded = stack.observer.recorded();
+    let client = stack.pool.get().await.expect("db connection");
+    for (store, device) in &devices {
+        let row = client
+            .query_one(
+                "SELECT s.session_id, d.epoch FROM sessions s JOIN devices d USING (store_id, device_id)
+                 WHERE s.store_id = $1 AND s.device_id = $2",
+                &[&store.as_str(), &device.as_str()],
+            )
+            .await
+            .expect("the device's session");
+        let (session_id, epoch): (uuid::Uuid, i64) = (row.get(0), row.get(1));
+        let session_id = SessionId::from_uuid(session_id);
+        let command_topic = Topic::device(store, device, DeviceChannel::Command);
+        let stop = wait_for("the device's stop command", SHORT, || async {
+            stack
+                .observer
+                .recorded()
+                .iter()
+                .filter(|r| r.topic == command_topic)
+                .filter_map(|r| message::decode::<Command>(&r.payload).ok())
+                .find(|command| command.action.name() == "stop")
+        })
+        .await;
+        let start = recorded
+            .iter()
+            .filter(|r| r.topic == command_topic)
+            .filter_map(|r| message::decode::<Command>(&r.payload).ok())
+            .find(|command| command.action.name() == "start")
+            .expect("the device's start command");
+        assert_eq!(stop.action.session_id(), session_id, "{store}/{device}");
+        assert!(
+            stop.epoch > start.epoch,
+            "{store}/{device}: stop {} after start {}",
+            stop.epoch,
+            start.epoch
+        );
+        assert_eq!(
+            stop.epoch as i64, epoch,
+            "{store}/{device}: the stop carries the device's epoch"
+        );
+    }
+    println!("checked: three sessions ending together, each stopped at its own device's epoch");
+    stack.shutdown().await;
+}
