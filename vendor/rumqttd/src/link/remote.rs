@@ -120,7 +120,7 @@ impl<P: Protocol> RemoteLink<P> {
             network,
             link_tx,
             link_rx,
-            notifications: VecDeque::with_capacity(100),
+            notifications: VecDeque::new(), // grown on demand (mujin patch)
             will_delay_interval,
         })
     }
