@@ -3,33 +3,13 @@
 //! only the token's hash and the key's public half, enrolling again replaces both, and revoking
 //! shows in the registry and the Mosquitto ACL.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use std::collections::BTreeMap;
+
+use common::{answered, management};
 use mujin_management::postgres::PrivateCluster;
 use mujin_protocol::booking::IntegratorKey;
-
-fn management(data_dir: &Path, database_url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mujin-management"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--database-url", database_url])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run mujin-management")
-}
-
-fn answered(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn values(printed: &str) -> BTreeMap<String, String> {
     printed

@@ -2,33 +2,14 @@
 //! PostgreSQL: the private key goes to an owner-only file and nowhere else, the database keeps
 //! the public key only, and roles and revocations change what the listing shows.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::process::Output;
+
+use common::{answered, management};
 use mujin_management::postgres::PrivateCluster;
 use mujin_protocol::signed::operator_key;
-
-fn management(data_dir: &Path, database_url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mujin-management"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--database-url", database_url])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run mujin-management")
-}
-
-fn answered(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn refused(output: &Output, message: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -5,33 +5,17 @@
 // The whole file is test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use chrono::{DateTime, Utc};
+use common::{answered, management};
 use mujin_management::postgres::PrivateCluster;
 use mujin_protocol::message::{Event, EventKind, RejectReason};
 use mujin_protocol::{DeviceId, ScanId, StoreId};
 use uuid::Uuid;
-
-fn management(data_dir: &Path, database_url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mujin-management"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--database-url")
-        .arg(database_url)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run mujin-management")
-}
-
-fn answered(output: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn refused(output: &Output, message: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
