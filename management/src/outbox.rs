@@ -231,26 +231,25 @@ pub async fn desired_states(
     key: &SigningKey,
     now: DateTime<Utc>,
 ) -> Result<Vec<Outbound>, tokio_postgres::Error> {
-    let (stores, devices): (Option<Vec<&str>>, Option<Vec<&str>>) = match which {
-        DesiredOf::All => (None, None),
+    const SELECT: &str = "SELECT d.store_id, d.device_id, d.epoch, s.session_id, s.lease_until
+         FROM devices d
+         LEFT JOIN sessions s ON s.store_id = d.store_id AND s.device_id = d.device_id AND s.ended_at IS NULL";
+    let rows = match which {
+        DesiredOf::All => client.cached_query(SELECT, &[]).await?,
         DesiredOf::These(these) => {
-            let (stores, devices) = these
+            // A join on the listed devices, not a filter that may also be null: the planner
+            // then looks them up by key.
+            const THESE: &str = "SELECT d.store_id, d.device_id, d.epoch, s.session_id, s.lease_until
+                 FROM unnest($1::text[], $2::text[]) AS u(store_id, device_id)
+                 JOIN devices d ON d.store_id = u.store_id AND d.device_id = u.device_id
+                 LEFT JOIN sessions s ON s.store_id = d.store_id AND s.device_id = d.device_id AND s.ended_at IS NULL";
+            let (stores, devices): (Vec<&str>, Vec<&str>) = these
                 .iter()
                 .map(|(store, device)| (store.as_str(), device.as_str()))
                 .unzip();
-            (Some(stores), Some(devices))
+            client.cached_query(THESE, &[&stores, &devices]).await?
         }
     };
-    let rows = client
-        .cached_query(
-            "SELECT d.store_id, d.device_id, d.epoch, s.session_id, s.lease_until
-             FROM devices d
-             LEFT JOIN sessions s ON s.store_id = d.store_id AND s.device_id = d.device_id AND s.ended_at IS NULL
-             WHERE $1::text[] IS NULL
-                OR (d.store_id, d.device_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-            &[&stores, &devices],
-        )
-        .await?;
     Ok(rows
         .iter()
         .filter_map(|row| {

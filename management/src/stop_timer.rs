@@ -136,10 +136,8 @@ pub async fn end_sessions(
         .iter()
         .zip(command_ids)
         .map(|(session, command_id)| {
-            let epoch = epochs
-                .get(&(session.store.as_str(), session.device.as_str()))
-                .copied()
-                .unwrap_or_default();
+            let key = (session.store.to_string(), session.device.to_string());
+            let epoch = epochs.get(&key).copied().unwrap_or_default();
             let stop = CommandAction::Stop {
                 session_id: session.session_id,
                 reason,
@@ -184,25 +182,17 @@ async fn close_sessions(
 }
 
 /// Each device's new epoch, by (store, device).
-async fn bump_epochs<'a>(
+async fn bump_epochs(
     tx: &impl GenericClient,
-    sessions: &'a [OpenSession],
-) -> Result<HashMap<(&'a str, &'a str), i64>, tokio_postgres::Error> {
+    sessions: &[OpenSession],
+) -> Result<HashMap<(String, String), i64>, tokio_postgres::Error> {
     let stores: Vec<&str> = sessions.iter().map(|s| s.store.as_str()).collect();
     let devices: Vec<&str> = sessions.iter().map(|s| s.device.as_str()).collect();
     let rows = tx.cached_query(BUMP_EPOCHS, &[&stores, &devices]).await?;
-    let mut epochs = HashMap::new();
-    for row in rows {
-        let (store, device, epoch): (&str, &str, i64) = (row.get(0), row.get(1), row.get(2));
-        // Keyed by the sessions' own strings, which outlive the rows.
-        if let Some(session) = sessions
-            .iter()
-            .find(|s| s.store.as_str() == store && s.device.as_str() == device)
-        {
-            epochs.insert((session.store.as_str(), session.device.as_str()), epoch);
-        }
-    }
-    Ok(epochs)
+    Ok(rows
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .collect())
 }
 
 /// Closes every session due at `now`; returns how many and when the next open session is due.
