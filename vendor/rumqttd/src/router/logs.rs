@@ -61,12 +61,51 @@ pub struct DataLog {
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// The filters of `filter_indexes` with wildcards. A filter without wildcards matches only
+    /// the topic spelled like it, found by a map lookup: only these need to be tried one by one
+    /// against a new topic, so that a new topic or subscription costs the number of wildcard
+    /// filters instead of the number of all filters or topics (one or two exact
+    /// subscriptions per connection made the router quadratic in the number of connections).
+    wildcard_filters: Vec<(Filter, FilterIdx)>,
+}
+
+/// Whether `filter` can match a topic other than the one spelled like it.
+fn has_wildcards(filter: &str) -> bool {
+    filter.contains(['+', '#'])
+}
+
+/// Whether a retained message is still to be delivered; shortens its expiry interval by the
+/// time it has spent in the broker (as the full sweep did before).
+fn retained_is_fresh(pubdata: &mut PublishData, now: Instant) -> bool {
+    // Keep data if no properties exists, which implies no message expiry!
+    let Some(properties) = pubdata.properties.as_mut() else {
+        return true;
+    };
+
+    // Keep data if there is no message_expiry_interval
+    let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
+        return true;
+    };
+
+    let time_spent = (now - pubdata.timestamp).as_secs() as u32;
+
+    let is_valid = time_spent < *message_expiry_interval;
+
+    // ignore expired messages
+    if is_valid {
+        // set message_expiry_interval to (original value - time spent waiting in server)
+        // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
+        *message_expiry_interval -= time_spent;
+    }
+
+    is_valid
 }
 
 impl DataLog {
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();
+        let mut wildcard_filters = Vec::new();
         let retained_publishes = HashMap::new();
         let publish_filters = HashMap::new();
 
@@ -77,6 +116,9 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                if has_wildcards(&filter) {
+                    wildcard_filters.push((filter.clone(), idx));
+                }
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -87,6 +129,7 @@ impl DataLog {
             publish_filters,
             filter_indexes,
             retained_publishes,
+            wildcard_filters,
         })
     }
 
@@ -128,11 +171,19 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
-                let v: Vec<usize> = self
+                let exact = self
                     .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
+                    .get(topic)
+                    .filter(|_| !has_wildcards(topic) && matches(topic, topic))
+                    .copied();
+                let v: Vec<usize> = exact
+                    .into_iter()
+                    .chain(
+                        self.wildcard_filters
+                            .iter()
+                            .filter(|(filter, _)| matches(topic, filter))
+                            .map(|(_, filter_idx)| *filter_idx),
+                    )
                     .collect();
 
                 if !v.is_empty() {
@@ -159,8 +210,15 @@ impl DataLog {
                 self.filter_indexes.insert(filter.to_owned(), idx);
 
                 // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
-                    if matches(topic, filter) {
+                if has_wildcards(filter) {
+                    self.wildcard_filters.push((filter.to_owned(), idx));
+                    for (topic, filters) in publish_filters.iter_mut() {
+                        if matches(topic, filter) {
+                            filters.push(idx);
+                        }
+                    }
+                } else if let Some(filters) = publish_filters.get_mut(filter) {
+                    if matches(filter, filter) {
                         filters.push(idx);
                     }
                 }
@@ -273,31 +331,29 @@ impl DataLog {
         trace!(info = "reading retain msg", filter = &filter);
         let now = Instant::now();
 
-        // discard expired retained messages
-        self.retained_publishes.retain(|_, pubdata| {
-            // Keep data if no properties exists, which implies no message expiry!
-            let Some(properties) = pubdata.properties.as_mut() else {
-                return true;
+        if !has_wildcards(filter) {
+            // Only the topic spelled like the filter can match: no sweep of every retained
+            // message per exact subscription.
+            let fresh = match self.retained_publishes.get_mut(filter) {
+                Some(pubdata) => retained_is_fresh(pubdata, now),
+                None => return Vec::new(),
             };
-
-            // Keep data if there is no message_expiry_interval
-            let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
-                return true;
-            };
-
-            let time_spent = (now - pubdata.timestamp).as_secs() as u32;
-
-            let is_valid = time_spent < *message_expiry_interval;
-
-            // ignore expired messages
-            if is_valid {
-                // set message_expiry_interval to (original value - time spent waiting in server)
-                // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
-                *message_expiry_interval -= time_spent;
+            if !fresh {
+                self.retained_publishes.remove(filter);
+                return Vec::new();
             }
+            return self
+                .retained_publishes
+                .get(filter)
+                .filter(|_| matches(filter, filter))
+                .map(|p| (p.publish.clone(), p.properties.clone()))
+                .into_iter()
+                .collect();
+        }
 
-            is_valid
-        });
+        // discard expired retained messages
+        self.retained_publishes
+            .retain(|_, pubdata| retained_is_fresh(pubdata, now));
 
         // no need to include timestamp when returning
         self.retained_publishes
@@ -456,6 +512,77 @@ mod test {
         data.next_native_offset("topic/+");
 
         assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 2);
+    }
+
+    fn datalog() -> DataLog {
+        let config = RouterConfig {
+            max_segment_size: 1024,
+            max_connections: 10,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 1024,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Strategy::RoundRobin,
+        };
+        DataLog::new(config).unwrap()
+    }
+
+    fn sorted(v: Option<Vec<usize>>) -> Vec<usize> {
+        let mut v = v.unwrap();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn exact_and_wildcard_filters_match_new_topics_like_a_full_scan() {
+        let mut data = datalog();
+        let (exact, _) = data.next_native_offset("s/1/d/1/command");
+        let (other, _) = data.next_native_offset("s/1/d/2/command");
+        let (plus, _) = data.next_native_offset("s/+/d/+/command");
+        let (hash, _) = data.next_native_offset("s/1/#");
+        let (dollar, _) = data.next_native_offset("$SYS/x");
+
+        assert_eq!(
+            sorted(data.matches("s/1/d/1/command")),
+            vec![exact, plus, hash]
+        );
+        assert_eq!(
+            sorted(data.matches("s/1/d/2/command")),
+            vec![other, plus, hash]
+        );
+        assert_eq!(sorted(data.matches("s/2/d/1/command")), vec![plus]);
+        assert_eq!(sorted(data.matches("s/1/d/1/command/x")), vec![hash]);
+        // Topics starting with '$' match no filter, as before.
+        assert!(data.matches("$SYS/x").unwrap().is_empty());
+        let _ = dollar;
+    }
+
+    #[test]
+    fn a_new_exact_filter_joins_only_its_own_cached_topic() {
+        let mut data = datalog();
+        let (plus, _) = data.next_native_offset("s/+");
+        data.matches("s/a");
+        data.matches("s/b");
+
+        let (exact, _) = data.next_native_offset("s/a");
+
+        assert_eq!(data.publish_filters["s/a"], vec![plus, exact]);
+        assert_eq!(data.publish_filters["s/b"], vec![plus]);
+    }
+
+    #[test]
+    fn retained_messages_are_read_by_exact_and_wildcard_filters() {
+        use crate::protocol::Publish;
+        let mut data = datalog();
+        for topic in ["s/a", "s/b"] {
+            let publish = Publish::new(topic, "x", true);
+            data.insert_to_retained_publishes(publish, None, topic.to_owned());
+        }
+
+        assert_eq!(data.read_retained_messages("s/a").len(), 1);
+        assert_eq!(data.read_retained_messages("s/c").len(), 0);
+        assert_eq!(data.read_retained_messages("s/+").len(), 2);
+        assert_eq!(data.read_retained_messages("#").len(), 2);
     }
 
     #[test]
