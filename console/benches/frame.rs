@@ -93,6 +93,7 @@ fn big_app() -> App {
                 }),
             );
             let telemetry = Telemetry {
+                interval_ms: None,
                 signature: None,
                 at: now() + TimeDelta::milliseconds((d as i64 % 7) * 500),
                 uptime_ms: 1,

@@ -328,6 +328,7 @@ async fn forwards_decoded_messages_and_survives_a_broker_restart() {
     next_matching(&mut events, "connection up again", is_up).await;
     let (device_client, _device_packets) = publisher(port, "pc-01-again").await;
     let telemetry = Telemetry {
+        interval_ms: None,
         signature: None,
         at: Utc::now(),
         uptime_ms: 42,

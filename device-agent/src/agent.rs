@@ -50,6 +50,8 @@ pub(crate) struct Agent {
     pub(crate) supervisor: Supervisor,
     last_exit: Option<ProgramExit>,
     started: Instant,
+    /// How often telemetry goes out (told to management with each report).
+    telemetry_interval: Duration,
     recent_acks: VecDeque<Ack>,
     /// Scans whose answer the customer has seen, so a redelivered answer is not shown twice.
     answered_scans: VecDeque<ScanId>,
@@ -107,6 +109,7 @@ impl Agent {
             supervisor,
             last_exit: None,
             started: Instant::now(),
+            telemetry_interval: settings.telemetry_interval,
             recent_acks: VecDeque::new(),
             answered_scans: VecDeque::new(),
             epochs: EpochFence::default(),
@@ -475,6 +478,9 @@ impl Agent {
             return;
         }
         let telemetry = Telemetry {
+            interval_ms: Some(
+                u64::try_from(self.telemetry_interval.as_millis()).unwrap_or(u64::MAX),
+            ),
             signature: None,
             at: Utc::now(),
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),

@@ -157,14 +157,15 @@ impl VirtualDevice {
         self.send(DeviceChannel::Scan, payload)
     }
 
-    /// Publishes a signed heartbeat.
-    pub fn telemetry(&self) -> Result<(), SendError> {
+    /// Publishes a signed heartbeat, telling management it comes `every` so often.
+    pub fn telemetry(&self, every: Duration) -> Result<(), SendError> {
         let program = self.program();
         let mut telemetry = Telemetry {
             at: Utc::now(),
             uptime_ms: u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX),
             load: None,
             program,
+            interval_ms: Some(u64::try_from(every.as_millis()).unwrap_or(u64::MAX)),
             signature: None,
         };
         self.publish_signed(&mut telemetry)

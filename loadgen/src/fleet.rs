@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cpu::{CpuPerScan, CpuProbe};
 use crate::device::{BrokerAddress, Credentials, Observation, VirtualDevice};
+use crate::statements::StatementCosts;
 use crate::stats::{Percentiles, Samples};
 
 /// Database work (enrolments, bookings) in flight at once.
@@ -126,6 +127,8 @@ pub struct StepOutcome {
     pub stop_lateness: Percentiles,
     /// CPU per answered scan over the scan phase, when measured.
     pub cpu: Option<CpuPerScan>,
+    /// What the database executed over the scan phase, when measured.
+    pub statements: Option<StatementCosts>,
     #[serde(skip)]
     pub latency_samples: Samples,
     #[serde(skip)]
@@ -284,6 +287,15 @@ impl Fleet {
         let devices: Vec<usize> = (0..count).collect();
         let end = self.plan_end(count, rate, Duration::from_secs(4));
         let tickets = self.book(&devices, |_| end).await?;
+        let statements = cpu.and_then(CpuProbe::statements);
+        if let Some(statements) = statements {
+            if let Err(error) = statements.reset().await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "cannot reset the statement statistics"
+                );
+            }
+        }
         let before = cpu.map(|probe| (probe.sample(), Instant::now()));
         let mut outcome = self.scan(&devices, tickets, rate, end).await;
         if let (Some(probe), Some((before, started))) = (cpu, before) {
@@ -291,6 +303,9 @@ impl Fleet {
             let answered = outcome.started + outcome.rejected.values().sum::<usize>();
             let phase = started.elapsed().as_secs_f64();
             outcome.cpu = CpuPerScan::new(spent, answered, phase, probe.cores());
+            if let Some(statements) = statements {
+                outcome.statements = statements.read(answered).await.ok();
+            }
         }
         self.wait_stops(&mut outcome, end + chrono::Duration::seconds(20))
             .await;
@@ -464,7 +479,7 @@ async fn heartbeats(devices: Vec<Arc<VirtualDevice>>, every: Duration, stop: Can
         owed += per_tick;
         while owed >= 1.0 {
             owed -= 1.0;
-            if let Err(error) = devices[next].telemetry() {
+            if let Err(error) = devices[next].telemetry(every) {
                 tracing::debug!(%error, "heartbeat dropped");
             }
             next = (next + 1) % devices.len();

@@ -494,6 +494,7 @@ mod tests {
             uptime_ms: 1,
             load: None,
             program: ProgramStatus::Idle,
+            interval_ms: None,
             signature: None,
         };
         let received =

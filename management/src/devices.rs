@@ -25,6 +25,9 @@ const MISSED_INTERVALS: f64 = 1.5;
 pub const MAX_CLOCK_SKEW_MS: i64 = 2_000;
 /// The heartbeat interval assumed until a device's own rhythm is known.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+/// Bounds on a heartbeat interval, declared or learned.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_INTERVAL: Duration = Duration::from_secs(300);
 
 type DeviceKey = (StoreId, DeviceId);
 
@@ -61,7 +64,7 @@ impl Liveness {
         &mut self,
         key: &DeviceKey,
         now: Instant,
-        skew_ms: i64,
+        beat: &Beat,
         max_skew_ms: i64,
     ) -> Vec<Change> {
         let mut changes = Vec::new();
@@ -72,11 +75,16 @@ impl Liveness {
             skewed: false,
         });
         let gap = now.saturating_duration_since(entry.last);
-        if entry.online && gap > Duration::ZERO {
+        if let Some(declared) = beat.interval {
+            // The device says how often it reports: judged by that from its first beat on (a
+            // rhythm slower than the default would otherwise go offline between every two).
+            entry.interval = declared.clamp(MIN_INTERVAL, MAX_INTERVAL);
+        } else if entry.online && gap > Duration::ZERO {
             // Follow the device's own rhythm, smoothed so one late beat does not halve it.
-            let gap = gap.clamp(Duration::from_millis(100), Duration::from_secs(60));
+            let gap = gap.clamp(MIN_INTERVAL, Duration::from_secs(60));
             entry.interval = (entry.interval * 3 + gap) / 4;
         }
+        let skew_ms = beat.skew_ms;
         entry.last = now;
         if !entry.online {
             entry.online = true;
@@ -361,14 +369,27 @@ async fn record(
     audit::record(client, &event).await
 }
 
-/// Decodes a telemetry payload: when the device wrote it, and its skew against `received_at`
-/// in milliseconds.
-pub fn telemetry_time(payload: &[u8], received_at: DateTime<Utc>) -> Option<(DateTime<Utc>, i64)> {
-    let telemetry: Telemetry = message::decode(payload).ok()?;
-    Some((
-        telemetry.at,
-        (telemetry.at - received_at).num_milliseconds(),
-    ))
+/// What a heartbeat tells about its device's liveness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    /// When the device wrote it.
+    pub at: DateTime<Utc>,
+    /// Its skew against when it was received, in milliseconds.
+    pub skew_ms: i64,
+    /// How often the device says it reports, if it says so.
+    pub interval: Option<Duration>,
+}
+
+impl Beat {
+    /// Decodes a telemetry payload received at `received_at`.
+    pub fn decode(payload: &[u8], received_at: DateTime<Utc>) -> Option<Beat> {
+        let telemetry: Telemetry = message::decode(payload).ok()?;
+        Some(Beat {
+            at: telemetry.at,
+            skew_ms: (telemetry.at - received_at).num_milliseconds(),
+            interval: telemetry.interval_ms.map(Duration::from_millis),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -379,19 +400,65 @@ mod tests {
         ("s".parse().unwrap(), "d".parse().unwrap())
     }
 
+    /// A beat without a declared interval, `skew_ms` off.
+    fn beat(skew_ms: i64) -> Beat {
+        Beat {
+            at: DateTime::from_timestamp(0, 0).unwrap(),
+            skew_ms,
+            interval: None,
+        }
+    }
+
+    #[test]
+    fn a_declared_rhythm_slower_than_the_default_keeps_the_device_online_between_beats() {
+        let mut liveness = Liveness::default();
+        let start = Instant::now();
+        let every_10_s = Beat {
+            interval: Some(Duration::from_secs(10)),
+            ..beat(0)
+        };
+        let secs = Duration::from_secs;
+        for n in 0..3 {
+            liveness.heartbeat(&key(), start + secs(10 * n), &every_10_s, 2000);
+            assert!(
+                liveness.overdue(start + secs(10 * n + 9)).is_empty(),
+                "beat {n}: still online just before the next"
+            );
+        }
+        let last = start + secs(20);
+        assert!(liveness.overdue(last + secs(14)).is_empty());
+        assert_eq!(liveness.overdue(last + secs(16)), vec![key()]);
+    }
+
+    #[test]
+    fn telemetry_says_its_rhythm() {
+        let received_at = DateTime::from_timestamp(100, 0).unwrap();
+        let telemetry = Telemetry {
+            at: DateTime::from_timestamp(99, 0).unwrap(),
+            uptime_ms: 5,
+            load: None,
+            program: mujin_protocol::message::ProgramStatus::Idle,
+            interval_ms: Some(10_000),
+            signature: None,
+        };
+        let beat = Beat::decode(&message::encode(&telemetry), received_at).unwrap();
+        assert_eq!(beat.skew_ms, -1000);
+        assert_eq!(beat.interval, Some(Duration::from_secs(10)));
+    }
+
     #[test]
     fn heartbeats_bring_a_device_online_and_their_absence_takes_it_offline() {
         let mut liveness = Liveness::default();
         let start = Instant::now();
         let ms = Duration::from_millis;
         assert_eq!(
-            liveness.heartbeat(&key(), start, 0, 2000),
+            liveness.heartbeat(&key(), start, &beat(0), 2000),
             vec![Change::Availability(Availability::Online)]
         );
         // A steady 500 ms rhythm is learned...
-        for beat in 1..=20 {
+        for n in 1..=20 {
             assert!(liveness
-                .heartbeat(&key(), start + ms(500 * beat), 0, 2000)
+                .heartbeat(&key(), start + ms(500 * n), &beat(0), 2000)
                 .is_empty());
         }
         let last = start + ms(500 * 20);
@@ -400,7 +467,7 @@ mod tests {
         assert_eq!(liveness.overdue(last + ms(800)), vec![key()]);
         assert!(liveness.overdue(last + ms(900)).is_empty(), "reported once");
         assert_eq!(
-            liveness.heartbeat(&key(), last + ms(1000), 0, 2000),
+            liveness.heartbeat(&key(), last + ms(1000), &beat(0), 2000),
             vec![Change::Availability(Availability::Online)]
         );
     }
@@ -434,7 +501,7 @@ mod tests {
     fn the_last_will_is_a_change_once() {
         let mut liveness = Liveness::default();
         let now = Instant::now();
-        liveness.heartbeat(&key(), now, 0, 2000);
+        liveness.heartbeat(&key(), now, &beat(0), 2000);
         assert_eq!(
             liveness.reported(&key(), Availability::Offline, now),
             Some(Change::Availability(Availability::Offline))
@@ -447,20 +514,20 @@ mod tests {
     fn clock_skew_is_reported_when_it_appears_not_on_every_beat() {
         let mut liveness = Liveness::default();
         let now = Instant::now();
-        liveness.heartbeat(&key(), now, 0, 2000);
+        liveness.heartbeat(&key(), now, &beat(0), 2000);
         let later = |ms| now + Duration::from_millis(ms);
         assert_eq!(
-            liveness.heartbeat(&key(), later(500), 4200, 2000),
+            liveness.heartbeat(&key(), later(500), &beat(4200), 2000),
             vec![Change::ClockSkew(4200)]
         );
         assert!(liveness
-            .heartbeat(&key(), later(1000), 4300, 2000)
+            .heartbeat(&key(), later(1000), &beat(4300), 2000)
             .is_empty());
         assert!(liveness
-            .heartbeat(&key(), later(1500), 100, 2000)
+            .heartbeat(&key(), later(1500), &beat(100), 2000)
             .is_empty());
         assert_eq!(
-            liveness.heartbeat(&key(), later(2000), -3000, 2000),
+            liveness.heartbeat(&key(), later(2000), &beat(-3000), 2000),
             vec![Change::ClockSkew(-3000)]
         );
     }

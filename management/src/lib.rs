@@ -591,15 +591,15 @@ impl Inbox {
         let instant = tokio::time::Instant::now();
         let mut liveness = self.liveness.lock().await;
         if channel == DeviceChannel::Telemetry {
-            let Some((at, skew_ms)) = devices::telemetry_time(payload, now) else {
+            let Some(beat) = devices::Beat::decode(payload, now) else {
                 tracing::debug!(store = %key.0, device = %key.1, "ignoring malformed telemetry");
                 return Ok(());
             };
-            if !liveness.is_newest(key, true, at) {
+            if !liveness.is_newest(key, true, beat.at) {
                 tracing::debug!(store = %key.0, device = %key.1, "ignoring a repeated or overtaken heartbeat");
                 return Ok(());
             }
-            let changes = liveness.heartbeat(key, instant, skew_ms, devices::MAX_CLOCK_SKEW_MS);
+            let changes = liveness.heartbeat(key, instant, &beat, devices::MAX_CLOCK_SKEW_MS);
             drop(liveness);
             return self.record_changes(key, changes, now).await;
         }

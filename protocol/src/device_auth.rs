@@ -254,6 +254,7 @@ mod tests {
             uptime_ms: 5,
             load: Some(0.25),
             program: ProgramStatus::Idle,
+            interval_ms: None,
             signature: None,
         };
         key.sign(&store, &pc1, &mut telemetry);

@@ -308,6 +308,11 @@ pub struct Telemetry {
     pub load: Option<f64>,
     #[serde(default)]
     pub program: ProgramStatus,
+    /// How often the device sends telemetry, in milliseconds: management takes the device
+    /// offline when one and a half of these pass without any. Absent (older agents), management
+    /// learns the rhythm from the reports themselves, starting from 2 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
     /// The device's signature (see [`crate::device_auth`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,

@@ -334,6 +334,7 @@ async fn forged_states_acks_and_telemetry_change_nothing() {
             uptime_ms: 1_000,
             load: None,
             program: ProgramStatus::Idle,
+            interval_ms: None,
             signature: None,
         };
         key_of_a.sign(&c.0, &c.1, &mut telemetry);

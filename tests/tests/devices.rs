@@ -72,7 +72,9 @@ async fn a_device_whose_heartbeats_stop_is_offline_within_one_and_a_half_interva
     agent.scan(&booking.ticket).await;
     let session_id = session_started(&stack).await;
     let pid = agent.program_pid(SHORT).await;
-    tokio::time::sleep(Duration::from_secs(2)).await; // let management learn the 500 ms rhythm
+    // A beat or two, not the time to learn the 500 ms rhythm: the agent's telemetry declares
+    // it (learned, it would start from 2 s and come down over several beats).
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Frozen: the connection stays open (no last will yet), only the heartbeats stop.
     let agent_pid = Pid::from_raw(agent.pid().expect("agent pid") as i32);
@@ -127,6 +129,7 @@ async fn a_program_that_exits_by_itself_closes_its_session_and_a_skewed_clock_is
     // A device whose clock runs 5 s ahead.
     let (store, dev) = &device;
     let mut telemetry = Telemetry {
+        interval_ms: None,
         signature: None,
         at: Utc::now() + chrono::Duration::seconds(5),
         uptime_ms: 1,

@@ -267,6 +267,7 @@ fn telemetry_brings_a_device_back_online() {
                 store: store("s"),
                 device: device("d"),
                 telemetry: Telemetry {
+                    interval_ms: None,
                     signature: None,
                     at: t("1970-01-01T00:00:00Z"),
                     uptime_ms: 5,

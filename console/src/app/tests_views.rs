@@ -385,6 +385,7 @@ fn clock_skew_beyond_two_seconds_is_flagged() {
                 store: super::tests::store("s"),
                 device: super::tests::device("d"),
                 telemetry: Telemetry {
+                    interval_ms: None,
                     signature: None,
                     at: t(device_at),
                     uptime_ms: 1,

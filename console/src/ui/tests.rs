@@ -179,6 +179,7 @@ fn add_telemetry(app: &mut App) {
             store: store.clone(),
             device: device.clone(),
             telemetry: Telemetry {
+                interval_ms: None,
                 signature: None,
                 at: t(&received) + chrono::TimeDelta::milliseconds(300),
                 uptime_ms: 1000,
@@ -194,6 +195,7 @@ fn add_telemetry(app: &mut App) {
         store,
         device,
         telemetry: Telemetry {
+            interval_ms: None,
             signature: None,
             at: t("2025-06-01T09:59:53.800Z"),
             uptime_ms: 1000,

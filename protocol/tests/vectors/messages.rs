@@ -208,6 +208,7 @@ fn scans() -> Vec<(String, MessageVector)> {
 
 fn device_reports() -> Vec<(String, MessageVector)> {
     let telemetry_running = Telemetry {
+        interval_ms: None,
         signature: None,
         at: time("2027-01-15T08:30:00Z"),
         uptime_ms: 5_400_000,
@@ -215,6 +216,7 @@ fn device_reports() -> Vec<(String, MessageVector)> {
         program: running(),
     };
     let telemetry_idle = Telemetry {
+        interval_ms: None,
         signature: None,
         at: time("2027-01-15T07:50:00Z"),
         uptime_ms: 3_000_000,
