@@ -15,6 +15,7 @@ use crate::floor::{self, Floor};
 use crate::report::{BrokerComparison, Machine, Report};
 use crate::scenarios;
 use crate::stack::{child_pid, BrokerKind, BrokerProcess, Stack};
+use crate::statements::StatementProbe;
 
 /// What `bench` was asked to do.
 #[derive(Debug, Clone)]
@@ -51,17 +52,20 @@ struct Profile {
 impl Profile {
     fn new(settings: &BenchSettings) -> Profile {
         if settings.quick {
+            let devices = settings.devices.unwrap_or(300);
             Profile {
-                devices: settings.devices.unwrap_or(300),
+                devices,
                 floor_samples: 300,
                 latency_rates: vec![100.0, 500.0, 1000.0],
                 latency_step_secs: 1.0,
                 latency_rounds: 1,
                 throughput_rates: vec![250.0, 1000.0, 2000.0, 5000.0],
                 throughput_step_secs: 1.0,
-                stop_spread_secs: 5,
+                // 10,000 sessions ending within the same minute is the target's case; smaller
+                // fleets end theirs over at least 5 s.
+                stop_spread_secs: (devices / 170).clamp(5, 60) as u64,
                 stop_start_rate: 200.0,
-                telemetry: Duration::from_secs(3),
+                telemetry: Duration::from_secs(10),
                 fleet_scan_rate: 200.0,
                 fleet_scan_secs: 1.0,
                 comparison_rates: vec![500.0],
@@ -95,7 +99,7 @@ impl Profile {
             "Latency is measured at the virtual device, from handing the signed scan to its MQTT client to receiving the start command. Management runs as `mujin-management run` with RUST_LOG=warn; PostgreSQL runs with its default durability (fsync and synchronous_commit on).".into(),
             "The embedded broker admits at most 16384 connections (MAX_CONNECTIONS in broker/src/server.rs), and this process needs an open-file limit above the fleet size; a step offers at most one scan per device, so steps at rates above the fleet size per second last under a second.".into(),
             "CPU per authorization (scenarios 1 and 2): user + system time from /proc of PostgreSQL (the postmaster, every process it forked, and the children it reaped), management, the broker and this process, read just before a step's first scan is offered and when its last scan is answered (not over the booking before nor the wait for the stops after), divided by the scans answered. It includes the acks and states the devices send after their starts (except for the last few answers), and this process's own share (signing scans, acks and states for every device) because it runs on the same cores. The ceiling is cores × 1,000,000 / total µs per scan: the rate at which these processes alone would fill every core. /proc counts in 10 ms ticks per process, so short steps read coarsely.".into(),
-            "Scenarios 1, 2 and 4 run without telemetry; scenario 3 turns it on for the whole fleet (one full round first) and it stays on. End-of-session warnings are turned off in the bench store (sessions last seconds).".into(),
+            "Every device sends telemetry (a heartbeat saying its interval) for the whole run, as agents do, one full round before the first scenario: without it management would take idle devices offline. End-of-session warnings are turned off in the bench store (sessions last seconds).".into(),
             format!(
                 "Scenario 1: rates {:?}/s, {} round(s) of up to {} s each. Scenario 2: rates {:?}/s for up to {} s each, stopping at the first rate not sustained. Scenario 4: ends spread over {} s. Scenario 3: telemetry every {} s, scans at {}/s for {} s.",
                 self.latency_rates, self.latency_rounds, self.latency_step_secs, self.throughput_rates,
@@ -118,7 +122,15 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<String> {
     let profile = Profile::new(&settings);
     let stack = Stack::start(&settings.bin_dir, &settings.out.join("stack")).await?;
     tracing::info!(dir = %stack.dir.display(), "run directory (logs of the broker and management)");
-    let outcome = run_on(&stack, &settings, &profile).await;
+    // Ctrl-C or SIGTERM ends the run without a report but not without cleaning up: dropping
+    // the scenarios drops the broker and management (killed on drop), and the private
+    // PostgreSQL is stopped below. Killed by a signal instead, they would outlive the run.
+    let outcome = tokio::select! {
+        outcome = run_on(&stack, &settings, &profile) => outcome,
+        () = mujin_management::cli::shutdown_signal() => {
+            Err(anyhow::anyhow!("interrupted; the stack is shut down, no report written"))
+        }
+    };
     stack.shutdown().await;
     let report = outcome?;
     write(&settings.out, &report)?;
@@ -155,12 +167,14 @@ async fn run_on(
     };
     report.floor = measure_floor(stack, &broker, profile.floor_samples).await?;
     let mut fleet = connect(stack, &broker, &credentials).await?;
+    let heartbeats = start_heartbeats(&fleet, profile.telemetry).await;
     let cpu = CpuProbe::new(
         broker.pid(),
         child_pid(&management),
         &stack.postgres_dir(),
         report.machine.cores,
-    );
+    )
+    .with_statements(StatementProbe::new(&stack.pool).await);
     tracing::info!("scenario 1: latency");
     report.latency = scenarios::latency(
         &mut fleet,
@@ -192,7 +206,7 @@ async fn run_on(
     );
     tracing::info!("scenario 3: fleet");
     let pids = (broker.pid(), child_pid(&management));
-    let (fleet_load, heartbeats) = scenarios::fleet_load(
+    let fleet_load = scenarios::fleet_load(
         &mut fleet,
         profile.telemetry,
         profile.fleet_scan_rate,
@@ -240,6 +254,14 @@ async fn measure_floor(
     })
 }
 
+/// Starts the fleet's heartbeats and waits for one full round of them, so that management
+/// knows every device's rhythm before the first scan.
+async fn start_heartbeats(fleet: &Fleet, every: Duration) -> crate::fleet::Telemetry {
+    let heartbeats = fleet.start_telemetry(every);
+    tokio::time::sleep(every + Duration::from_secs(1)).await;
+    heartbeats
+}
+
 async fn connect(
     stack: &Stack,
     broker: &BrokerProcess,
@@ -268,6 +290,7 @@ async fn compare_mosquitto(
     let outcome = async {
         let floor = measure_floor(stack, &broker, profile.floor_samples).await?;
         let mut fleet = connect(stack, &broker, credentials).await?;
+        let heartbeats = start_heartbeats(&fleet, profile.telemetry).await;
         let latency = scenarios::latency(
             &mut fleet,
             &profile.comparison_rates,
@@ -276,6 +299,7 @@ async fn compare_mosquitto(
             None,
         )
         .await;
+        heartbeats.stop().await;
         fleet.shutdown().await;
         anyhow::Ok((floor, latency?))
     }

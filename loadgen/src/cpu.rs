@@ -3,6 +3,7 @@
 //! phase of a step, read from /proc and divided by the scans answered. With the machine's core
 //! count it gives a ceiling on authorizations per second that no amount of concurrency can pass.
 
+use crate::statements::StatementProbe;
 use std::path::Path;
 
 use serde::Serialize;
@@ -58,6 +59,8 @@ pub struct CpuProbe {
     postmaster: Option<u32>,
     /// Cores of the machine, for the ceiling (the count the report shows).
     cores: usize,
+    /// What the database executed over the same phase, when it can be read.
+    statements: Option<StatementProbe>,
 }
 
 impl CpuProbe {
@@ -79,7 +82,17 @@ impl CpuProbe {
             management,
             postmaster,
             cores,
+            statements: None,
         }
+    }
+
+    /// Also reads which statements the database executed over each measured phase.
+    pub fn with_statements(self, statements: Option<StatementProbe>) -> CpuProbe {
+        CpuProbe { statements, ..self }
+    }
+
+    pub fn statements(&self) -> Option<&StatementProbe> {
+        self.statements.as_ref()
     }
 
     /// The cumulative CPU time of every process, now.

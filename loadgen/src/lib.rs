@@ -6,6 +6,7 @@
 //! - [`stats`]: latency samples and percentiles;
 //! - [`cpu`]: CPU time per authorization of PostgreSQL, management, the broker and the load
 //!   generator;
+//! - [`statements`]: which database statements a scan phase executed, and their time;
 //! - [`stack`]: the private PostgreSQL, broker and management processes of a benchmark run;
 //! - [`floor`]: the MQTT round trip and durable insert a scan → start cannot beat;
 //! - [`scenarios`]: latency, throughput, fleet and stops on time;
@@ -21,6 +22,7 @@ pub mod report;
 pub mod run;
 pub mod scenarios;
 pub mod stack;
+pub mod statements;
 pub mod stats;
 
 /// Network options of every client of the load generator: TCP_NODELAY, so that a small publish

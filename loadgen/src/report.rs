@@ -10,6 +10,7 @@ use crate::fleet::StepOutcome;
 use crate::floor::Floor;
 use crate::scenarios::{FleetLoad, LatencyAtRate, StopsOnTime, Throughput, THROUGHPUT_P99_MS};
 use crate::stack::BrokerKind;
+use crate::statements::StatementCosts;
 use crate::stats::Percentiles;
 
 /// Where the benchmarks ran.
@@ -88,11 +89,17 @@ pub struct Report {
     pub targets: Vec<Target>,
 }
 
+/// The offered rate the latency targets are set at (scans per second).
+const TARGET_RATE: f64 = 500.0;
+
 impl Report {
     /// Fills in the targets from the results.
     pub fn judge(&mut self) {
         let mut targets = Vec::new();
-        let at_500 = self.latency.iter().find(|l| (l.rate - 500.0).abs() < 1.0);
+        let at_500 = self
+            .latency
+            .iter()
+            .find(|l| (l.rate - TARGET_RATE).abs() < 1.0);
         if let Some(at_500) = at_500 {
             let p50 = at_500.result.latency.p50_ms;
             let floor = self.floor.p50_ms();
@@ -201,6 +208,18 @@ impl Report {
             .map(|at| (at.rate, at.result.cpu.as_ref()))
             .collect();
         cpu_table(out, &by_rate, self.machine.cores)?;
+        let target_step = self
+            .latency
+            .iter()
+            .filter_map(|at| Some((at.rate, at.result.statements.as_ref()?)))
+            .min_by(|a, b| {
+                (a.0 - TARGET_RATE)
+                    .abs()
+                    .total_cmp(&(b.0 - TARGET_RATE).abs())
+            });
+        if let Some((rate, statements)) = target_step {
+            statements_table(out, rate, statements)?;
+        }
         if let Some(throughput) = &self.throughput {
             writeln!(out, "\n## 2. Throughput\n")?;
             writeln!(
@@ -358,6 +377,32 @@ fn cpu_ceiling_words(steps: &[StepOutcome]) -> String {
     }
 }
 
+/// What the database executed over one step's scan phase, per answered scan.
+fn statements_table(out: &mut String, rate: f64, statements: &StatementCosts) -> std::fmt::Result {
+    writeln!(
+        out,
+        "\nDatabase statements at {rate:.0}/s (pg_stat_statements over the same scan phase: execution time inside PostgreSQL, planning and client round trips not included): {:.1} statements and {:.0} µs per answered scan in all; the {} that took longest:\n",
+        statements.calls_per_scan(statements.calls),
+        statements.us_per_scan(statements.total_ms),
+        statements.top.len()
+    )?;
+    writeln!(
+        out,
+        "| statement | calls per scan | µs per scan | µs per call |\n|---|---|---|---|"
+    )?;
+    for statement in &statements.top {
+        writeln!(
+            out,
+            "| `{}` | {:.2} | {:.0} | {:.0} |",
+            statement.statement.replace('|', "\\|").replace('`', "'"),
+            statements.calls_per_scan(statement.calls),
+            statements.us_per_scan(statement.total_ms),
+            statement.total_ms * 1000.0 / statement.calls.max(1) as f64
+        )?;
+    }
+    Ok(())
+}
+
 /// CPU per answered scan over the scan phase, one row per rate (nothing when unmeasured).
 fn cpu_table(
     out: &mut String,
@@ -468,6 +513,36 @@ mod tests {
         let mut nothing = String::new();
         cpu_table(&mut nothing, &[(250.0, None)], 2).unwrap();
         assert!(nothing.is_empty());
+    }
+
+    #[test]
+    fn the_statements_table_lists_calls_and_time_per_scan() {
+        let statements = StatementCosts::new(
+            vec![
+                crate::statements::StatementCost {
+                    statement: "SELECT a | b FROM `t`".into(),
+                    calls: 1000,
+                    total_ms: 50.0,
+                },
+                crate::statements::StatementCost {
+                    statement: "COMMIT".into(),
+                    calls: 500,
+                    total_ms: 100.0,
+                },
+            ],
+            500,
+        );
+        let mut out = String::new();
+        statements_table(&mut out, 500.0, &statements).unwrap();
+        assert!(
+            out.contains("3.0 statements and 300 µs per answered scan in all"),
+            "{out}"
+        );
+        assert!(out.contains("| `COMMIT` | 1.00 | 200 | 200 |"), "{out}");
+        assert!(
+            out.contains("| `SELECT a \\| b FROM 't'` | 2.00 | 100 | 50 |"),
+            "{out}"
+        );
     }
 
     #[test]

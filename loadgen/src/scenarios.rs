@@ -147,18 +147,15 @@ pub struct FleetLoad {
     pub management_cpu_percent: f64,
 }
 
-/// Runs scenario 3: telemetry from every device every `telemetry` (one full round first, so
-/// management has seen every device), then a step of scans at `scan_rate` for `scan_secs`,
-/// reading the broker's and management's memory and CPU meanwhile.
+/// Runs scenario 3 on a fleet already sending telemetry every `telemetry`: a step of scans at
+/// `scan_rate` for `scan_secs`, reading the broker's and management's memory and CPU meanwhile.
 pub async fn fleet_load(
     fleet: &mut Fleet,
     telemetry: Duration,
     scan_rate: f64,
     scan_secs: f64,
     pids: (Option<u32>, Option<u32>),
-) -> anyhow::Result<(FleetLoad, crate::fleet::Telemetry)> {
-    let heartbeats = fleet.start_telemetry(telemetry);
-    tokio::time::sleep(telemetry + Duration::from_secs(1)).await;
+) -> anyhow::Result<FleetLoad> {
     let before = (
         pids.0.and_then(sample_process),
         pids.1.and_then(sample_process),
@@ -181,19 +178,16 @@ pub async fn fleet_load(
         _ => 0.0,
     };
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    Ok((
-        FleetLoad {
-            devices: fleet.len(),
-            telemetry_secs: telemetry.as_secs_f64(),
-            scan_rate,
-            scans: step,
-            broker_rss_mib: mib(broker_peak),
-            management_rss_mib: mib(management_peak),
-            broker_cpu_percent: cpu(before.0, after.0),
-            management_cpu_percent: cpu(before.1, after.1),
-        },
-        heartbeats,
-    ))
+    Ok(FleetLoad {
+        devices: fleet.len(),
+        telemetry_secs: telemetry.as_secs_f64(),
+        scan_rate,
+        scans: step,
+        broker_rss_mib: mib(broker_peak),
+        management_rss_mib: mib(management_peak),
+        broker_cpu_percent: cpu(before.0, after.0),
+        management_cpu_percent: cpu(before.1, after.1),
+    })
 }
 
 /// Keeps the highest resident memory of the broker and management seen, every 200 ms.

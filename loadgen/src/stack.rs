@@ -81,8 +81,8 @@ impl Stack {
     pub async fn start(bin_dir: &Path, dir: &Path) -> anyhow::Result<Stack> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let dir = std::path::absolute(dir).context("cannot resolve the run's directory")?;
-        let cluster =
-            PrivateCluster::start(&dir.join("postgres")).context("cannot start PostgreSQL")?;
+        let cluster = PrivateCluster::start_with_statement_stats(&dir.join("postgres"))
+            .context("cannot start PostgreSQL")?;
         cluster.create_database(DATABASE).await?;
         let database_url = cluster.connection_string(DATABASE);
         let pool = db::pool(&database_url, 32)?;

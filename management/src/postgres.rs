@@ -108,6 +108,8 @@ struct Launch<'a> {
     socket_dir: &'a Path,
     run_as: &'a RunAs,
     durability: Durability,
+    /// Further `-c` settings of the server.
+    settings: &'a [&'a str],
 }
 
 impl Launch<'_> {
@@ -157,13 +159,24 @@ impl PrivateCluster {
     ///
     /// Blocks (up to 30 s) while the server starts.
     pub fn start(data_dir: &Path) -> Result<PrivateCluster, ClusterError> {
-        Self::start_with(data_dir, Durability::Default)
+        Self::start_with(data_dir, Durability::Default, &[])
+    }
+
+    /// Like [`PrivateCluster::start`], with the `pg_stat_statements` module loaded, so that
+    /// what the server spent its time on can be read per statement (the benchmarks do). The
+    /// extension still has to be created in the database that reads it.
+    pub fn start_with_statement_stats(data_dir: &Path) -> Result<PrivateCluster, ClusterError> {
+        Self::start_with(
+            data_dir,
+            Durability::Default,
+            &["shared_preload_libraries=pg_stat_statements"],
+        )
     }
 
     /// Like [`PrivateCluster::start`], with fsync, synchronous_commit and full_page_writes off:
     /// much faster, and a crash of the machine may corrupt the cluster. For tests only.
     pub fn start_for_tests(data_dir: &Path) -> Result<PrivateCluster, ClusterError> {
-        Self::start_with(data_dir, Durability::Fast)
+        Self::start_with(data_dir, Durability::Fast, &[])
     }
 
     /// libpq-style connection string for tokio-postgres / deadpool-postgres.
@@ -230,7 +243,11 @@ impl PrivateCluster {
         self.stop_child()
     }
 
-    fn start_with(data_dir: &Path, durability: Durability) -> Result<PrivateCluster, ClusterError> {
+    fn start_with(
+        data_dir: &Path,
+        durability: Durability,
+        settings: &[&str],
+    ) -> Result<PrivateCluster, ClusterError> {
         let bin_dir = find_bin_dir().ok_or(ClusterError::BinariesMissing)?;
         let run_as = RunAs::decide()?;
         let data_dir = std::path::absolute(data_dir).map_err(io_error("resolve", data_dir))?;
@@ -255,6 +272,7 @@ impl PrivateCluster {
                 socket_dir: &socket_dir,
                 run_as: &run_as,
                 durability,
+                settings,
             };
             match launch.run() {
                 // Backends of a killed server may still hold its shared memory for a moment;
@@ -512,6 +530,9 @@ fn spawn_postgres(launch: &Launch<'_>, log: File) -> Result<Child, ClusterError>
         ] {
             command.args(["-c", setting]);
         }
+    }
+    for setting in launch.settings {
+        command.args(["-c", setting]);
     }
     launch.run_as.apply(&mut command);
     let parent = nix::unistd::getpid();
