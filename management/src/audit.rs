@@ -1,6 +1,7 @@
 //! The audit log: every event is written to the `events` table in the transaction that caused
 //! it; the dispatcher publishes it on the store's event topic after the commit (see
-//! [`take_unpublished`]).
+//! [`take_unpublished`]), unless the writer publishes it itself right after its commit (see
+//! [`record_published`]).
 
 use crate::db::CachedStatements;
 use chrono::{DateTime, Utc};
@@ -18,10 +19,30 @@ pub async fn record<C: GenericClient>(
     record_all(client, std::slice::from_ref(event)).await
 }
 
-/// Writes `events` in one statement (one round trip however many there are).
+/// Writes `events` in one statement (one round trip however many there are), for the dispatcher
+/// to publish.
 pub async fn record_all<C: GenericClient>(
     client: &C,
     events: &[Event],
+) -> Result<(), tokio_postgres::Error> {
+    insert(client, events, None).await
+}
+
+/// Writes `events` as published at `now`: the caller publishes them itself after its commit
+/// (as the dispatcher does after its own: handed to the MQTT client), so that no dispatcher
+/// pass is needed for them.
+pub async fn record_published<C: GenericClient>(
+    client: &C,
+    events: &[Event],
+    now: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    insert(client, events, Some(now)).await
+}
+
+async fn insert<C: GenericClient>(
+    client: &C,
+    events: &[Event],
+    published_at: Option<DateTime<Utc>>,
 ) -> Result<(), tokio_postgres::Error> {
     if events.is_empty() {
         return Ok(());
@@ -46,14 +67,18 @@ pub async fn record_all<C: GenericClient>(
     }
     // WITH ORDINALITY keeps the events' order in their ids.
     client
-        .cached_execute(RECORD_EVENTS, &[&at, &stores, &devices, &kinds, &bodies])
+        .cached_execute(
+            RECORD_EVENTS,
+            &[&at, &stores, &devices, &kinds, &bodies, &published_at],
+        )
         .await?;
     Ok(())
 }
 
-/// The statement [`record_all`] runs.
-pub const RECORD_EVENTS: &str = "INSERT INTO events (at, store_id, device_id, kind, body)
-     SELECT at, store_id, device_id, kind, body
+/// The statement [`record_all`] and [`record_published`] run.
+pub const RECORD_EVENTS: &str =
+    "INSERT INTO events (at, store_id, device_id, kind, body, published_at)
+     SELECT at, store_id, device_id, kind, body, $6::timestamptz
      FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
           WITH ORDINALITY AS e(at, store_id, device_id, kind, body, n)
      ORDER BY n";

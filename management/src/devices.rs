@@ -223,14 +223,15 @@ pub async fn record_skew(
 
 /// Compares a reported state with the database: keeps the device's account of how each session
 /// ended, closes a session whose program exited by itself, and flags a device running a session
-/// the database does not have open.
+/// the database does not have open. Returns whether something may have been recorded for the
+/// dispatcher to publish (events, commands).
 pub async fn reconcile(
     pool: &Pool,
     liveness: &tokio::sync::Mutex<Liveness>,
     key: &DeviceKey,
     state: &ReportedState,
     now: DateTime<Utc>,
-) -> Result<(), WorkError> {
+) -> Result<bool, WorkError> {
     let (store, device) = key;
     let running = match &state.program {
         ProgramStatus::Running {
@@ -245,12 +246,13 @@ pub async fn reconcile(
     // so the devices' states do not wait on one another.
     let Some(exit) = &state.last_exit else {
         let Some(session_id) = running else {
-            return Ok(());
+            return Ok(false);
         };
         let client = pool.get().await?;
         let open = open_session(&client, store, device, false).await?;
-        flag_unexpected(&client, liveness, key, session_id, open.as_ref(), now).await?;
-        return Ok(());
+        let flagged =
+            flag_unexpected(&client, liveness, key, session_id, open.as_ref(), now).await?;
+        return Ok(flagged);
     };
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -269,11 +271,11 @@ pub async fn reconcile(
         flag_unexpected(&tx, liveness, key, session_id, open.as_ref(), now).await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Records a conflict (once per device and session) when the device runs a session that is not
-/// the one open on it.
+/// the one open on it; returns whether it did.
 async fn flag_unexpected(
     client: &impl GenericClient,
     liveness: &tokio::sync::Mutex<Liveness>,
@@ -281,7 +283,7 @@ async fn flag_unexpected(
     session_id: SessionId,
     open: Option<&OpenSession>,
     now: DateTime<Utc>,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<bool, tokio_postgres::Error> {
     let expected = open.is_some_and(|session| session.session_id == session_id);
     if expected
         || !liveness
@@ -289,7 +291,7 @@ async fn flag_unexpected(
             .await
             .first_flag(&(store.clone(), device.clone()), session_id)
     {
-        return Ok(());
+        return Ok(false);
     }
     let detail = format!(
         "device runs session {session_id}, which is not open on it; its desired state says {}",
@@ -303,7 +305,8 @@ async fn flag_unexpected(
         EventKind::SessionConflict { session_id, detail },
         now,
     )
-    .await
+    .await?;
+    Ok(true)
 }
 
 async fn record_device_stop(

@@ -154,7 +154,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         },
         ticket_keys,
         client: connection.client.clone(),
-        wake_timer: Arc::new(Notify::new()),
+        wake_timer: Arc::new(stop_timer::TimerWake::default()),
         wake_dispatcher: Arc::new(Notify::new()),
         liveness: Arc::new(tokio::sync::Mutex::new(devices::Liveness::default())),
         scan_limiter: std::sync::Mutex::new(ratelimit::ScanLimiter::default()),
@@ -326,18 +326,6 @@ enum Route {
     },
 }
 
-impl Route {
-    fn is_heartbeat(&self) -> bool {
-        matches!(
-            self,
-            Route::Device {
-                channel: DeviceChannel::Telemetry,
-                ..
-            }
-        )
-    }
-}
-
 /// Handles what devices send to management (scans, command acks, states and heartbeats) and
 /// operators' requests, one message at a time per device (see [`lanes`]); each message is
 /// acknowledged to the broker only after its effect is committed and its answers are queued,
@@ -349,7 +337,7 @@ struct Inbox {
     /// The ticket keys as of the last reload: new tickets are signed with the current one.
     ticket_keys: ticket_keys::LiveKeys,
     client: AsyncClient,
-    wake_timer: Arc<Notify>,
+    wake_timer: Arc<stop_timer::TimerWake>,
     wake_dispatcher: Arc<Notify>,
     liveness: Arc<tokio::sync::Mutex<devices::Liveness>>,
     /// Scans per device: a flooding device is answered `too_many_scans` without a decision.
@@ -371,6 +359,24 @@ enum Admission {
         refusal: device_keys::Refusal,
         record: bool,
     },
+}
+
+/// What handling a message led to.
+struct Handled {
+    /// Messages to publish, in order, now that the effect is committed.
+    publish: Vec<mqtt::Outbound>,
+    /// Whether it recorded something for the dispatcher to publish (events, commands).
+    for_dispatcher: bool,
+}
+
+impl Handled {
+    /// Messages to publish, and something recorded for the dispatcher.
+    fn recorded(publish: Vec<mqtt::Outbound>) -> Handled {
+        Handled {
+            publish,
+            for_dispatcher: true,
+        }
+    }
 }
 
 impl Inbox {
@@ -423,7 +429,7 @@ impl Inbox {
                         if let Some(verdict) = outcome.decided {
                             self.metrics.scan(verdict);
                         }
-                        outcome.publish
+                        Handled::recorded(outcome.publish)
                     })
                 }
                 (
@@ -444,19 +450,24 @@ impl Inbox {
                             self.metrics.scan(verdict);
                         }
                     }
-                    refused
+                    // Not recorded every time: a flood of forged messages must not cost a
+                    // dispatcher pass each.
+                    refused.map(|publish| Handled {
+                        publish,
+                        for_dispatcher: *record,
+                    })
                 }
                 _ => self.handle_once(&route, &publish.payload, Utc::now()).await,
             };
             match attempt {
-                Ok(messages) => {
-                    mqtt::publish_all(&self.client, messages, &self.stop).await;
-                    // Its events (and commands) are in the database: the dispatcher sends them.
-                    // A heartbeat records something only on a change, and wakes it then itself
-                    // (heartbeats are the bulk of the traffic: one dispatch pass each would be
-                    // thousands of transactions a second for a large fleet).
-                    let recorded = matches!(admission, Admission::Refused { record: true, .. });
-                    if !route.is_heartbeat() || recorded {
+                Ok(handled) => {
+                    mqtt::publish_all(&self.client, handled.publish, &self.stop).await;
+                    // What it left in the database for the dispatcher (events, commands not
+                    // sent with the answer) goes out with the next pass. Most messages leave
+                    // nothing (a scan's answer, start and events go out above; an
+                    // acknowledgement or a heartbeat records nothing or wakes it itself): one
+                    // pass for each would be several statements per message.
+                    if handled.for_dispatcher {
                         self.wake_dispatcher.notify_one();
                     }
                     return true;
@@ -529,7 +540,7 @@ impl Inbox {
         route: &Route,
         payload: &[u8],
         now: chrono::DateTime<Utc>,
-    ) -> Result<Vec<mqtt::Outbound>, db::WorkError> {
+    ) -> Result<Handled, db::WorkError> {
         let (store, device, channel) = match route {
             Route::Request { operator } => {
                 let keys = self.ticket_keys.current();
@@ -537,8 +548,8 @@ impl Inbox {
                     requests::handle_request(&self.pool, &keys.signing, operator, payload, now)
                         .await?;
                 // A force stop or extension moved a session's end.
-                self.wake_timer.notify_one();
-                return Ok(reply.into_iter().collect());
+                self.wake_timer.rescan();
+                return Ok(Handled::recorded(reply.into_iter().collect()));
             }
             Route::Device {
                 store,
@@ -557,23 +568,33 @@ impl Inbox {
                 if let Some(verdict) = outcome.decided {
                     self.metrics.scan(verdict);
                 }
-                if outcome.session_started {
-                    self.wake_timer.notify_one();
+                if let Some(lease_until) = outcome.session_ends {
+                    self.wake_timer.session_started(lease_until);
                 }
                 if outcome.start_sent {
                     // Handed to the MQTT client right after this returns.
                     self.metrics.start_published(Utc::now() - now);
                 }
-                Ok(outcome.publish)
+                self.metrics.events_published(outcome.events_sent);
+                Ok(Handled {
+                    publish: outcome.publish,
+                    for_dispatcher: outcome.for_dispatcher,
+                })
             }
             DeviceChannel::Ack => {
-                outbox::record_ack(&self.pool, store, device, payload, now).await?;
-                Ok(Vec::new())
+                let recorded = outbox::record_ack(&self.pool, store, device, payload, now).await?;
+                Ok(Handled {
+                    publish: Vec::new(),
+                    for_dispatcher: recorded,
+                })
             }
             _ => {
                 let key = (store.clone(), device.clone());
-                self.device_report(&key, channel, payload, now).await?;
-                Ok(Vec::new())
+                let recorded = self.device_report(&key, channel, payload, now).await?;
+                Ok(Handled {
+                    publish: Vec::new(),
+                    for_dispatcher: recorded,
+                })
             }
         }
     }
@@ -587,41 +608,44 @@ impl Inbox {
         channel: DeviceChannel,
         payload: &[u8],
         now: chrono::DateTime<Utc>,
-    ) -> Result<(), db::WorkError> {
+    ) -> Result<bool, db::WorkError> {
         let instant = tokio::time::Instant::now();
         let mut liveness = self.liveness.lock().await;
         if channel == DeviceChannel::Telemetry {
             let Some(beat) = devices::Beat::decode(payload, now) else {
                 tracing::debug!(store = %key.0, device = %key.1, "ignoring malformed telemetry");
-                return Ok(());
+                return Ok(false);
             };
             if !liveness.is_newest(key, true, beat.at) {
                 tracing::debug!(store = %key.0, device = %key.1, "ignoring a repeated or overtaken heartbeat");
-                return Ok(());
+                return Ok(false);
             }
             let changes = liveness.heartbeat(key, instant, &beat, devices::MAX_CLOCK_SKEW_MS);
             drop(liveness);
-            return self.record_changes(key, changes, now).await;
+            // A change wakes the dispatcher itself.
+            self.record_changes(key, changes, now).await?;
+            return Ok(false);
         }
         let state: ReportedState = match message::decode(payload) {
             Ok(state) => state,
             Err(error) => {
                 tracing::warn!(store = %key.0, device = %key.1, %error, "ignoring a malformed state");
-                return Ok(());
+                return Ok(false);
             }
         };
         // The last will has no time of its own (it was written at connect); the rest must be new.
         if let Some(at) = state.at {
             if !liveness.is_newest(key, false, at) {
                 tracing::debug!(store = %key.0, device = %key.1, "ignoring a repeated or overtaken state");
-                return Ok(());
+                return Ok(false);
             }
         }
         let change = liveness.reported(key, state.availability, instant);
         drop(liveness);
-        devices::reconcile(&self.pool, &self.liveness, key, &state, now).await?;
+        let recorded = devices::reconcile(&self.pool, &self.liveness, key, &state, now).await?;
         self.record_changes(key, change.into_iter().collect(), now)
-            .await
+            .await?;
+        Ok(recorded)
     }
 
     async fn record_changes(

@@ -509,19 +509,20 @@ async fn expire(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<(), WorkE
 }
 
 /// Records a device's answer. Only the device the command was for can settle it; an answer
-/// for a settled or unknown command changes nothing.
+/// for a settled or unknown command changes nothing. Returns whether an event may have been
+/// recorded for the dispatcher to publish (a refusal; never for an acknowledgement).
 pub async fn record_ack(
     pool: &Pool,
     store: &StoreId,
     device: &DeviceId,
     payload: &[u8],
     now: DateTime<Utc>,
-) -> Result<(), WorkError> {
+) -> Result<bool, WorkError> {
     let ack: Ack = match message::decode(payload) {
         Ok(ack) => ack,
         Err(error) => {
             tracing::warn!(%store, %device, %error, "ignoring a malformed ack");
-            return Ok(());
+            return Ok(false);
         }
     };
     let superseded = !ack.ok && ack.detail.starts_with(message::STALE_ACK_PREFIX);
@@ -542,7 +543,7 @@ pub async fn record_ack(
             )
             .await?;
         tracing::debug!(%store, %device, command_id = %ack.command_id, settled, "command acknowledged");
-        return Ok(());
+        return Ok(false);
     }
     let tx = client.transaction().await?;
     let status = if superseded { "superseded" } else { "failed" };
@@ -584,7 +585,7 @@ pub async fn record_ack(
         }
     }
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Settles a pending command with the device's answer.

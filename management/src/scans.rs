@@ -42,10 +42,14 @@ pub struct ScanRules {
 pub struct ScanOutcome {
     /// Messages to publish, in order, after the commit.
     pub publish: Vec<Outbound>,
-    /// A session was started (the stop timer should look again).
-    pub session_started: bool,
+    /// A session was started, ending then (the stop timer should know).
+    pub session_ends: Option<DateTime<Utc>>,
     /// Its start command is in `publish` (sent with the answer, not by the dispatcher).
     pub start_sent: bool,
+    /// Something was recorded for the dispatcher to publish (it should look again).
+    pub for_dispatcher: bool,
+    /// Events in `publish` (recorded as published).
+    pub events_sent: usize,
     /// The decision made now, for the metrics; `None` when the scan was answered with an
     /// earlier decision.
     pub decided: Option<ScanVerdict>,
@@ -117,8 +121,10 @@ async fn decide_and_record(
     // A session whose booking is over but whose stop timer has not fired yet (the next
     // customer scanning in the first instant of a back-to-back booking) is ended here, so the
     // device is not refused as busy. Its stop command moved the device's epoch.
+    let mut ended_overdue = false;
     let device_row = match device_row {
         Some(row) if row.facts.busy && end_overdue_session(&tx, store, device, at).await? => {
+            ended_overdue = true;
             let epoch = current_epoch(&tx, store, device).await?;
             Some(DeviceRow {
                 facts: DeviceFacts {
@@ -151,6 +157,10 @@ async fn decide_and_record(
         })
         .collect();
     let send_start = rules.command_key.is_some();
+    // The scan's events go out with its answer, except after an overdue session was ended here:
+    // that session's stop and events go through the dispatcher, and these must not overtake
+    // them.
+    let events_published_now = !ended_overdue;
     let written = record::Decided {
         target: (store, device),
         scan,
@@ -159,6 +169,7 @@ async fn decide_and_record(
         start: start.as_ref(),
         start_sent_now: send_start,
         events: &events,
+        events_published_now,
         now,
     };
     record::write(&tx, &written).await?;
@@ -168,7 +179,7 @@ async fn decide_and_record(
         Decision::Accepted { .. } => ScanVerdict::Accepted,
         Decision::Rejected { reason, .. } => ScanVerdict::Rejected(*reason),
     };
-    let session_started = start.is_some();
+    let session_ends = start.as_ref().map(|start| start.lease_until);
     let mut publish = vec![scan_result(store, device, scan.scan_id, decision)];
     // The start command is in the outbox, committed with the session: sent now with the answer,
     // or by the dispatcher.
@@ -184,10 +195,22 @@ async fn decide_and_record(
         ));
         start_sent = true;
     }
+    let events_sent = if events_published_now {
+        events.len()
+    } else {
+        0
+    };
+    if events_published_now {
+        publish.extend(events.iter().map(audit::event_message));
+    }
     Ok(ScanOutcome {
         publish,
-        session_started,
+        for_dispatcher: ended_overdue
+            || !events_published_now
+            || (session_ends.is_some() && !start_sent),
+        session_ends,
         start_sent,
+        events_sent,
         decided: Some(decided),
     })
 }
@@ -331,8 +354,10 @@ async fn earlier_decision(
     };
     Ok(Some(ScanOutcome {
         publish: vec![scan_result(store, device, scan_id, decision)],
-        session_started: false,
+        session_ends: None,
         start_sent: false,
+        for_dispatcher: false,
+        events_sent: 0,
         decided: None,
     }))
 }
@@ -466,8 +491,10 @@ async fn refuse_malformed(
     }
     Ok(ScanOutcome {
         publish,
-        session_started: false,
+        session_ends: None,
         start_sent: false,
+        for_dispatcher: true,
+        events_sent: 0,
         decided: Some(ScanVerdict::Rejected(RejectReason::MalformedScan)),
     })
 }
@@ -536,8 +563,10 @@ pub async fn refuse_undecided(
         .collect();
     Ok(ScanOutcome {
         publish,
-        session_started: false,
+        session_ends: None,
         start_sent: false,
+        for_dispatcher: true,
+        events_sent: 0,
         decided: Some(ScanVerdict::Rejected(reason)),
     })
 }

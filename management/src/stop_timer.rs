@@ -26,34 +26,95 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How many due sessions one transaction closes.
 const BATCH: i64 = 100;
 
+/// Wakes the stop timer: with a new session's end, which it notes without reading the table,
+/// or to read the table again (an end moved or removed).
+#[derive(Debug, Default)]
+pub struct TimerWake {
+    notify: Notify,
+    pending: std::sync::Mutex<Pending>,
+}
+
+/// What the wakes since the timer last looked asked for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Pending {
+    earliest_new_end: Option<DateTime<Utc>>,
+    rescan: bool,
+}
+
+impl TimerWake {
+    /// A session ending at `lease_until` was started (and committed).
+    pub fn session_started(&self, lease_until: DateTime<Utc>) {
+        self.update(|pending| {
+            pending.earliest_new_end = earliest(pending.earliest_new_end, Some(lease_until));
+        });
+    }
+
+    /// Sessions' ends changed in ways only the table knows (stopped, extended, cancelled).
+    pub fn rescan(&self) {
+        self.update(|pending| pending.rescan = true);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Pending)) {
+        // Nothing panics while holding it; a poisoned lock still holds consistent data.
+        change(&mut self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Pending {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// Runs the stop timers until `stop` is cancelled; `dispatch` wakes the dispatcher when stop
 /// commands and events were queued.
-pub async fn run(pool: Pool, wake: Arc<Notify>, dispatch: Arc<Notify>, stop: CancellationToken) {
+///
+/// The table is read when the earliest end known is due, at least every [`MAX_SLEEP`] (for
+/// sessions other workers started) and on [`TimerWake::rescan`]; a session started here only
+/// moves the earliest end in memory (reading the table for each was four statements per
+/// session started).
+pub async fn run(pool: Pool, wake: Arc<TimerWake>, dispatch: Arc<Notify>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
+    let mut next_due: Option<DateTime<Utc>> = None;
+    let mut look = true;
     loop {
-        let pause = match stop_due_sessions(&pool, Utc::now()).await {
-            Ok((closed, next_due)) => {
-                backoff = Duration::from_millis(200);
-                if closed > 0 {
-                    dispatch.notify_one();
-                    continue; // there may be more due than one batch
+        let mut pause = MAX_SLEEP;
+        if look {
+            match stop_due_sessions(&pool, Utc::now()).await {
+                Ok((closed, due)) => {
+                    backoff = Duration::from_millis(200);
+                    if closed > 0 {
+                        dispatch.notify_one();
+                        continue; // there may be more due than one batch
+                    }
+                    next_due = due;
                 }
-                next_due
-                    .and_then(|due| (due - Utc::now()).to_std().ok())
-                    .unwrap_or(Duration::ZERO)
-                    .min(MAX_SLEEP)
+                Err(error) => {
+                    tracing::warn!(%error, "stop timers cannot reach the database; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    pause = backoff;
+                }
             }
-            Err(error) => {
-                tracing::warn!(%error, "stop timers cannot reach the database; retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                backoff
-            }
-        };
+        }
+        if let Some(due) = next_due {
+            pause = pause.min((due - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+        }
         tokio::select! {
             () = stop.cancelled() => break,
-            () = wake.notified() => {}
-            () = tokio::time::sleep(pause) => {}
+            () = wake.notify.notified() => {
+                let pending = wake.take();
+                next_due = earliest(next_due, pending.earliest_new_end);
+                look = pending.rescan || next_due.is_some_and(|due| due <= Utc::now());
+            }
+            () = tokio::time::sleep(pause) => look = true,
         }
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -227,4 +288,37 @@ pub async fn stop_due_sessions(
         .get(0);
     tx.commit().await?;
     Ok((due.len(), next_due))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wakes_keep_the_earliest_new_end_and_any_rescan_until_taken() {
+        let wake = TimerWake::default();
+        let at = |secs| DateTime::from_timestamp(secs, 0).unwrap();
+        wake.session_started(at(20));
+        wake.session_started(at(10));
+        wake.session_started(at(30));
+        assert_eq!(
+            wake.take(),
+            Pending {
+                earliest_new_end: Some(at(10)),
+                rescan: false
+            }
+        );
+        assert_eq!(wake.take(), Pending::default(), "taken once");
+        wake.rescan();
+        assert!(wake.take().rescan);
+    }
+
+    #[test]
+    fn the_earliest_of_two_optional_instants() {
+        let at = |secs| Some(DateTime::from_timestamp(secs, 0).unwrap());
+        assert_eq!(earliest(at(5), at(3)), at(3));
+        assert_eq!(earliest(None, at(3)), at(3));
+        assert_eq!(earliest(at(5), None), at(5));
+        assert_eq!(earliest(None, None), None);
+    }
 }

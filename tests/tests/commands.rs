@@ -290,9 +290,10 @@ async fn a_start_overtaken_by_a_stop_is_superseded_not_failed() {
 
 /// An accepted scan's start command goes out with the scan's answer — signed, for the device,
 /// recorded as its first attempt so that the dispatcher only resends it — followed by the
-/// device's desired state; the dispatcher does not send it a second time.
+/// device's desired state and the scan's events (recorded as published): nothing is left for
+/// the dispatcher, which does not send any of it a second time.
 #[tokio::test]
-async fn an_accepted_scans_start_goes_out_with_its_answer() {
+async fn an_accepted_scans_start_and_events_go_out_with_its_answer() {
     use mujin_management::scans::{self, ScanRules};
     use mujin_protocol::message::{CommandAction, Decision, ScanResult};
     use mujin_protocol::signed::verify_command;
@@ -330,7 +331,8 @@ async fn an_accepted_scans_start_goes_out_with_its_answer() {
     )
     .await
     .expect("the scan is decided");
-    assert!(outcome.session_started && outcome.start_sent);
+    assert!(outcome.session_ends.is_some() && outcome.start_sent);
+    assert!(!outcome.for_dispatcher, "nothing left for the dispatcher");
 
     let topics: Vec<Topic> = outcome
         .publish
@@ -346,9 +348,29 @@ async fn an_accepted_scans_start_goes_out_with_its_answer() {
         [
             Some(DeviceChannel::ScanResult),
             Some(DeviceChannel::Command),
-            Some(DeviceChannel::Desired)
+            Some(DeviceChannel::Desired),
+            None,
+            None
         ]
     );
+    let kinds: Vec<String> = outcome.publish[3..]
+        .iter()
+        .map(|out| {
+            assert_eq!(
+                Topic::parse(&out.topic),
+                Ok(Topic::Events {
+                    store: device.0.clone()
+                })
+            );
+            let event: mujin_protocol::message::Event =
+                message::decode(&out.payload).expect("an event");
+            serde_json::to_value(&event.kind).expect("json")["kind"]
+                .as_str()
+                .expect("a kind")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["scan_accepted", "session_started"]);
     let answer: ScanResult = message::decode(&outcome.publish[0].payload).expect("the answer");
     let Decision::Accepted { session_id, .. } = answer.decision else {
         panic!("refused: {answer:?}");
@@ -367,9 +389,23 @@ async fn an_accepted_scans_start_goes_out_with_its_answer() {
         matches!(desired.program, DesiredProgram::Running { session_id: running, .. } if running == session_id)
     );
 
-    // Recorded as sent once: the dispatcher waits for the ack before sending it again.
+    // Recorded as sent once: the dispatcher waits for the ack before sending it again; the
+    // events are recorded as published.
     let commands = stack.commands_of(session_id).await;
     assert_eq!(commands, vec![("start".to_owned(), "sent".to_owned(), 1)]);
+    let unpublished: i64 = stack
+        .pool
+        .get()
+        .await
+        .expect("db connection")
+        .query_one(
+            "SELECT count(*) FROM events WHERE kind IN ('scan_accepted', 'session_started') AND published_at IS NULL",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(unpublished, 0);
     stack.shutdown().await;
 }
 

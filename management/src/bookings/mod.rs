@@ -41,7 +41,7 @@ pub struct Desk {
     /// New tickets are signed with the current ticket key.
     pub ticket_keys: LiveKeys,
     /// Woken after an extension (a session's end moved).
-    pub wake_timer: Arc<Notify>,
+    pub wake_timer: Arc<crate::stop_timer::TimerWake>,
     /// Woken after every request (its events and commands wait in the database).
     pub wake_dispatcher: Arc<Notify>,
 }
@@ -163,7 +163,7 @@ async fn serve(
             }
         }
         desk.wake_dispatcher.notify_one();
-        desk.wake_timer.notify_one();
+        desk.wake_timer.rescan();
         if generation.load(Ordering::SeqCst) == connection {
             if let Err(error) = client.ack(&publish).await {
                 tracing::warn!(%error, "cannot acknowledge a booking request");

@@ -41,6 +41,9 @@ pub(super) struct Decided<'a> {
     /// The start command goes out with the scan's answer (recorded as its first attempt).
     pub start_sent_now: bool,
     pub events: &'a [Event],
+    /// The events go out with the scan's answer (recorded as published), not through the
+    /// dispatcher.
+    pub events_published_now: bool,
     pub now: DateTime<Utc>,
 }
 
@@ -65,12 +68,14 @@ pub(super) async fn write(
             None => Ok(()),
         }
     };
-    tokio::try_join!(
-        biased;
-        start,
-        insert_scan(tx, decided),
-        audit::record_all(tx, decided.events),
-    )?;
+    let events = async {
+        if decided.events_published_now {
+            audit::record_published(tx, decided.events, decided.now).await
+        } else {
+            audit::record_all(tx, decided.events).await
+        }
+    };
+    tokio::try_join!(biased; start, insert_scan(tx, decided), events)?;
     Ok(())
 }
 
