@@ -165,6 +165,10 @@ impl Agent {
             LinkEvent::Connected => {
                 self.connected = true;
                 self.report_state();
+                // A heartbeat at once, not one interval later: it tells management the interval
+                // to judge this device by (until then it assumes 2 s, so a slower agent would be
+                // taken offline right after connecting).
+                self.on_telemetry_tick();
                 // Scans are not queued while disconnected (the queue would fill up): send every
                 // waiting one now.
                 self.send_pending_scans();

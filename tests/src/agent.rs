@@ -49,7 +49,15 @@ impl Agent {
             .args(["--broker", &format!("127.0.0.1:{port}")])
             .args(["--username", credentials.0])
             .env("MUJIN_AGENT_PASSWORD", credentials.1)
-            .args(["--telemetry-interval-ms", "500", "--stop-grace-ms", "1000"])
+            .args(["--stop-grace-ms", "1000"])
+            .args(
+                (!extra_args
+                    .iter()
+                    .any(|arg| arg == "--telemetry-interval-ms"))
+                .then_some(["--telemetry-interval-ms", "500"])
+                .into_iter()
+                .flatten(),
+            )
             // Several tests scan one ticket twice on purpose, at once.
             .args(["--repeat-window-ms", "0"])
             .args(extra_args)

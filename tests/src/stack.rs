@@ -491,7 +491,18 @@ impl Stack {
     }
 
     /// Starts a real agent process that reaches the broker through `port` (e.g. a proxy's).
-    pub fn agent_via(&self, port: u16, (store, device): &(StoreId, DeviceId)) -> Agent {
+    pub fn agent_via(&self, port: u16, device: &(StoreId, DeviceId)) -> Agent {
+        self.agent_with_args(port, device, &[])
+    }
+
+    /// Like [`Stack::agent_via`], with more command-line flags for the agent (e.g. its own
+    /// `--telemetry-interval-ms`).
+    pub fn agent_with_args(
+        &self,
+        port: u16,
+        (store, device): &(StoreId, DeviceId),
+        args: &[&str],
+    ) -> Agent {
         let key = self.management_key();
         let id = (store.clone(), device.clone());
         let (username, password) = self.agent_credentials(&id);
@@ -508,7 +519,10 @@ impl Stack {
                 .tls
                 .as_ref()
                 .map(StackTls::client_args)
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into_iter()
+                .chain(args.iter().map(|arg| arg.to_string()))
+                .collect::<Vec<_>>(),
         )
     }
 

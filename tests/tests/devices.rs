@@ -101,6 +101,33 @@ async fn a_device_whose_heartbeats_stop_is_offline_within_one_and_a_half_interva
     stack.shutdown().await;
 }
 
+/// An agent whose telemetry comes every 10 s is judged by that interval from its first moment:
+/// it sends a heartbeat as soon as it is connected, declaring the interval, so management
+/// does not take it offline for missing the 2 s it assumes for an unknown device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_slow_telemetry_stays_online_between_its_heartbeats() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let mut agent =
+        stack.agent_with_args(stack.port, &device, &["--telemetry-interval-ms", "10000"]);
+    availability_event(&stack, Availability::Online, 0).await;
+    // Well past the 3 s an unknown device gets, well within 1.5 × 10 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let offline = stack.observer.events().into_iter().any(|event| {
+        matches!(
+            event.kind,
+            EventKind::DeviceAvailability {
+                availability: Availability::Offline,
+                ..
+            }
+        )
+    });
+    assert!(!offline, "taken offline between heartbeats");
+    println!("checked: an agent beating every 10 s stays online 5 s after connecting");
+    agent.stop().await;
+    stack.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_that_exits_by_itself_closes_its_session_and_a_skewed_clock_is_flagged() {
     let stack = Stack::start().await;
