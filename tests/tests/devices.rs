@@ -108,8 +108,7 @@ async fn a_device_whose_heartbeats_stop_is_offline_within_one_and_a_half_interva
 async fn an_agent_with_slow_telemetry_stays_online_between_its_heartbeats() {
     let stack = Stack::start().await;
     let device = stack.add_device("shibuya", "pc-01").await;
-    let mut agent =
-        stack.agent_with_args(stack.port, &device, &["--telemetry-interval-ms", "10000"]);
+    let agent = stack.agent_with_args(stack.port, &device, &["--telemetry-interval-ms", "10000"]);
     availability_event(&stack, Availability::Online, 0).await;
     // Well past the 3 s an unknown device gets, well within 1.5 × 10 s.
     tokio::time::sleep(Duration::from_secs(5)).await;
