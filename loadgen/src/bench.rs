@@ -320,7 +320,7 @@ async fn compare_mosquitto(
         .collect();
     Ok(BrokerComparison {
         broker: BrokerKind::Mosquitto,
-        setup: "Debian's mosquitto, anonymous on a loopback listener (no password file or ACL), persistence off, max_queued_messages 10000; management, devices and the floor clients unchanged.".into(),
+        setup: "Debian's mosquitto, anonymous on a loopback listener (no password file or ACL), persistence off, set_tcp_nodelay true, max_queued_messages 10000; management, devices and the floor clients unchanged.".into(),
         floor,
         latency,
         p50_ratios,
