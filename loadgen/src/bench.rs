@@ -251,6 +251,10 @@ async fn measure_floor(
         durable_insert: floor::durable_inserts(&stack.pool, samples / 2)
             .await
             .context("the database floor")?,
+        // CPU-bound for a fraction of a second: off the runtime's workers.
+        signatures: tokio::task::spawn_blocking(|| floor::SignatureFloor::measure(1000))
+            .await
+            .context("the signature floor panicked")??,
     })
 }
 

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use deadpool_postgres::Pool;
-use mujin_protocol::message::{self, Availability};
+use mujin_protocol::device_auth::{self, DeviceKey};
+use mujin_protocol::message::{self, Availability, Scan};
 use mujin_protocol::presence::WorkerStatus;
 use mujin_protocol::topic;
+use mujin_protocol::{DeviceId, ScanId, StoreId};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -25,11 +27,85 @@ const PING_TOPIC: &str = "bench/floor/ping";
 const PONG_TOPIC: &str = "bench/floor/pong";
 const ROUND_TRIP_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The floor's two parts.
+/// The floor's two parts, and what the protocol's signatures cost.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Floor {
     pub mqtt_round_trip: Percentiles,
     pub durable_insert: Percentiles,
+    pub signatures: SignatureFloor,
+}
+
+/// Ed25519 signatures per authorization (a scan, its start, and the ack and state that
+/// follow): the device signs the scan, the ack and the state, management the start command and
+/// the desired state.
+pub const SIGNS_PER_AUTHORIZATION: u32 = 5;
+/// Management verifies the scan, its ticket, the ack and the state; the agent the start
+/// command and the desired state.
+pub const VERIFIES_PER_AUTHORIZATION: u32 = 6;
+
+/// What one signature costs on this machine, with mujin's own code (a signed scan encoded and
+/// signed, or decoded-equal and verified, with ring's Ed25519): CPU that every authorization
+/// needs whatever else is made faster.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct SignatureFloor {
+    pub sign_us: f64,
+    pub verify_us: f64,
+}
+
+impl SignatureFloor {
+    /// Times `rounds` signatures and verifications, three times over; keeps the fastest batch
+    /// of each (the least disturbed by the rest of the machine).
+    pub fn measure(rounds: usize) -> anyhow::Result<SignatureFloor> {
+        let store = StoreId::parse("bench").context("store id")?;
+        let device = DeviceId::parse("floor").context("device id")?;
+        let key = DeviceKey::generate().context("a device key")?;
+        let public = key.public_key();
+        let mut scan = Scan {
+            scan_id: ScanId::random(),
+            // A ticket's length: the scan is the largest message signed per authorization.
+            ticket: "T".repeat(160),
+            read_at: chrono::Utc::now(),
+            offline: None,
+            sent_at: Some(chrono::Utc::now()),
+            signature: None,
+        };
+        let rounds = rounds.max(1);
+        let mut floor = SignatureFloor {
+            sign_us: f64::INFINITY,
+            verify_us: f64::INFINITY,
+        };
+        for _ in 0..3 {
+            let started = Instant::now();
+            for _ in 0..rounds {
+                key.sign(&store, &device, &mut scan);
+            }
+            floor.sign_us = floor.sign_us.min(per_round_us(started, rounds));
+            let started = Instant::now();
+            for _ in 0..rounds {
+                device_auth::verify(&public, &store, &device, &scan)
+                    .context("the floor's own signature does not verify")?;
+            }
+            floor.verify_us = floor.verify_us.min(per_round_us(started, rounds));
+        }
+        Ok(floor)
+    }
+
+    /// Signature CPU per authorization.
+    pub fn us_per_authorization(&self) -> f64 {
+        f64::from(SIGNS_PER_AUTHORIZATION) * self.sign_us
+            + f64::from(VERIFIES_PER_AUTHORIZATION) * self.verify_us
+    }
+
+    /// The most authorizations per second `cores` cores could sign and verify, doing nothing
+    /// else.
+    pub fn ceiling_per_sec(&self, cores: usize) -> Option<f64> {
+        let us = self.us_per_authorization();
+        (us > 0.0 && us.is_finite()).then(|| cores as f64 * 1_000_000.0 / us)
+    }
+}
+
+fn per_round_us(started: Instant, rounds: usize) -> f64 {
+    started.elapsed().as_secs_f64() * 1_000_000.0 / rounds as f64
 }
 
 impl Floor {
@@ -215,4 +291,22 @@ pub async fn durable_inserts(pool: &Pool, count: usize) -> anyhow::Result<Percen
         .batch_execute("DROP TABLE bench_floor; RESET synchronous_commit;")
         .await?;
     Ok(samples.percentiles())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_timed_and_counted_per_authorization() {
+        let floor = SignatureFloor::measure(20).unwrap();
+        assert!(floor.sign_us > 0.0 && floor.verify_us > 0.0, "{floor:?}");
+        let fixed = SignatureFloor {
+            sign_us: 20.0,
+            verify_us: 50.0,
+        };
+        assert_eq!(fixed.us_per_authorization(), 5.0 * 20.0 + 6.0 * 50.0);
+        assert_eq!(fixed.ceiling_per_sec(2), Some(5000.0));
+        assert_eq!(SignatureFloor::default().ceiling_per_sec(2), None);
+    }
 }
