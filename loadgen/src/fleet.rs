@@ -32,6 +32,8 @@ const DB_CONCURRENCY: usize = 16;
 /// the next one starts.
 const CONNECT_BATCH: usize = 100;
 const CONNECT_BATCH_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a step waits for management to settle its commands before the next.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Which devices exist: `stores` stores of `devices_per_store` devices each.
 #[derive(Debug, Clone)]
@@ -309,6 +311,7 @@ impl Fleet {
         }
         self.wait_stops(&mut outcome, end + chrono::Duration::seconds(20))
             .await;
+        self.wait_settled().await;
         Ok(outcome)
     }
 
@@ -400,6 +403,46 @@ impl Fleet {
             }
         }
         outcome.stop_lateness = outcome.lateness_samples.percentiles();
+    }
+
+    /// Waits (at most [`SETTLE_DEADLINE`]) until management has settled every command of the
+    /// fleet's stores, i.e. taken in the acks of the step's starts and stops. A device sees its
+    /// stop before management has the ack: without this, the next step would start on that
+    /// backlog (a step's sessions all end at once) and measure it.
+    pub async fn wait_settled(&self) {
+        let mut stores: Vec<String> = self.devices.iter().map(|d| d.store.to_string()).collect();
+        stores.sort();
+        stores.dedup();
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        loop {
+            let pending = async {
+                let client = self.pool.get().await?;
+                let row = client
+                    .query_one(
+                        "SELECT count(*) FROM commands
+                         WHERE status IN ('queued', 'sent') AND store_id = ANY($1)",
+                        &[&stores],
+                    )
+                    .await?;
+                anyhow::Ok(row.get::<_, i64>(0))
+            }
+            .await;
+            match pending {
+                Ok(0) => return,
+                Ok(pending) if Instant::now() >= deadline => {
+                    tracing::warn!(pending, "commands still unsettled after the step; going on");
+                    return;
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "cannot read the pending commands"
+                    );
+                    return;
+                }
+            }
+        }
     }
 
     /// Starts every device's heartbeat, spread evenly over `every`.

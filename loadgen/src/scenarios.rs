@@ -243,6 +243,7 @@ pub async fn stops_on_time(
     fleet
         .wait_stops(&mut result, last_end + chrono::Duration::seconds(30))
         .await;
+    fleet.wait_settled().await;
     tracing::info!(stopped = result.stopped, p99 = result.stop_lateness.p99_ms, late_by = ?(Utc::now() - last_end), "stops step");
     Ok(StopsOnTime {
         sessions,

@@ -267,11 +267,16 @@ pub async fn reconcile(
     }
     // A provisional session (started offline) is settled by its scan, which the device sends
     // until it is answered: it is not a conflict before that.
-    if let Some(session_id) = running {
-        flag_unexpected(&tx, liveness, key, session_id, open.as_ref(), now).await?;
-    }
+    let flagged = match running {
+        Some(session_id) => {
+            flag_unexpected(&tx, liveness, key, session_id, open.as_ref(), now).await?
+        }
+        None => false,
+    };
     tx.commit().await?;
-    Ok(true)
+    // The device's account of a stop is kept on the session row only: nothing to publish
+    // unless a session was closed here or a conflict flagged.
+    Ok(exited.is_some() || flagged)
 }
 
 /// Records a conflict (once per device and session) when the device runs a session that is not
