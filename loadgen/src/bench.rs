@@ -166,7 +166,7 @@ async fn run_on(
         targets: Vec::new(),
     };
     report.floor = measure_floor(stack, &broker, profile.floor_samples).await?;
-    let mut fleet = connect(stack, &broker, &credentials).await?;
+    let mut fleet = connect(stack, &broker, &credentials, profile.telemetry).await?;
     let heartbeats = start_heartbeats(&fleet, profile.telemetry).await;
     let cpu = CpuProbe::new(
         broker.pid(),
@@ -266,14 +266,23 @@ async fn start_heartbeats(fleet: &Fleet, every: Duration) -> crate::fleet::Telem
     heartbeats
 }
 
+/// Connects the fleet; each device beats at once on connecting, declaring `heartbeat`.
 async fn connect(
     stack: &Stack,
     broker: &BrokerProcess,
     credentials: &[Credentials],
+    heartbeat: Duration,
 ) -> anyhow::Result<Fleet> {
     let key = stack.booking_key().await?;
     let started = tokio::time::Instant::now();
-    let fleet = Fleet::connect(credentials, &broker.address(), stack.pool.clone(), key).await?;
+    let fleet = Fleet::connect(
+        credentials,
+        &broker.address(),
+        stack.pool.clone(),
+        key,
+        heartbeat,
+    )
+    .await?;
     tracing::info!(
         devices = fleet.len(),
         secs = started.elapsed().as_secs_f64(),
@@ -293,7 +302,7 @@ async fn compare_mosquitto(
     let mut management = stack.start_management(&broker).await?;
     let outcome = async {
         let floor = measure_floor(stack, &broker, profile.floor_samples).await?;
-        let mut fleet = connect(stack, &broker, credentials).await?;
+        let mut fleet = connect(stack, &broker, credentials, profile.telemetry).await?;
         let heartbeats = start_heartbeats(&fleet, profile.telemetry).await;
         let latency = scenarios::latency(
             &mut fleet,

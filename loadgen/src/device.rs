@@ -107,6 +107,8 @@ pub struct VirtualDevice {
     state: Mutex<DeviceState>,
     subscribed: AtomicBool,
     born: Instant,
+    /// How often the driver sends this device's telemetry (declared with each heartbeat).
+    heartbeat: Duration,
 }
 
 impl VirtualDevice {
@@ -116,7 +118,7 @@ impl VirtualDevice {
         credentials: &Credentials,
         broker: &BrokerAddress,
         observations: mpsc::UnboundedSender<Observation>,
-        stop: CancellationToken,
+        (heartbeat, stop): (Duration, CancellationToken),
     ) -> (Arc<VirtualDevice>, JoinHandle<()>) {
         let (client, mut event_loop) =
             AsyncClient::new(options(credentials, broker), REQUEST_CAPACITY);
@@ -130,6 +132,7 @@ impl VirtualDevice {
             state: Mutex::new(DeviceState::default()),
             subscribed: AtomicBool::new(false),
             born: Instant::now(),
+            heartbeat,
         });
         let task = tokio::spawn(poll(device.clone(), event_loop, observations, stop));
         (device, task)
@@ -390,6 +393,9 @@ async fn poll(
                     tracing::warn!(device = %device.device, %error, "cannot subscribe");
                 }
                 device.report_state();
+                // A heartbeat at once, like the agent: management learns the interval now,
+                // not after assuming 2 s and taking the device offline meanwhile.
+                let _ = device.telemetry(device.heartbeat);
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
                 device.subscribed.store(true, Ordering::Release);

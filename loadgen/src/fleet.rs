@@ -174,6 +174,7 @@ impl Fleet {
         broker: &BrokerAddress,
         pool: Pool,
         booking_key: Arc<SigningKey>,
+        heartbeat: Duration,
     ) -> anyhow::Result<Fleet> {
         let (observe, observations) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
@@ -190,8 +191,13 @@ impl Fleet {
             let first = fleet.devices.len();
             for credentials in batch {
                 let index = fleet.devices.len();
-                let (device, task) =
-                    VirtualDevice::spawn(index, credentials, broker, observe.clone(), stop.clone());
+                let (device, task) = VirtualDevice::spawn(
+                    index,
+                    credentials,
+                    broker,
+                    observe.clone(),
+                    (heartbeat, stop.clone()),
+                );
                 fleet.devices.push(device);
                 fleet.tasks.push(task);
             }

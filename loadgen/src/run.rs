@@ -76,8 +76,14 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<RunSummary> {
     let credentials = fleet::enrol(&pool, &pepper, &settings.fleet).await?;
     // The broker reloads its identities at least every 2 s.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut fleet =
-        Fleet::connect(&credentials, &settings.broker, pool.clone(), booking_key).await?;
+    let mut fleet = Fleet::connect(
+        &credentials,
+        &settings.broker,
+        pool.clone(),
+        booking_key,
+        settings.telemetry,
+    )
+    .await?;
     let heartbeats = fleet.start_telemetry(settings.telemetry);
     let mut summary = RunSummary {
         devices: fleet.len(),

@@ -32,11 +32,12 @@ async fn a_small_fleet_scans_starts_and_stops() {
         port: stack.port,
     };
     // The broker learns new identities within its reload period: connecting retries until then.
-    let mut fleet = Fleet::connect(&credentials, &broker, stack.pool.clone(), key)
+    let beat = Duration::from_millis(500);
+    let mut fleet = Fleet::connect(&credentials, &broker, stack.pool.clone(), key, beat)
         .await
         .unwrap();
     assert_eq!(fleet.ready(), 4);
-    let heartbeats = fleet.start_telemetry(Duration::from_millis(500));
+    let heartbeats = fleet.start_telemetry(beat);
 
     // The broker runs in this process; PostgreSQL's data directory holds its socket directory.
     let cpu = CpuProbe::new(None, None, &postgres_dir(&stack.database_url), 2);
