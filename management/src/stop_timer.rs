@@ -91,6 +91,9 @@ pub async fn run(pool: Pool, wake: Arc<TimerWake>, dispatch: Arc<Notify>, stop: 
                 Err(error) => {
                     tracing::warn!(%error, "stop timers cannot reach the database; retrying");
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // The backoff, not the (past) earliest end: no tight loop on a database
+                    // that is down.
+                    next_due = None;
                     pause = backoff;
                 }
             }
