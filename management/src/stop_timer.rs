@@ -77,7 +77,7 @@ pub async fn run(pool: Pool, wake: Arc<TimerWake>, dispatch: Arc<Notify>, stop: 
     let mut next_due: Option<DateTime<Utc>> = None;
     let mut look = true;
     loop {
-        let mut pause = MAX_SLEEP;
+        let mut failed = false;
         if look {
             match stop_due_sessions(&pool, Utc::now()).await {
                 Ok((closed, due)) => {
@@ -91,16 +91,12 @@ pub async fn run(pool: Pool, wake: Arc<TimerWake>, dispatch: Arc<Notify>, stop: 
                 Err(error) => {
                     tracing::warn!(%error, "stop timers cannot reach the database; retrying");
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    // The backoff, not the (past) earliest end: no tight loop on a database
-                    // that is down.
-                    next_due = None;
-                    pause = backoff;
+                    failed = true;
                 }
             }
         }
-        if let Some(due) = next_due {
-            pause = pause.min((due - Utc::now()).to_std().unwrap_or(Duration::ZERO));
-        }
+        let (pause, known) = plan(next_due, failed.then_some(backoff), Utc::now());
+        next_due = known;
         tokio::select! {
             () = stop.cancelled() => break,
             () = wake.notify.notified() => {
@@ -111,6 +107,24 @@ pub async fn run(pool: Pool, wake: Arc<TimerWake>, dispatch: Arc<Notify>, stop: 
             () = tokio::time::sleep(pause) => look = true,
         }
     }
+}
+
+/// How long the timer sleeps, and the earliest end it still counts on: until that end, at most
+/// [`MAX_SLEEP`]; after a failed look, its backoff, whatever the end (an end already past would
+/// otherwise make it retry a database that is down in a tight loop), and no end until it has
+/// looked again.
+fn plan(
+    next_due: Option<DateTime<Utc>>,
+    failed_backoff: Option<Duration>,
+    now: DateTime<Utc>,
+) -> (Duration, Option<DateTime<Utc>>) {
+    if let Some(backoff) = failed_backoff {
+        return (backoff, None);
+    }
+    let until_due = next_due.map_or(MAX_SLEEP, |due| {
+        (due - now).to_std().unwrap_or(Duration::ZERO)
+    });
+    (until_due.min(MAX_SLEEP), next_due)
 }
 
 /// The earlier of two optional instants.
@@ -314,6 +328,29 @@ mod tests {
         assert_eq!(wake.take(), Pending::default(), "taken once");
         wake.rescan();
         assert!(wake.take().rescan);
+    }
+
+    #[test]
+    fn the_timer_sleeps_until_the_earliest_end_but_backs_off_after_a_failure() {
+        let now = DateTime::from_timestamp(100, 0).unwrap();
+        let at = |secs| Some(DateTime::from_timestamp(secs, 0).unwrap());
+        let ms = Duration::from_millis;
+        assert_eq!(
+            plan(at(100), None, now + chrono::Duration::milliseconds(-300)),
+            (ms(300), at(100))
+        );
+        assert_eq!(plan(at(200), None, now), (MAX_SLEEP, at(200)));
+        assert_eq!(plan(None, None, now), (MAX_SLEEP, None));
+        assert_eq!(
+            plan(at(90), None, now),
+            (Duration::ZERO, at(90)),
+            "past due: at once"
+        );
+        assert_eq!(
+            plan(at(90), Some(ms(800)), now),
+            (ms(800), None),
+            "after a failure: the backoff, even with an end past due"
+        );
     }
 
     #[test]
