@@ -196,18 +196,15 @@ async fn decide_and_record(
         start_sent = true;
     }
     let events_sent = if events_published_now {
+        publish.extend(events.iter().map(audit::event_message));
         events.len()
     } else {
         0
     };
-    if events_published_now {
-        publish.extend(events.iter().map(audit::event_message));
-    }
     Ok(ScanOutcome {
         publish,
-        for_dispatcher: ended_overdue
-            || !events_published_now
-            || (session_ends.is_some() && !start_sent),
+        // The overdue session's stop and events, or a start the dispatcher has to send.
+        for_dispatcher: ended_overdue || (session_ends.is_some() && !start_sent),
         session_ends,
         start_sent,
         events_sent,
