@@ -168,10 +168,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         inbox.wake_dispatcher.clone(),
         stop.clone(),
     ));
+    let stop_sender = stop_timer::StopSender {
+        client: connection.client.clone(),
+        connected: connection.connected.clone(),
+        key: command_key.clone(),
+        metrics: metrics.clone(),
+    };
     let timer_task = tokio::spawn(stop_timer::run(
         pool.clone(),
         inbox.wake_timer.clone(),
         inbox.wake_dispatcher.clone(),
+        stop_sender,
         stop.clone(),
     ));
     let lifecycle_task = tokio::spawn(lifecycle::run(

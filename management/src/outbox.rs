@@ -177,28 +177,24 @@ impl<'a> CommandColumns<'a> {
     }
 }
 
-/// A start written with [`insert_command`]`(…, sent_now: true)`, as it goes out right after the
-/// commit: the sealed command, then its device's desired state (running the session). A crash
-/// between the commit and the publish leaves the command `sent` with its next attempt due: the
-/// dispatcher sends it then.
+/// A command written with [`insert_command`]`(…, sent_now: true)`, as it goes out right after
+/// the commit: the sealed command (valid until `expires_at` at most), then its device's desired
+/// state at the command's epoch (running a session until its end, or idle). A crash between the
+/// commit and the publish leaves the command `sent` with its next attempt due: the dispatcher
+/// sends it then.
 pub fn sent_now(
     command: Command,
     (store, device): (&StoreId, &DeviceId),
-    (session_id, lease_until): (SessionId, DateTime<Utc>),
+    expires_at: DateTime<Utc>,
+    running: Option<(SessionId, DateTime<Utc>)>,
     key: &SigningKey,
     now: DateTime<Utc>,
 ) -> Vec<Outbound> {
     let epoch = command.epoch as i64;
-    let command = sealed(command, (store, device), lease_until, key, now);
+    let command = sealed(command, (store, device), expires_at, key, now);
     vec![
         command_message(store, device, &command),
-        desired_message(
-            (store.clone(), device.clone()),
-            epoch,
-            Some((session_id, lease_until)),
-            key,
-            now,
-        ),
+        desired_message((store.clone(), device.clone()), epoch, running, key, now),
     ]
 }
 

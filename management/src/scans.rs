@@ -189,7 +189,8 @@ async fn decide_and_record(
         publish.extend(outbox::sent_now(
             start.command,
             (store, device),
-            running,
+            start.lease_until,
+            Some(running),
             key,
             now,
         ));

@@ -1,5 +1,6 @@
 //! Durable stop timers: every open session's `lease_until` in PostgreSQL is a timer. When it is
-//! due, the session is closed with its usage record and a stop command is queued in the outbox.
+//! due, the session is closed with its usage record and its stop command written to the outbox,
+//! then sent right after the commit (by the dispatcher while management is not connected).
 //! Timers survive restarts because they are rows, and several workers can share them: due rows
 //! are claimed with `FOR UPDATE SKIP LOCKED` inside a transaction, so a worker that dies holding
 //! them releases them with its connection and another takes over.
@@ -12,13 +13,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
 use mujin_protocol::message::{Command, CommandAction, EndReason, Event, EventKind};
+use mujin_protocol::ticket::SigningKey;
 use mujin_protocol::{CommandId, DeviceId, SessionId, StoreId};
-use tokio::sync::Notify;
+use rumqttc::AsyncClient;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::audit;
 use crate::db::WorkError;
+use crate::metrics::Metrics;
+use crate::mqtt::{publish_all, Outbound};
 use crate::outbox;
 
 /// The longest the timer sleeps before looking at the table again (new sessions also wake it).
@@ -65,25 +70,59 @@ impl TimerWake {
     }
 }
 
+/// How the stop timer sends the stops it decides: itself right after its commit while
+/// management is connected (no dispatcher pass between the booked end and the device), through
+/// the dispatcher otherwise.
+pub struct StopSender {
+    pub client: AsyncClient,
+    pub connected: watch::Receiver<bool>,
+    pub key: Arc<SigningKey>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl StopSender {
+    async fn send(&self, pass: DuePass, stop: &CancellationToken) {
+        publish_all(&self.client, pass.publish, stop).await;
+        // Published means handed to the MQTT client, as the dispatcher counts it.
+        let sent_at = Utc::now();
+        for booked_end in pass.booked_ends {
+            self.metrics.stop_published(sent_at - booked_end);
+        }
+        self.metrics.events_published(pass.events_sent);
+    }
+}
+
 /// Runs the stop timers until `stop` is cancelled; `dispatch` wakes the dispatcher when stop
-/// commands and events were queued.
+/// commands and events were queued for it.
 ///
 /// The table is read when the earliest end known is due, at least every [`MAX_SLEEP`] (for
 /// sessions other workers started) and on [`TimerWake::rescan`]; a session started here only
 /// moves the earliest end in memory (reading the table for each was four statements per
 /// session started).
-pub async fn run(pool: Pool, wake: Arc<TimerWake>, dispatch: Arc<Notify>, stop: CancellationToken) {
+pub async fn run(
+    pool: Pool,
+    wake: Arc<TimerWake>,
+    dispatch: Arc<Notify>,
+    sender: StopSender,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
     let mut next_due: Option<DateTime<Utc>> = None;
     let mut look = true;
     loop {
         let mut failed = false;
         if look {
-            match stop_due_sessions(&pool, Utc::now()).await {
-                Ok((closed, due)) => {
+            let key = (*sender.connected.borrow()).then_some(&*sender.key);
+            match stop_due_sessions(&pool, key, Utc::now()).await {
+                Ok(pass) => {
                     backoff = Duration::from_millis(200);
-                    if closed > 0 {
+                    let (closed, due) = (pass.closed, pass.next_due);
+                    if key.is_some() {
+                        sender.send(pass, &stop).await;
+                    } else if closed > 0 {
                         dispatch.notify_one();
+                    }
+                    if closed as i64 == BATCH {
                         continue; // there may be more due than one batch
                     }
                     next_due = due;
@@ -159,26 +198,38 @@ impl OpenSession {
 }
 
 /// Closes `session` with its usage record (end, reason), records the event and queues the stop
-/// command — all in the caller's transaction.
+/// command for the dispatcher — all in the caller's transaction.
 pub async fn end_session(
     tx: &impl GenericClient,
     session: &OpenSession,
     reason: EndReason,
     now: DateTime<Utc>,
 ) -> Result<(), tokio_postgres::Error> {
-    end_sessions(tx, std::slice::from_ref(session), reason, now).await
+    end_sessions(tx, std::slice::from_ref(session), reason, now, false).await?;
+    Ok(())
+}
+
+/// The stop commands and events of sessions ended together, in the sessions' order.
+struct Ended {
+    stops: Vec<Command>,
+    events: Vec<Event>,
 }
 
 /// [`end_session`] for many sessions (of different devices) at once: four statements whatever
-/// their number, three of them sent together.
-pub async fn end_sessions(
+/// their number, three of them sent together. With `sent_now`, the stops are recorded as their
+/// first attempt and the events as published: the caller publishes them after its commit.
+async fn end_sessions(
     tx: &impl GenericClient,
     sessions: &[OpenSession],
     reason: EndReason,
     now: DateTime<Utc>,
-) -> Result<(), tokio_postgres::Error> {
+    sent_now: bool,
+) -> Result<Ended, tokio_postgres::Error> {
     if sessions.is_empty() {
-        return Ok(());
+        return Ok(Ended {
+            stops: Vec::new(),
+            events: Vec::new(),
+        });
     }
     let command_ids: Vec<CommandId> = sessions.iter().map(|_| CommandId::random()).collect();
     let events: Vec<Event> = sessions
@@ -201,16 +252,23 @@ pub async fn end_sessions(
         tx.prepare_cached(BUMP_EPOCHS),
         tx.prepare_cached(audit::RECORD_EVENTS),
     )?;
+    let record_events = async {
+        if sent_now {
+            audit::record_published(tx, &events, now).await
+        } else {
+            audit::record_all(tx, &events).await
+        }
+    };
     // Sent in this order without waiting for one another (see scans::record for why the
     // statements are prepared first).
     let (_, epochs, ()) = tokio::try_join!(
         biased;
         close_sessions(tx, sessions, &command_ids, reason, now),
         bump_epochs(tx, sessions),
-        audit::record_all(tx, &events),
+        record_events,
     )?;
     let expires_at = now + outbox::STOP_EXPIRY;
-    let commands: Vec<Command> = sessions
+    let stops: Vec<Command> = sessions
         .iter()
         .zip(command_ids)
         .map(|(session, command_id)| {
@@ -229,11 +287,10 @@ pub async fn end_sessions(
             )
         })
         .collect();
-    let queued: Vec<(&Command, DateTime<Utc>)> = commands
-        .iter()
-        .map(|command| (command, expires_at))
-        .collect();
-    outbox::insert_commands(tx, &queued, now, false).await
+    let queued: Vec<(&Command, DateTime<Utc>)> =
+        stops.iter().map(|command| (command, expires_at)).collect();
+    outbox::insert_commands(tx, &queued, now, sent_now).await?;
+    Ok(Ended { stops, events })
 }
 
 const CLOSE_SESSIONS: &str =
@@ -273,11 +330,30 @@ async fn bump_epochs(
         .collect())
 }
 
-/// Closes every session due at `now`; returns how many and when the next open session is due.
+/// One look at the due sessions: what to publish now that they are closed, and when the next
+/// open session is due.
+#[derive(Debug)]
+pub struct DuePass {
+    /// How many sessions were closed (at most one batch).
+    pub closed: usize,
+    /// With a key: each stop and its device's desired state (idle), then the events; empty
+    /// without (the dispatcher sends them).
+    pub publish: Vec<Outbound>,
+    /// The booked end of each stop in `publish`, to time its lateness.
+    pub booked_ends: Vec<DateTime<Utc>>,
+    /// How many events `publish` carries.
+    pub events_sent: usize,
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+/// Closes the sessions due at `now` (one batch at most). With `key`, their stops are recorded
+/// as sent and their events as published, and come back signed for the caller to publish
+/// right after (see [`outbox::sent_now`]); without, they are queued for the dispatcher.
 pub async fn stop_due_sessions(
     pool: &Pool,
+    key: Option<&SigningKey>,
     now: DateTime<Utc>,
-) -> Result<(usize, Option<DateTime<Utc>>), WorkError> {
+) -> Result<DuePass, WorkError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let due = tx
@@ -295,7 +371,7 @@ pub async fn stop_due_sessions(
         let lateness_ms = (now - session.lease_until).num_milliseconds();
         tracing::info!(store = %session.store, device = %session.device, session_id = %session.session_id, lateness_ms, "booking ended, stopping the session");
     }
-    end_sessions(&tx, &sessions, EndReason::BookingEnded, now).await?;
+    let ended = end_sessions(&tx, &sessions, EndReason::BookingEnded, now, key.is_some()).await?;
     let next_due: Option<DateTime<Utc>> = tx
         .cached_query_one(
             "SELECT min(lease_until) FROM sessions WHERE ended_at IS NULL AND lease_until > $1",
@@ -304,7 +380,26 @@ pub async fn stop_due_sessions(
         .await?
         .get(0);
     tx.commit().await?;
-    Ok((due.len(), next_due))
+    let mut pass = DuePass {
+        closed: due.len(),
+        publish: Vec::new(),
+        booked_ends: Vec::new(),
+        events_sent: 0,
+        next_due,
+    };
+    if let Some(key) = key {
+        let expires_at = now + outbox::STOP_EXPIRY;
+        for (session, stop) in sessions.iter().zip(ended.stops) {
+            let device = (&session.store, &session.device);
+            pass.publish
+                .extend(outbox::sent_now(stop, device, expires_at, None, key, now));
+            pass.booked_ends.push(session.lease_until);
+        }
+        pass.events_sent = ended.events.len();
+        pass.publish
+            .extend(ended.events.iter().map(audit::event_message));
+    }
+    Ok(pass)
 }
 
 #[cfg(test)]

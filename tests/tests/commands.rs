@@ -45,6 +45,46 @@ async fn scan_without_agent(
         .await
 }
 
+/// The rules management's inbox decides scans with, for deciding them in the test itself.
+fn scan_rules_here(stack: &Stack) -> mujin_management::scans::ScanRules {
+    let command_key =
+        mujin_management::keys::load_or_create_command_key(&stack.dir.path().join("keys"))
+            .expect("the command key");
+    mujin_management::scans::ScanRules {
+        keyring: stack.keys.keyring.clone(),
+        early_grace: Duration::from_secs(60),
+        command_key: Some(std::sync::Arc::new(command_key)),
+    }
+}
+
+/// Decides a scan of `ticket` on `device` here, the way management's inbox decides one.
+async fn decide_scan_here(
+    stack: &Stack,
+    rules: &mujin_management::scans::ScanRules,
+    (store, device): &(StoreId, DeviceId),
+    ticket: &str,
+    now: chrono::DateTime<Utc>,
+) -> mujin_management::scans::ScanOutcome {
+    let scan = Scan {
+        scan_id: ScanId::random(),
+        ticket: ticket.to_owned(),
+        read_at: now,
+        offline: None,
+        sent_at: None,
+        signature: None,
+    };
+    mujin_management::scans::handle_scan(
+        &stack.pool,
+        rules,
+        store,
+        device,
+        &message::encode(&scan),
+        now,
+    )
+    .await
+    .expect("the scan is decided")
+}
+
 /// Waits until the session's start has been sent at least twice (nobody answered the first).
 async fn wait_for_resent_start(stack: &Stack, session_id: SessionId) {
     wait_for("the start to be resent", SHORT, || async {
@@ -294,7 +334,6 @@ async fn a_start_overtaken_by_a_stop_is_superseded_not_failed() {
 /// the dispatcher, which does not send any of it a second time.
 #[tokio::test]
 async fn an_accepted_scans_start_and_events_go_out_with_its_answer() {
-    use mujin_management::scans::{self, ScanRules};
     use mujin_protocol::message::{CommandAction, Decision, ScanResult};
     use mujin_protocol::signed::verify_command;
 
@@ -304,33 +343,9 @@ async fn an_accepted_scans_start_and_events_go_out_with_its_answer() {
     // Management is not needed: the scan is decided here the way its inbox decides one.
     let mut stack = stack;
     stack.stop_management().await;
-    let command_key =
-        mujin_management::keys::load_or_create_command_key(&stack.dir.path().join("keys"))
-            .expect("the command key");
-    let rules = ScanRules {
-        keyring: stack.keys.keyring.clone(),
-        early_grace: Duration::from_secs(60),
-        command_key: Some(std::sync::Arc::new(command_key)),
-    };
-    let scan = Scan {
-        scan_id: ScanId::random(),
-        ticket: booking.ticket.clone(),
-        read_at: Utc::now(),
-        offline: None,
-        sent_at: None,
-        signature: None,
-    };
+    let rules = scan_rules_here(&stack);
     let now = Utc::now();
-    let outcome = scans::handle_scan(
-        &stack.pool,
-        &rules,
-        &device.0,
-        &device.1,
-        &message::encode(&scan),
-        now,
-    )
-    .await
-    .expect("the scan is decided");
+    let outcome = decide_scan_here(&stack, &rules, &device, &booking.ticket, now).await;
     assert!(outcome.session_ends.is_some() && outcome.start_sent);
     assert!(!outcome.for_dispatcher, "nothing left for the dispatcher");
 
@@ -501,5 +516,124 @@ async fn sessions_ending_at_the_same_instant_are_stopped_together_each_at_its_ow
         );
     }
     println!("checked: three sessions ending together, each stopped at its own device's epoch");
+    stack.shutdown().await;
+}
+
+/// While connected, the stop timer sends a booking's stop, the device's idle desired state and
+/// the session's end itself, right after its commit (recorded as sent and published: no
+/// dispatcher pass between the booked end and the device); while not, it leaves them queued for
+/// the dispatcher.
+#[tokio::test]
+async fn the_stop_timer_sends_a_bookings_stop_itself_or_leaves_it_to_the_dispatcher() {
+    use mujin_management::stop_timer::stop_due_sessions;
+    use mujin_protocol::message::CommandAction;
+    use mujin_protocol::signed::verify_command;
+
+    let mut stack = Stack::start().await;
+    let queued = stack.add_device("shibuya", "pc-01").await;
+    let sent = stack.add_device("shibuya", "pc-02").await;
+    let bookings = [
+        stack.book_now(&queued, 30).await,
+        stack.book_now(&sent, 60).await,
+    ];
+    stack.stop_management().await;
+    let rules = scan_rules_here(&stack);
+    let key = rules.command_key.clone().expect("key");
+    let mut sessions = Vec::new();
+    for (device, booking) in [&queued, &sent].into_iter().zip(&bookings) {
+        let outcome = decide_scan_here(&stack, &rules, device, &booking.ticket, Utc::now()).await;
+        let answer: mujin_protocol::message::ScanResult =
+            message::decode(&outcome.publish[0].payload).expect("the answer");
+        let mujin_protocol::message::Decision::Accepted { session_id, .. } = answer.decision else {
+            panic!("refused: {answer:?}");
+        };
+        sessions.push((session_id, outcome.session_ends.expect("a session")));
+    }
+    let [(queued_session, queued_end), (sent_session, sent_end)] = sessions[..] else {
+        unreachable!("two sessions");
+    };
+    let just_after = |end: chrono::DateTime<Utc>| end + chrono::Duration::milliseconds(1);
+
+    // Not connected: queued for the dispatcher, nothing to publish here.
+    let pass = stop_due_sessions(&stack.pool, None, just_after(queued_end))
+        .await
+        .expect("a look at the due sessions");
+    assert_eq!((pass.closed, pass.publish.len()), (1, 0));
+    assert_eq!(
+        pass.next_due,
+        Some(sent_end),
+        "the next end, from the same look"
+    );
+    assert_eq!(
+        stack.commands_of(queued_session).await[1],
+        ("stop".to_owned(), "queued".to_owned(), 0)
+    );
+
+    // Connected: the stop, the idle desired state and the event, ready to go out.
+    let now = just_after(sent_end);
+    let pass = stop_due_sessions(&stack.pool, Some(&key), now)
+        .await
+        .expect("a look at the due sessions");
+    assert_eq!((pass.closed, pass.booked_ends.clone()), (1, vec![sent_end]));
+    let channels: Vec<Option<DeviceChannel>> = pass
+        .publish
+        .iter()
+        .map(
+            |out| match Topic::parse(&out.topic).expect("a mujin topic") {
+                Topic::Device { channel, .. } => Some(channel),
+                _ => None,
+            },
+        )
+        .collect();
+    assert_eq!(
+        channels,
+        [
+            Some(DeviceChannel::Command),
+            Some(DeviceChannel::Desired),
+            None
+        ]
+    );
+    let stop: Command = message::decode(&pass.publish[0].payload).expect("the stop");
+    assert_eq!(
+        verify_command(&key.public_key(), &stop, &sent.0, &sent.1, now),
+        Ok(())
+    );
+    assert!(
+        matches!(stop.action, CommandAction::Stop { session_id, .. } if session_id == sent_session)
+    );
+    let desired: DesiredState = message::decode(&pass.publish[1].payload).expect("desired");
+    assert_eq!(
+        (desired.program, desired.epoch),
+        (DesiredProgram::Idle, stop.epoch)
+    );
+    let ended: mujin_protocol::message::Event =
+        message::decode(&pass.publish[2].payload).expect("an event");
+    assert!(
+        matches!(ended.kind, EventKind::SessionEnded { session_id, .. } if session_id == sent_session)
+    );
+    assert_eq!(
+        stack.commands_of(sent_session).await[1],
+        ("stop".to_owned(), "sent".to_owned(), 1),
+        "recorded as its first attempt"
+    );
+    let unpublished: Vec<bool> = stack
+        .pool
+        .get()
+        .await
+        .expect("db connection")
+        .query(
+            "SELECT published_at IS NULL FROM events WHERE kind = 'session_ended' ORDER BY at",
+            &[],
+        )
+        .await
+        .expect("events")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        unpublished,
+        [true, false],
+        "the dispatcher's, then the sent one"
+    );
     stack.shutdown().await;
 }
