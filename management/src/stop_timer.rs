@@ -6,7 +6,6 @@
 //! them releases them with its connection and another takes over.
 
 use crate::db::CachedStatements;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,8 @@ use mujin_protocol::message::{Command, CommandAction, EndReason, Event, EventKin
 use mujin_protocol::ticket::SigningKey;
 use mujin_protocol::{CommandId, DeviceId, SessionId, StoreId};
 use rumqttc::AsyncClient;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -81,14 +81,29 @@ pub struct StopSender {
 }
 
 impl StopSender {
+    /// Sends the passes it is given, in order, until the timer is gone: signing and publishing
+    /// one pass while the timer closes the next.
+    async fn run(self, mut passes: mpsc::Receiver<DuePass>, stop: CancellationToken) {
+        while let Some(pass) = passes.recv().await {
+            self.send(pass, &stop).await;
+        }
+    }
+
+    /// Signs and hands to the MQTT client one stop (and its desired state) at a time, so the
+    /// first are on their way while the last are signed; then the events.
     async fn send(&self, pass: DuePass, stop: &CancellationToken) {
-        publish_all(&self.client, pass.publish, stop).await;
+        let events_sent = pass.events.len();
+        let booked_ends: Vec<DateTime<Utc>> =
+            pass.stops.iter().map(|(s, _)| s.lease_until).collect();
+        for messages in pass.messages(&self.key) {
+            publish_all(&self.client, messages, stop).await;
+        }
         // Published means handed to the MQTT client, as the dispatcher counts it.
         let sent_at = Utc::now();
-        for booked_end in pass.booked_ends {
+        for booked_end in booked_ends {
             self.metrics.stop_published(sent_at - booked_end);
         }
-        self.metrics.events_published(pass.events_sent);
+        self.metrics.events_published(events_sent);
     }
 }
 
@@ -106,19 +121,23 @@ pub async fn run(
     sender: StopSender,
     stop: CancellationToken,
 ) {
+    let connected = sender.connected.clone();
+    let (to_sender, passes) = mpsc::channel(16);
+    let sending = tokio::spawn(sender.run(passes, stop.clone()));
     let mut backoff = Duration::from_millis(200);
     let mut next_due: Option<DateTime<Utc>> = None;
     let mut look = true;
     loop {
         let mut failed = false;
         if look {
-            let key = (*sender.connected.borrow()).then_some(&*sender.key);
-            match stop_due_sessions(&pool, key, Utc::now()).await {
+            let sent_now = *connected.borrow();
+            match stop_due_sessions(&pool, sent_now, Utc::now()).await {
                 Ok(pass) => {
                     backoff = Duration::from_millis(200);
                     let (closed, due) = (pass.closed, pass.next_due);
-                    if key.is_some() {
-                        sender.send(pass, &stop).await;
+                    if sent_now && !pass.stops.is_empty() {
+                        // Gone only when the sender stopped at shutdown; the dispatcher resends.
+                        let _ = to_sender.send(pass).await;
                     } else if closed > 0 {
                         dispatch.notify_one();
                     }
@@ -146,6 +165,8 @@ pub async fn run(
             () = tokio::time::sleep(pause) => look = true,
         }
     }
+    drop(to_sender);
+    let _ = sending.await;
 }
 
 /// How long the timer sleeps, and the earliest end it still counts on: until that end, at most
@@ -205,201 +226,232 @@ pub async fn end_session(
     reason: EndReason,
     now: DateTime<Utc>,
 ) -> Result<(), tokio_postgres::Error> {
-    end_sessions(tx, std::slice::from_ref(session), reason, now, false).await?;
-    Ok(())
-}
-
-/// The stop commands and events of sessions ended together, in the sessions' order.
-struct Ended {
-    stops: Vec<Command>,
-    events: Vec<Event>,
-}
-
-/// [`end_session`] for many sessions (of different devices) at once: four statements whatever
-/// their number, three of them sent together. With `sent_now`, the stops are recorded as their
-/// first attempt and the events as published: the caller publishes them after its commit.
-async fn end_sessions(
-    tx: &impl GenericClient,
-    sessions: &[OpenSession],
-    reason: EndReason,
-    now: DateTime<Utc>,
-    sent_now: bool,
-) -> Result<Ended, tokio_postgres::Error> {
-    if sessions.is_empty() {
-        return Ok(Ended {
-            stops: Vec::new(),
-            events: Vec::new(),
-        });
-    }
-    let command_ids: Vec<CommandId> = sessions.iter().map(|_| CommandId::random()).collect();
-    let events: Vec<Event> = sessions
-        .iter()
-        .map(|session| Event {
-            at: now,
-            store: session.store.clone(),
-            device: Some(session.device.clone()),
-            kind: EventKind::SessionEnded {
-                session_id: session.session_id,
-                started_at: session.started_at,
-                ended_at: now,
-                reason,
-                used_ms: (now - session.started_at).num_milliseconds().max(0) as u64,
-            },
-        })
-        .collect();
+    let command_id = CommandId::random();
+    let events = [session_ended(session, reason, now)];
     tokio::try_join!(
-        tx.prepare_cached(CLOSE_SESSIONS),
-        tx.prepare_cached(BUMP_EPOCHS),
+        tx.prepare_cached(CLOSE_SESSION),
+        tx.prepare_cached(BUMP_EPOCH),
         tx.prepare_cached(audit::RECORD_EVENTS),
     )?;
-    let record_events = async {
-        if sent_now {
-            audit::record_published(tx, &events, now).await
-        } else {
-            audit::record_all(tx, &events).await
-        }
-    };
     // Sent in this order without waiting for one another (see scans::record for why the
     // statements are prepared first).
-    let (_, epochs, ()) = tokio::try_join!(
+    let (_, epoch, ()) = tokio::try_join!(
         biased;
-        close_sessions(tx, sessions, &command_ids, reason, now),
-        bump_epochs(tx, sessions),
-        record_events,
+        close_session(tx, session, command_id, reason, now),
+        bump_epoch(tx, session),
+        audit::record_all(tx, &events),
     )?;
-    let expires_at = now + outbox::STOP_EXPIRY;
-    let stops: Vec<Command> = sessions
-        .iter()
-        .zip(command_ids)
-        .map(|(session, command_id)| {
-            let key = (session.store.to_string(), session.device.to_string());
-            let epoch = epochs.get(&key).copied().unwrap_or_default();
-            let stop = CommandAction::Stop {
-                session_id: session.session_id,
-                reason,
-            };
-            outbox::new_command(
-                (&session.store, &session.device),
-                command_id,
-                stop,
-                epoch,
-                now,
-            )
-        })
-        .collect();
-    let queued: Vec<(&Command, DateTime<Utc>)> =
-        stops.iter().map(|command| (command, expires_at)).collect();
-    outbox::insert_commands(tx, &queued, now, sent_now).await?;
-    Ok(Ended { stops, events })
+    let stop = stop_command(session, command_id, epoch, reason, now);
+    outbox::insert_command(tx, &stop, now + outbox::STOP_EXPIRY, now, false).await
 }
 
-const CLOSE_SESSIONS: &str =
-    "UPDATE sessions s SET ended_at = $2, end_reason = $3, stop_command_id = u.command_id
-     FROM unnest($1::uuid[], $4::uuid[]) AS u(session_id, command_id)
-     WHERE s.session_id = u.session_id";
+/// The event of `session` ending at `now`.
+fn session_ended(session: &OpenSession, reason: EndReason, now: DateTime<Utc>) -> Event {
+    Event {
+        at: now,
+        store: session.store.clone(),
+        device: Some(session.device.clone()),
+        kind: EventKind::SessionEnded {
+            session_id: session.session_id,
+            started_at: session.started_at,
+            ended_at: now,
+            reason,
+            used_ms: (now - session.started_at).num_milliseconds().max(0) as u64,
+        },
+    }
+}
 
-const BUMP_EPOCHS: &str = "UPDATE devices d SET epoch = d.epoch + 1
-     FROM unnest($1::text[], $2::text[]) AS u(store_id, device_id)
-     WHERE d.store_id = u.store_id AND d.device_id = u.device_id
-     RETURNING d.store_id, d.device_id, d.epoch";
+/// The command stopping `session` at its device's new `epoch`.
+fn stop_command(
+    session: &OpenSession,
+    command_id: CommandId,
+    epoch: i64,
+    reason: EndReason,
+    now: DateTime<Utc>,
+) -> Command {
+    let stop = CommandAction::Stop {
+        session_id: session.session_id,
+        reason,
+    };
+    outbox::new_command(
+        (&session.store, &session.device),
+        command_id,
+        stop,
+        epoch,
+        now,
+    )
+}
 
-async fn close_sessions(
+const CLOSE_SESSION: &str =
+    "UPDATE sessions SET ended_at = $2, end_reason = $3, stop_command_id = $4 WHERE session_id = $1";
+
+const BUMP_EPOCH: &str = "UPDATE devices SET epoch = epoch + 1
+     WHERE store_id = $1 AND device_id = $2 RETURNING epoch";
+
+async fn close_session(
     tx: &impl GenericClient,
-    sessions: &[OpenSession],
-    command_ids: &[CommandId],
+    session: &OpenSession,
+    command_id: CommandId,
     reason: EndReason,
     now: DateTime<Utc>,
 ) -> Result<u64, tokio_postgres::Error> {
-    let ids: Vec<Uuid> = sessions.iter().map(|s| s.session_id.as_uuid()).collect();
-    let commands: Vec<Uuid> = command_ids.iter().map(|id| id.as_uuid()).collect();
-    tx.cached_execute(CLOSE_SESSIONS, &[&ids, &now, &reason.as_str(), &commands])
-        .await
+    tx.cached_execute(
+        CLOSE_SESSION,
+        &[
+            &session.session_id.as_uuid(),
+            &now,
+            &reason.as_str(),
+            &command_id.as_uuid(),
+        ],
+    )
+    .await
 }
 
-/// Each device's new epoch, by (store, device).
-async fn bump_epochs(
+/// The device's new epoch (0 for a device no longer known).
+async fn bump_epoch(
     tx: &impl GenericClient,
-    sessions: &[OpenSession],
-) -> Result<HashMap<(String, String), i64>, tokio_postgres::Error> {
-    let stores: Vec<&str> = sessions.iter().map(|s| s.store.as_str()).collect();
-    let devices: Vec<&str> = sessions.iter().map(|s| s.device.as_str()).collect();
-    let rows = tx.cached_query(BUMP_EPOCHS, &[&stores, &devices]).await?;
-    Ok(rows
-        .iter()
-        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
-        .collect())
+    session: &OpenSession,
+) -> Result<i64, tokio_postgres::Error> {
+    let row = tx
+        .cached_query_opt(
+            BUMP_EPOCH,
+            &[&session.store.as_str(), &session.device.as_str()],
+        )
+        .await?;
+    Ok(row.map_or(0, |row| row.get(0)))
 }
 
-/// One look at the due sessions: what to publish now that they are closed, and when the next
-/// open session is due.
+/// Claims the due sessions (one batch, skipping those another worker holds), closes them, and
+/// raises their devices' epochs, in one statement: each row is a session closed (as
+/// [`OpenSession::from_row`] reads it), its stop's command id and its device's new epoch.
+const CLOSE_DUE_SESSIONS: &str = "WITH due AS (
+         SELECT session_id FROM sessions
+         WHERE ended_at IS NULL AND lease_until <= $1
+         ORDER BY lease_until LIMIT $2
+         FOR UPDATE SKIP LOCKED),
+     closed AS (
+         UPDATE sessions s SET ended_at = $1, end_reason = $3, stop_command_id = gen_random_uuid()
+         FROM due WHERE s.session_id = due.session_id
+         RETURNING s.session_id, s.store_id, s.device_id, s.started_at, s.lease_until,
+                   s.stop_command_id),
+     bumped AS (
+         UPDATE devices d SET epoch = d.epoch + 1
+         FROM closed c WHERE d.store_id = c.store_id AND d.device_id = c.device_id
+         RETURNING d.store_id, d.device_id, d.epoch)
+     SELECT c.session_id, c.store_id, c.device_id, c.started_at, c.lease_until,
+            c.stop_command_id, coalesce(b.epoch, 0)
+     FROM closed c LEFT JOIN bumped b USING (store_id, device_id)
+     ORDER BY c.lease_until";
+
+const NEXT_DUE: &str =
+    "SELECT min(lease_until) FROM sessions WHERE ended_at IS NULL AND lease_until > $1";
+
+/// One look at the due sessions: the sessions closed with their stops, the events, and when
+/// the next open session is due.
 #[derive(Debug)]
 pub struct DuePass {
-    /// How many sessions were closed (at most one batch).
+    /// How many sessions were closed: at most one batch.
     pub closed: usize,
-    /// With a key: each stop and its device's desired state (idle), then the events; empty
-    /// without (the dispatcher sends them).
-    pub publish: Vec<Outbound>,
-    /// The booked end of each stop in `publish`, to time its lateness.
-    pub booked_ends: Vec<DateTime<Utc>>,
-    /// How many events `publish` carries.
-    pub events_sent: usize,
+    /// The stops of those closed, in the order of their ends.
+    pub stops: Vec<(OpenSession, Command)>,
+    pub events: Vec<Event>,
     pub next_due: Option<DateTime<Utc>>,
+    /// When they were closed.
+    pub now: DateTime<Utc>,
 }
 
-/// Closes the sessions due at `now` (one batch at most). With `key`, their stops are recorded
-/// as sent and their events as published, and come back signed for the caller to publish
-/// right after (see [`outbox::sent_now`]); without, they are queued for the dispatcher.
+impl DuePass {
+    /// What goes out when the pass's stops are sent right after its commit: each stop and its
+    /// device's desired state (idle), signed as they are taken, then the events.
+    pub fn messages<'a>(&'a self, key: &'a SigningKey) -> impl Iterator<Item = Vec<Outbound>> + 'a {
+        let expires_at = self.now + outbox::STOP_EXPIRY;
+        let stops = self.stops.iter().map(move |(session, stop)| {
+            let device = (&session.store, &session.device);
+            outbox::sent_now(stop.clone(), device, expires_at, None, key, self.now)
+        });
+        stops.chain(std::iter::once(
+            self.events.iter().map(audit::event_message).collect(),
+        ))
+    }
+}
+
+/// Closes the sessions due at `now` (one batch at most) in four round trips: begin; close them
+/// and raise their devices' epochs; write their events and stops and read the next end; commit.
+/// With `sent_now`, the stops are recorded as their first attempt and the events as published,
+/// for the caller to send right after (see [`DuePass::messages`]); without, they are queued for
+/// the dispatcher.
 pub async fn stop_due_sessions(
     pool: &Pool,
-    key: Option<&SigningKey>,
+    sent_now: bool,
     now: DateTime<Utc>,
 ) -> Result<DuePass, WorkError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let due = tx
-        .cached_query(
-            "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
-             WHERE ended_at IS NULL AND lease_until <= $1
-             ORDER BY lease_until
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED",
-            &[&now, &BATCH],
-        )
+    let reason = EndReason::BookingEnded;
+    let closed = tx
+        .cached_query(CLOSE_DUE_SESSIONS, &[&now, &BATCH, &reason.as_str()])
         .await?;
-    let sessions: Vec<OpenSession> = due.iter().filter_map(OpenSession::from_row).collect();
-    for session in &sessions {
+    let mut stops = Vec::with_capacity(closed.len());
+    for row in &closed {
+        let Some(session) = OpenSession::from_row(row) else {
+            tracing::error!(session_id = %row.get::<_, Uuid>(0), "closed a session of an unreadable device");
+            continue;
+        };
         let lateness_ms = (now - session.lease_until).num_milliseconds();
         tracing::info!(store = %session.store, device = %session.device, session_id = %session.session_id, lateness_ms, "booking ended, stopping the session");
+        let stop = stop_command(
+            &session,
+            CommandId::from_uuid(row.get(5)),
+            row.get(6),
+            reason,
+            now,
+        );
+        stops.push((session, stop));
     }
-    let ended = end_sessions(&tx, &sessions, EndReason::BookingEnded, now, key.is_some()).await?;
-    let next_due: Option<DateTime<Utc>> = tx
-        .cached_query_one(
-            "SELECT min(lease_until) FROM sessions WHERE ended_at IS NULL AND lease_until > $1",
-            &[&now],
-        )
-        .await?
-        .get(0);
-    tx.commit().await?;
-    let mut pass = DuePass {
-        closed: due.len(),
-        publish: Vec::new(),
-        booked_ends: Vec::new(),
-        events_sent: 0,
-        next_due,
-    };
-    if let Some(key) = key {
-        let expires_at = now + outbox::STOP_EXPIRY;
-        for (session, stop) in sessions.iter().zip(ended.stops) {
-            let device = (&session.store, &session.device);
-            pass.publish
-                .extend(outbox::sent_now(stop, device, expires_at, None, key, now));
-            pass.booked_ends.push(session.lease_until);
+    let events: Vec<Event> = stops
+        .iter()
+        .map(|(session, _)| session_ended(session, reason, now))
+        .collect();
+    let queued: Vec<(&Command, DateTime<Utc>)> = stops
+        .iter()
+        .map(|(_, stop)| (stop, now + outbox::STOP_EXPIRY))
+        .collect();
+    tokio::try_join!(
+        tx.prepare_cached(audit::RECORD_EVENTS),
+        tx.prepare_cached(outbox::INSERT_COMMANDS),
+        tx.prepare_cached(NEXT_DUE),
+    )?;
+    let record_events = async {
+        if sent_now {
+            audit::record_published(&tx, &events, now).await
+        } else {
+            audit::record_all(&tx, &events).await
         }
-        pass.events_sent = ended.events.len();
-        pass.publish
-            .extend(ended.events.iter().map(audit::event_message));
-    }
-    Ok(pass)
+    };
+    let write_stops = async {
+        if queued.is_empty() {
+            return Ok(());
+        }
+        outbox::insert_commands(&tx, &queued, now, sent_now).await
+    };
+    // Sent together, one round trip (see scans::record for why the statements are prepared
+    // first).
+    let after_now: [&(dyn ToSql + Sync); 1] = [&now];
+    let ((), (), next_due) = tokio::try_join!(
+        biased;
+        record_events,
+        write_stops,
+        tx.cached_query_one(NEXT_DUE, &after_now),
+    )?;
+    let next_due: Option<DateTime<Utc>> = next_due.get(0);
+    tx.commit().await?;
+    Ok(DuePass {
+        closed: closed.len(),
+        stops,
+        events,
+        next_due,
+        now,
+    })
 }
 
 #[cfg(test)]

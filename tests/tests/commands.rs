@@ -522,7 +522,7 @@ async fn sessions_ending_at_the_same_instant_are_stopped_together_each_at_its_ow
 /// While connected, the stop timer sends a booking's stop, the device's idle desired state and
 /// the session's end itself, right after its commit (recorded as sent and published: no
 /// dispatcher pass between the booked end and the device); while not, it leaves them queued for
-/// the dispatcher.
+/// the dispatcher. The same look closes the due sessions and tells when the next is due.
 #[tokio::test]
 async fn the_stop_timer_sends_a_bookings_stop_itself_or_leaves_it_to_the_dispatcher() {
     use mujin_management::stop_timer::stop_due_sessions;
@@ -555,10 +555,10 @@ async fn the_stop_timer_sends_a_bookings_stop_itself_or_leaves_it_to_the_dispatc
     let just_after = |end: chrono::DateTime<Utc>| end + chrono::Duration::milliseconds(1);
 
     // Not connected: queued for the dispatcher, nothing to publish here.
-    let pass = stop_due_sessions(&stack.pool, None, just_after(queued_end))
+    let pass = stop_due_sessions(&stack.pool, false, just_after(queued_end))
         .await
         .expect("a look at the due sessions");
-    assert_eq!((pass.closed, pass.publish.len()), (1, 0));
+    assert_eq!((pass.closed, pass.stops.len()), (1, 1));
     assert_eq!(
         pass.next_due,
         Some(sent_end),
@@ -571,12 +571,13 @@ async fn the_stop_timer_sends_a_bookings_stop_itself_or_leaves_it_to_the_dispatc
 
     // Connected: the stop, the idle desired state and the event, ready to go out.
     let now = just_after(sent_end);
-    let pass = stop_due_sessions(&stack.pool, Some(&key), now)
+    let pass = stop_due_sessions(&stack.pool, true, now)
         .await
         .expect("a look at the due sessions");
-    assert_eq!((pass.closed, pass.booked_ends.clone()), (1, vec![sent_end]));
-    let channels: Vec<Option<DeviceChannel>> = pass
-        .publish
+    assert_eq!(pass.closed, 1);
+    assert_eq!(pass.stops[0].0.lease_until, sent_end);
+    let publish: Vec<_> = pass.messages(&key).flatten().collect();
+    let channels: Vec<Option<DeviceChannel>> = publish
         .iter()
         .map(
             |out| match Topic::parse(&out.topic).expect("a mujin topic") {
@@ -593,7 +594,7 @@ async fn the_stop_timer_sends_a_bookings_stop_itself_or_leaves_it_to_the_dispatc
             None
         ]
     );
-    let stop: Command = message::decode(&pass.publish[0].payload).expect("the stop");
+    let stop: Command = message::decode(&publish[0].payload).expect("the stop");
     assert_eq!(
         verify_command(&key.public_key(), &stop, &sent.0, &sent.1, now),
         Ok(())
@@ -601,13 +602,13 @@ async fn the_stop_timer_sends_a_bookings_stop_itself_or_leaves_it_to_the_dispatc
     assert!(
         matches!(stop.action, CommandAction::Stop { session_id, .. } if session_id == sent_session)
     );
-    let desired: DesiredState = message::decode(&pass.publish[1].payload).expect("desired");
+    let desired: DesiredState = message::decode(&publish[1].payload).expect("desired");
     assert_eq!(
         (desired.program, desired.epoch),
         (DesiredProgram::Idle, stop.epoch)
     );
     let ended: mujin_protocol::message::Event =
-        message::decode(&pass.publish[2].payload).expect("an event");
+        message::decode(&publish[2].payload).expect("an event");
     assert!(
         matches!(ended.kind, EventKind::SessionEnded { session_id, .. } if session_id == sent_session)
     );
