@@ -96,6 +96,78 @@ impl WorkError {
     }
 }
 
+/// A transaction whose `BEGIN` goes out together with its first statements and whose `COMMIT`
+/// goes out together with its last ones (tokio-postgres sends the requests of futures polled
+/// together without waiting for their answers): two round trips fewer than
+/// `Client::transaction`, each one a wake-up of both processes.
+///
+/// Statements sent together with [`PipelinedTx::commit`] must be prepared already (see
+/// [`CachedStatements`]): one still being prepared would run after the `COMMIT`, outside the
+/// transaction. Dropped before its commit succeeded (an error, a dropped future), it sends
+/// `ROLLBACK` before its connection goes back to the pool.
+pub struct PipelinedTx {
+    client: Option<deadpool_postgres::Object>,
+    committed: bool,
+}
+
+impl PipelinedTx {
+    pub fn new(client: deadpool_postgres::Object) -> Self {
+        Self {
+            client: Some(client),
+            committed: false,
+        }
+    }
+
+    /// The connection, for the transaction's statements (with the pool's statement cache).
+    pub fn client(&self) -> &deadpool_postgres::Object {
+        self.client
+            .as_ref()
+            .expect("the connection is held until the transaction is dropped")
+    }
+
+    /// Sends `BEGIN`; poll it before (or together with, first) the transaction's statements.
+    pub async fn begin(&self) -> Result<(), tokio_postgres::Error> {
+        self.client().batch_execute("BEGIN").await
+    }
+
+    /// Sends `COMMIT`; poll it together with, last, the statements it closes, and call
+    /// [`PipelinedTx::committed`] once all of them succeeded. After a failed statement
+    /// PostgreSQL turns the `COMMIT` into a rollback.
+    pub async fn commit(&self) -> Result<(), tokio_postgres::Error> {
+        self.client().batch_execute("COMMIT").await
+    }
+
+    /// The `COMMIT` and every statement before it succeeded: nothing to roll back.
+    pub fn committed(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for PipelinedTx {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        if self.committed {
+            return;
+        }
+        // The connection goes back to the pool only once the rollback has run (it follows
+        // whatever was sent before it on the same connection); without a runtime to run it,
+        // never.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(error) = client.batch_execute("ROLLBACK").await {
+                        tracing::warn!(%error, "cannot roll back; closing the connection");
+                        drop(deadpool_postgres::Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(deadpool_postgres::Object::take(client)),
+        }
+    }
+}
+
 /// Text from a device made safe to store: PostgreSQL refuses NUL characters, and nothing
 /// longer than `max` characters is kept.
 pub fn clean_text(text: &str, max: usize) -> String {

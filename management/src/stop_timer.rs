@@ -21,15 +21,16 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::audit;
-use crate::db::WorkError;
+use crate::db::{PipelinedTx, WorkError};
 use crate::metrics::Metrics;
 use crate::mqtt::{publish_all, Outbound};
 use crate::outbox;
 
 /// The longest the timer sleeps before looking at the table again (new sessions also wake it).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
-/// How many due sessions one transaction closes.
-const BATCH: i64 = 100;
+/// How many due sessions one transaction closes: small enough that the first stops of many
+/// ending together go out while the next are closed (see [`StopSender`]).
+const BATCH: i64 = 25;
 
 /// Wakes the stop timer: with a new session's end, which it notes without reading the table,
 /// or to read the table again (an end moved or removed).
@@ -100,6 +101,13 @@ impl StopSender {
         }
         // Published means handed to the MQTT client, as the dispatcher counts it.
         let sent_at = Utc::now();
+        let ms = |at: DateTime<Utc>| (at - pass.now).num_microseconds().unwrap_or(0) as f64 / 1e3;
+        tracing::debug!(
+            stops = booked_ends.len(),
+            committed_ms = ms(pass.committed_at),
+            sent_ms = ms(sent_at),
+            "sent stops (times from their look)"
+        );
         for booked_end in booked_ends {
             self.metrics.stop_published(sent_at - booked_end);
         }
@@ -358,6 +366,8 @@ pub struct DuePass {
     pub next_due: Option<DateTime<Utc>>,
     /// When they were closed.
     pub now: DateTime<Utc>,
+    /// When the closing was committed.
+    pub committed_at: DateTime<Utc>,
 }
 
 impl DuePass {
@@ -375,22 +385,32 @@ impl DuePass {
     }
 }
 
-/// Closes the sessions due at `now` (one batch at most) in four round trips: begin; close them
-/// and raise their devices' epochs; write their events and stops and read the next end; commit.
-/// With `sent_now`, the stops are recorded as their first attempt and the events as published,
-/// for the caller to send right after (see [`DuePass::messages`]); without, they are queued for
-/// the dispatcher.
+/// Closes the sessions due at `now` (one batch at most) in two round trips (see
+/// [`PipelinedTx`]): begin, close them and raise their devices' epochs; write their events and
+/// stops, read the next end and commit. With `sent_now`, the stops are recorded as their first
+/// attempt and the events as published, for the caller to send right after (see
+/// [`DuePass::messages`]); without, they are queued for the dispatcher.
 pub async fn stop_due_sessions(
     pool: &Pool,
     sent_now: bool,
     now: DateTime<Utc>,
 ) -> Result<DuePass, WorkError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = PipelinedTx::new(pool.get().await?);
+    let client = tx.client();
+    // Prepared first (once per connection): see PipelinedTx.
+    tokio::try_join!(
+        client.prepare_cached(CLOSE_DUE_SESSIONS),
+        client.prepare_cached(audit::RECORD_EVENTS),
+        client.prepare_cached(outbox::INSERT_COMMANDS),
+        client.prepare_cached(NEXT_DUE),
+    )?;
     let reason = EndReason::BookingEnded;
-    let closed = tx
-        .cached_query(CLOSE_DUE_SESSIONS, &[&now, &BATCH, &reason.as_str()])
-        .await?;
+    let claim: [&(dyn ToSql + Sync); 3] = [&now, &BATCH, &reason.as_str()];
+    let ((), closed) = tokio::try_join!(
+        biased;
+        tx.begin(),
+        client.cached_query(CLOSE_DUE_SESSIONS, &claim),
+    )?;
     let mut stops = Vec::with_capacity(closed.len());
     for row in &closed {
         let Some(session) = OpenSession::from_row(row) else {
@@ -416,41 +436,36 @@ pub async fn stop_due_sessions(
         .iter()
         .map(|(_, stop)| (stop, now + outbox::STOP_EXPIRY))
         .collect();
-    tokio::try_join!(
-        tx.prepare_cached(audit::RECORD_EVENTS),
-        tx.prepare_cached(outbox::INSERT_COMMANDS),
-        tx.prepare_cached(NEXT_DUE),
-    )?;
     let record_events = async {
         if sent_now {
-            audit::record_published(&tx, &events, now).await
+            audit::record_published(client, &events, now).await
         } else {
-            audit::record_all(&tx, &events).await
+            audit::record_all(client, &events).await
         }
     };
     let write_stops = async {
         if queued.is_empty() {
             return Ok(());
         }
-        outbox::insert_commands(&tx, &queued, now, sent_now).await
+        outbox::insert_commands(client, &queued, now, sent_now).await
     };
-    // Sent together, one round trip (see scans::record for why the statements are prepared
-    // first).
     let after_now: [&(dyn ToSql + Sync); 1] = [&now];
-    let ((), (), next_due) = tokio::try_join!(
+    let ((), (), next_due, ()) = tokio::try_join!(
         biased;
         record_events,
         write_stops,
-        tx.cached_query_one(NEXT_DUE, &after_now),
+        client.cached_query_one(NEXT_DUE, &after_now),
+        tx.commit(),
     )?;
     let next_due: Option<DateTime<Utc>> = next_due.get(0);
-    tx.commit().await?;
+    tx.committed();
     Ok(DuePass {
         closed: closed.len(),
         stops,
         events,
         next_due,
         now,
+        committed_at: Utc::now(),
     })
 }
 

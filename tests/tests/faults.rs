@@ -468,3 +468,71 @@ async fn a_crashed_agent_takes_its_program_down_and_a_restarted_one_resumes_the_
     restarted.stop().await;
     stack.shutdown().await;
 }
+
+/// A transaction whose BEGIN and COMMIT are pipelined with its statements commits them all,
+/// rolls back a failed one whole, and, dropped halfway (an error, a cancelled future), rolls
+/// back before its connection is used again: nothing half-done is committed by the next user
+/// of the pooled connection.
+#[tokio::test]
+async fn a_pipelined_transaction_commits_whole_or_rolls_back_before_its_connection_is_reused() {
+    use mujin_management::db::{self, CachedStatements, PipelinedTx};
+
+    mujin_tests::init_tracing();
+    let database_url = mujin_tests::postgres::fresh_database().await;
+    // One connection: whoever gets it next gets the one the transaction used.
+    let pool = db::pool(&database_url, 1).expect("pool");
+    pool.get()
+        .await
+        .expect("connection")
+        .batch_execute("CREATE TABLE probe (n integer PRIMARY KEY)")
+        .await
+        .expect("table");
+    let insert = "INSERT INTO probe (n) VALUES ($1)";
+    let count = || async {
+        let client = pool.get().await.expect("connection");
+        let in_transaction: Option<String> = client
+            .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
+            .await
+            .expect("transaction id")
+            .get(0);
+        assert_eq!(
+            in_transaction, None,
+            "the connection is not inside a transaction"
+        );
+        let rows: i64 = client
+            .query_one("SELECT count(*) FROM probe", &[])
+            .await
+            .expect("count")
+            .get(0);
+        rows
+    };
+
+    // Whole: BEGIN with the first insert, COMMIT with the second.
+    let tx = PipelinedTx::new(pool.get().await.expect("connection"));
+    let client = tx.client();
+    client.prepare_cached(insert).await.expect("prepared");
+    tokio::try_join!(biased; tx.begin(), client.cached_execute(insert, &[&1i32]))
+        .expect("begin and insert");
+    tokio::try_join!(biased; client.cached_execute(insert, &[&2i32]), tx.commit())
+        .expect("insert and commit");
+    tx.committed();
+    assert_eq!(count().await, 2);
+
+    // A failed statement sent with the COMMIT: nothing of the transaction stays.
+    let tx = PipelinedTx::new(pool.get().await.expect("connection"));
+    let client = tx.client();
+    tokio::try_join!(biased; tx.begin(), client.cached_execute(insert, &[&3i32]))
+        .expect("begin and insert");
+    let duplicate = tokio::try_join!(biased; client.cached_execute(insert, &[&1i32]), tx.commit());
+    assert!(duplicate.is_err(), "the duplicate is refused");
+    drop(tx);
+    assert_eq!(count().await, 2, "3 was rolled back with the duplicate");
+
+    // Dropped before its COMMIT was sent: rolled back before the connection is reused.
+    let tx = PipelinedTx::new(pool.get().await.expect("connection"));
+    let client = tx.client();
+    tokio::try_join!(biased; tx.begin(), client.cached_execute(insert, &[&4i32]))
+        .expect("begin and insert");
+    drop(tx);
+    assert_eq!(count().await, 2, "4 was rolled back");
+}
