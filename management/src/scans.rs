@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::audit;
 use crate::authorize::{authorize_scan, DeviceFacts, Refusal, ReservationFacts, ScanFacts};
-use crate::db::{sql_state, WorkError};
+use crate::db::{sql_state, PipelinedTx, WorkError};
 use crate::metrics::ScanVerdict;
 use crate::mqtt::Outbound;
 use crate::outbox;
@@ -97,19 +97,22 @@ async fn decide_and_record(
     ticket: &Result<TicketClaims, TicketError>,
     now: DateTime<Utc>,
 ) -> Result<ScanOutcome, WorkError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = PipelinedTx::new(pool.get().await?);
+    let client = tx.client();
     let ticket_id = ticket.as_ref().ok().map(|claims| claims.ticket_id);
-    // The three reads go out together, one round trip (tokio-postgres pipelines the queries
-    // polled together on one connection); the device row first, as every path locks it first.
-    let (earlier, device_row, reservation) = tokio::try_join!(
+    // BEGIN and the three reads go out together, one round trip (tokio-postgres pipelines
+    // the queries polled together on one connection); the device row first, as every path
+    // locks it first.
+    let ((), earlier, device_row, reservation) = tokio::try_join!(
         biased;
-        earlier_decision(&tx, store, device, scan.scan_id),
-        device_row(&tx, store, device),
-        reservation_facts(&tx, ticket_id),
+        tx.begin(),
+        earlier_decision(client, store, device, scan.scan_id),
+        device_row(client, store, device),
+        reservation_facts(client, ticket_id),
     )?;
     if let Some(outcome) = earlier {
         tx.commit().await?;
+        tx.committed();
         return Ok(outcome);
     }
     // A session the device started offline is judged as of when it started (the device's
@@ -123,9 +126,9 @@ async fn decide_and_record(
     // device is not refused as busy. Its stop command moved the device's epoch.
     let mut ended_overdue = false;
     let device_row = match device_row {
-        Some(row) if row.facts.busy && end_overdue_session(&tx, store, device, at).await? => {
+        Some(row) if row.facts.busy && end_overdue_session(client, store, device, at).await? => {
             ended_overdue = true;
-            let epoch = current_epoch(&tx, store, device).await?;
+            let epoch = current_epoch(client, store, device).await?;
             Some(DeviceRow {
                 facts: DeviceFacts {
                     busy: false,
@@ -172,8 +175,10 @@ async fn decide_and_record(
         events_published_now,
         now,
     };
-    record::write(&tx, &written).await?;
-    tx.commit().await?;
+    // The writes and COMMIT go out together, one round trip (see PipelinedTx).
+    record::prepare(client).await?;
+    tokio::try_join!(biased; record::write(client, &written), tx.commit())?;
+    tx.committed();
 
     let decided = match &decision {
         Decision::Accepted { .. } => ScanVerdict::Accepted,

@@ -47,13 +47,8 @@ pub(super) struct Decided<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// Writes `decided` inside the caller's transaction. The statements are prepared first (once
-/// per connection) so that the writes, polled together, are sent in order without waiting for
-/// one another: the session before the command and the scan that refer to it.
-pub(super) async fn write(
-    tx: &impl GenericClient,
-    decided: &Decided<'_>,
-) -> Result<(), tokio_postgres::Error> {
+/// Prepares the statements of [`write`] (once per connection).
+pub(super) async fn prepare(tx: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
     tokio::try_join!(
         biased;
         tx.prepare_cached(INSERT_SESSION),
@@ -62,6 +57,17 @@ pub(super) async fn write(
         tx.prepare_cached(INSERT_SCAN),
         tx.prepare_cached(audit::RECORD_EVENTS),
     )?;
+    Ok(())
+}
+
+/// Writes `decided` inside the caller's transaction. The statements must be prepared first
+/// ([`prepare`]) so that the writes, polled together, are sent in order without waiting for
+/// one another (the session before the command and the scan that refer to it), and before a
+/// COMMIT polled after them.
+pub(super) async fn write(
+    tx: &impl GenericClient,
+    decided: &Decided<'_>,
+) -> Result<(), tokio_postgres::Error> {
     let start = async {
         match decided.start {
             Some(start) => start_session(tx, decided, start).await,
