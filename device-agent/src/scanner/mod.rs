@@ -9,14 +9,13 @@
 //!
 //! A reading ends at CR or LF, whichever the scanner sends (blank readings are dropped).
 //! Stdin, the pipe and the serial port are read on blocking threads rather than with async IO:
-//! opening a FIFO blocks until a writer comes, and a thread stuck there (or in a read) must never
-//! hold up the runtime or its shutdown.
+//! a read waits until a reading comes, and a thread stuck there must never hold up the runtime
+//! or its shutdown.
 
 pub mod input;
 pub mod keys;
 pub mod serial;
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -232,14 +231,22 @@ pub fn ensure_fifo(path: &Path) -> Result<(), PipeError> {
     }
 }
 
-/// Reads tickets from the named pipe on a thread of its own, reopening it after every EOF
-/// since writers come and go. The thread ends when the receiver is gone.
+/// Reads tickets from the named pipe on a thread of its own. The pipe is opened for reading
+/// and writing: holding a write end itself, the agent never sees an end of file when a writer
+/// closes, so its read end stays open from one writer to the next. (Opened for reading only,
+/// it had to reopen after each writer, and a writer that came in between found no reader:
+/// its reading was lost with a broken pipe.) The thread ends at the first reading after the
+/// receiver is gone.
 pub fn spawn_pipe_reader(path: PathBuf, tickets: mpsc::Sender<String>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("scan-pipe".into())
         .spawn(move || loop {
-            // Blocks until a writer opens the pipe.
-            match File::open(&path) {
+            // Linux opens a FIFO for reading and writing at once, without waiting for a writer.
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+            {
                 Ok(file) => {
                     if !forward_lines_logged(file, &tickets, "pipe") {
                         return;
@@ -347,5 +354,46 @@ mod tests {
             ensure_fifo(&file),
             Err(PipeError::NotAFifo { .. })
         ));
+    }
+
+    /// Writers that each open the pipe, write one reading and close it, back to back (a helper
+    /// started per reading, a scanner repeating a code): every reading arrives, and no writer
+    /// ever finds the pipe without a reader (it would lose its reading: ENXIO opening without
+    /// blocking, EPIPE writing after the reader closed its end to reopen it).
+    #[test]
+    fn readings_of_writers_back_to_back_all_arrive() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let pipe = dir.path().join("scan");
+        ensure_fifo(&pipe).unwrap();
+        let (tickets, mut received) = mpsc::channel(1024);
+        spawn_pipe_reader(pipe.clone(), tickets).unwrap();
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(&pipe)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while open().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reader never opened"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        const READINGS: usize = 300;
+        for n in 0..READINGS {
+            let mut writer = open().unwrap_or_else(|err| panic!("reading {n}: no reader: {err}"));
+            writer
+                .write_all(format!("MJ1:{n}\n").as_bytes())
+                .unwrap_or_else(|err| panic!("reading {n}: {err}"));
+        }
+        for n in 0..READINGS {
+            let ticket = received.blocking_recv().expect("a reading");
+            assert_eq!(ticket, format!("MJ1:{n}"));
+        }
     }
 }
