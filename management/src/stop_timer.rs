@@ -236,21 +236,24 @@ pub async fn end_session(
 ) -> Result<(), tokio_postgres::Error> {
     let command_id = CommandId::random();
     let events = [session_ended(session, reason, now)];
+    let stop = CommandAction::Stop {
+        session_id: session.session_id,
+        reason,
+    };
     tokio::try_join!(
         tx.prepare_cached(CLOSE_SESSION),
-        tx.prepare_cached(BUMP_EPOCH),
         tx.prepare_cached(audit::RECORD_EVENTS),
     )?;
-    // Sent in this order without waiting for one another (see scans::record for why the
-    // statements are prepared first).
-    let (_, epoch, ()) = tokio::try_join!(
+    // Sent without waiting for one another (see scans::record for why the statements are
+    // prepared first); the stop is queued after its device's epoch is raised.
+    let expires_at = now + outbox::STOP_EXPIRY;
+    let (_, (), _) = tokio::try_join!(
         biased;
         close_session(tx, session, command_id, reason, now),
-        bump_epoch(tx, session),
         audit::record_all(tx, &events),
+        outbox::enqueue(tx, &session.store, &session.device, command_id, stop, expires_at, now),
     )?;
-    let stop = stop_command(session, command_id, epoch, reason, now);
-    outbox::insert_command(tx, &stop, now + outbox::STOP_EXPIRY, now, false).await
+    Ok(())
 }
 
 /// The event of `session` ending at `now`.
@@ -293,9 +296,6 @@ fn stop_command(
 const CLOSE_SESSION: &str =
     "UPDATE sessions SET ended_at = $2, end_reason = $3, stop_command_id = $4 WHERE session_id = $1";
 
-const BUMP_EPOCH: &str = "UPDATE devices SET epoch = epoch + 1
-     WHERE store_id = $1 AND device_id = $2 RETURNING epoch";
-
 async fn close_session(
     tx: &impl GenericClient,
     session: &OpenSession,
@@ -313,20 +313,6 @@ async fn close_session(
         ],
     )
     .await
-}
-
-/// The device's new epoch (0 for a device no longer known).
-async fn bump_epoch(
-    tx: &impl GenericClient,
-    session: &OpenSession,
-) -> Result<i64, tokio_postgres::Error> {
-    let row = tx
-        .cached_query_opt(
-            BUMP_EPOCH,
-            &[&session.store.as_str(), &session.device.as_str()],
-        )
-        .await?;
-    Ok(row.map_or(0, |row| row.get(0)))
 }
 
 /// Claims the due sessions (one batch, skipping those another worker holds), closes them, and
