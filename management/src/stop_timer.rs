@@ -1,6 +1,9 @@
 //! Durable stop timers: every open session's `lease_until` in PostgreSQL is a timer. When it is
 //! due, the session is closed with its usage record and its stop command written to the outbox,
 //! then sent right after the commit (by the dispatcher while management is not connected).
+//! While connected, the sessions ending at the next instant are closed [`LEAD`] ahead of it in a
+//! transaction that is committed at that instant, their stops signed meanwhile (see
+//! [`close_ahead`]): at the end itself only the `COMMIT` and the publishing are left.
 //! Timers survive restarts because they are rows, and several workers can share them: due rows
 //! are claimed with `FOR UPDATE SKIP LOCKED` inside a transaction, so a worker that dies holding
 //! them releases them with its connection and another takes over.
@@ -31,6 +34,14 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How many due sessions one transaction closes: small enough that the first stops of many
 /// ending together go out while the next are closed (see [`StopSender`]).
 const BATCH: i64 = 25;
+/// How long before the next booked end the timer closes the sessions ending then (while
+/// connected): enough to claim, write and sign a few hundred under load, short enough that
+/// holding their rows meanwhile (an extension or a force stop of one of them waits for the
+/// end, then finds the session ended) goes unnoticed.
+pub const LEAD: Duration = Duration::from_millis(200);
+/// How many sessions ending at one instant are closed ahead in one transaction; any more are
+/// closed after it, [`BATCH`] at a time.
+const AHEAD_BATCH: i64 = 500;
 
 /// Wakes the stop timer: with a new session's end, which it notes without reading the table,
 /// or to read the table again (an end moved or removed).
@@ -81,23 +92,41 @@ pub struct StopSender {
     pub metrics: Arc<Metrics>,
 }
 
+/// A pass for the [`StopSender`], with its messages when they were signed already.
+type ToSend = (DuePass, Option<Vec<Vec<Outbound>>>);
+
 impl StopSender {
     /// Sends the passes it is given, in order, until the timer is gone: signing and publishing
     /// one pass while the timer closes the next.
-    async fn run(self, mut passes: mpsc::Receiver<DuePass>, stop: CancellationToken) {
-        while let Some(pass) = passes.recv().await {
-            self.send(pass, &stop).await;
+    async fn run(self, mut passes: mpsc::Receiver<ToSend>, stop: CancellationToken) {
+        while let Some((pass, signed)) = passes.recv().await {
+            self.send(pass, signed, &stop).await;
         }
     }
 
-    /// Signs and hands to the MQTT client one stop (and its desired state) at a time, so the
-    /// first are on their way while the last are signed; then the events.
-    async fn send(&self, pass: DuePass, stop: &CancellationToken) {
+    /// Hands to the MQTT client one stop (and its desired state) at a time, signing each as it
+    /// goes unless `signed` already, so the first are on their way while the last are signed;
+    /// then the events.
+    async fn send(
+        &self,
+        pass: DuePass,
+        signed: Option<Vec<Vec<Outbound>>>,
+        stop: &CancellationToken,
+    ) {
         let events_sent = pass.events.len();
         let booked_ends: Vec<DateTime<Utc>> =
             pass.stops.iter().map(|(s, _)| s.lease_until).collect();
-        for messages in pass.messages(&self.key) {
-            publish_all(&self.client, messages, stop).await;
+        match signed {
+            Some(signed) => {
+                for messages in signed {
+                    publish_all(&self.client, messages, stop).await;
+                }
+            }
+            None => {
+                for messages in pass.messages(&self.key) {
+                    publish_all(&self.client, messages, stop).await;
+                }
+            }
         }
         // Published means handed to the MQTT client, as the dispatcher counts it.
         let sent_at = Utc::now();
@@ -118,10 +147,10 @@ impl StopSender {
 /// Runs the stop timers until `stop` is cancelled; `dispatch` wakes the dispatcher when stop
 /// commands and events were queued for it.
 ///
-/// The table is read when the earliest end known is due, at least every [`MAX_SLEEP`] (for
-/// sessions other workers started) and on [`TimerWake::rescan`]; a session started here only
-/// moves the earliest end in memory (reading the table for each was four statements per
-/// session started).
+/// The table is read when the earliest end known is due ([`LEAD`] before it while connected),
+/// at least every [`MAX_SLEEP`] (for sessions other workers started) and on
+/// [`TimerWake::rescan`]; a session started here only moves the earliest end in memory (reading
+/// the table for each was four statements per session started).
 pub async fn run(
     pool: Pool,
     wake: Arc<TimerWake>,
@@ -130,6 +159,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let connected = sender.connected.clone();
+    let key = sender.key.clone();
     let (to_sender, passes) = mpsc::channel(16);
     let sending = tokio::spawn(sender.run(passes, stop.clone()));
     let mut backoff = Duration::from_millis(200);
@@ -139,17 +169,26 @@ pub async fn run(
         let mut failed = false;
         if look {
             let sent_now = *connected.borrow();
-            match stop_due_sessions(&pool, sent_now, Utc::now()).await {
-                Ok(pass) => {
+            let now = Utc::now();
+            let ahead = next_due.filter(|due| *due > now && *due <= now + lead(sent_now));
+            let looked = match ahead {
+                Some(end) => close_ahead(&pool, end, &key, &stop).await,
+                None => stop_due_sessions(&pool, sent_now, now)
+                    .await
+                    .map(|pass| Some((pass, None))),
+            };
+            match looked {
+                Ok(None) => break, // stopped while waiting for the end: rolled back
+                Ok(Some((pass, signed))) => {
                     backoff = Duration::from_millis(200);
-                    let (closed, due) = (pass.closed, pass.next_due);
+                    let (closed, full, due) = (pass.closed, pass.full, pass.next_due);
                     if sent_now && !pass.stops.is_empty() {
                         // Gone only when the sender stopped at shutdown; the dispatcher resends.
-                        let _ = to_sender.send(pass).await;
+                        let _ = to_sender.send((pass, signed)).await;
                     } else if closed > 0 {
                         dispatch.notify_one();
                     }
-                    if closed as i64 == BATCH {
+                    if full {
                         continue; // there may be more due than one batch
                     }
                     next_due = due;
@@ -161,14 +200,15 @@ pub async fn run(
                 }
             }
         }
-        let (pause, known) = plan(next_due, failed.then_some(backoff), Utc::now());
+        let lead = lead(*connected.borrow());
+        let (pause, known) = plan(next_due, failed.then_some(backoff), Utc::now(), lead);
         next_due = known;
         tokio::select! {
             () = stop.cancelled() => break,
             () = wake.notify.notified() => {
                 let pending = wake.take();
                 next_due = earliest(next_due, pending.earliest_new_end);
-                look = pending.rescan || next_due.is_some_and(|due| due <= Utc::now());
+                look = pending.rescan || next_due.is_some_and(|due| due <= Utc::now() + lead);
             }
             () = tokio::time::sleep(pause) => look = true,
         }
@@ -177,20 +217,31 @@ pub async fn run(
     let _ = sending.await;
 }
 
-/// How long the timer sleeps, and the earliest end it still counts on: until that end, at most
-/// [`MAX_SLEEP`]; after a failed look, its backoff, whatever the end (an end already past would
-/// otherwise make it retry a database that is down in a tight loop), and no end until it has
-/// looked again.
+/// How long before an end the timer looks: [`LEAD`] while the stops can be sent right after
+/// the commit, none while they are left to the dispatcher.
+fn lead(connected: bool) -> chrono::Duration {
+    if connected {
+        chrono::Duration::from_std(LEAD).unwrap_or_default()
+    } else {
+        chrono::Duration::zero()
+    }
+}
+
+/// How long the timer sleeps, and the earliest end it still counts on: until `lead` before that
+/// end, at most [`MAX_SLEEP`]; after a failed look, its backoff, whatever the end (an end
+/// already past would otherwise make it retry a database that is down in a tight loop), and no
+/// end until it has looked again.
 fn plan(
     next_due: Option<DateTime<Utc>>,
     failed_backoff: Option<Duration>,
     now: DateTime<Utc>,
+    lead: chrono::Duration,
 ) -> (Duration, Option<DateTime<Utc>>) {
     if let Some(backoff) = failed_backoff {
         return (backoff, None);
     }
     let until_due = next_due.map_or(MAX_SLEEP, |due| {
-        (due - now).to_std().unwrap_or(Duration::ZERO)
+        (due - lead - now).to_std().unwrap_or(Duration::ZERO)
     });
     (until_due.min(MAX_SLEEP), next_due)
 }
@@ -346,6 +397,8 @@ const NEXT_DUE: &str =
 pub struct DuePass {
     /// How many sessions were closed: at most one batch.
     pub closed: usize,
+    /// Whether they were a whole batch: more may be due.
+    pub full: bool,
     /// The stops of those closed, in the order of their ends.
     pub stops: Vec<(OpenSession, Command)>,
     pub events: Vec<Event>,
@@ -382,6 +435,49 @@ pub async fn stop_due_sessions(
     now: DateTime<Utc>,
 ) -> Result<DuePass, WorkError> {
     let tx = PipelinedTx::new(pool.get().await?);
+    let mut pass = close_due(&tx, sent_now, now, BATCH, true).await?;
+    tx.committed();
+    pass.committed_at = Utc::now();
+    Ok(pass)
+}
+
+/// Closes the sessions ending at `at` or before (one batch of [`AHEAD_BATCH`] at most) ahead
+/// of it, for a caller that sends their stops right after the commit: claims them, writes
+/// their records and signs their messages, then waits until `at` to commit (rows claimed
+/// meanwhile stay locked: an extension or a force stop waits, then finds the session ended).
+/// Nothing claimed is committed at once. `None` when `stop` came first: rolled back, as if
+/// never looked at.
+pub async fn close_ahead(
+    pool: &Pool,
+    at: DateTime<Utc>,
+    key: &SigningKey,
+    stop: &CancellationToken,
+) -> Result<Option<(DuePass, Option<Vec<Vec<Outbound>>>)>, WorkError> {
+    let tx = PipelinedTx::new(pool.get().await?);
+    let mut pass = close_due(&tx, true, at, AHEAD_BATCH, false).await?;
+    let signed: Vec<Vec<Outbound>> = pass.messages(key).collect();
+    if pass.closed > 0 {
+        let until_end = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            () = tokio::time::sleep(until_end) => {}
+        }
+    }
+    tx.commit().await?;
+    tx.committed();
+    pass.committed_at = Utc::now();
+    Ok(Some((pass, Some(signed))))
+}
+
+/// Claims and closes the sessions due at `now` in `tx` (at most `limit`), writes their events
+/// and stops and reads the next end; with `commit`, commits together with the writes.
+async fn close_due(
+    tx: &PipelinedTx,
+    sent_now: bool,
+    now: DateTime<Utc>,
+    limit: i64,
+    commit: bool,
+) -> Result<DuePass, tokio_postgres::Error> {
     let client = tx.client();
     // Prepared first (once per connection): see PipelinedTx.
     tokio::try_join!(
@@ -391,7 +487,7 @@ pub async fn stop_due_sessions(
         client.prepare_cached(NEXT_DUE),
     )?;
     let reason = EndReason::BookingEnded;
-    let claim: [&(dyn ToSql + Sync); 3] = [&now, &BATCH, &reason.as_str()];
+    let claim: [&(dyn ToSql + Sync); 3] = [&now, &limit, &reason.as_str()];
     let ((), closed) = tokio::try_join!(
         biased;
         tx.begin(),
@@ -435,23 +531,28 @@ pub async fn stop_due_sessions(
         }
         outbox::insert_commands(client, &queued, now, sent_now).await
     };
+    let commit_now = async {
+        if commit {
+            tx.commit().await?;
+        }
+        Ok(())
+    };
     let after_now: [&(dyn ToSql + Sync); 1] = [&now];
     let ((), (), next_due, ()) = tokio::try_join!(
         biased;
         record_events,
         write_stops,
         client.cached_query_one(NEXT_DUE, &after_now),
-        tx.commit(),
+        commit_now,
     )?;
-    let next_due: Option<DateTime<Utc>> = next_due.get(0);
-    tx.committed();
     Ok(DuePass {
         closed: closed.len(),
+        full: closed.len() as i64 == limit,
         stops,
         events,
-        next_due,
+        next_due: next_due.get(0),
         now,
-        committed_at: Utc::now(),
+        committed_at: now,
     })
 }
 
@@ -483,19 +584,36 @@ mod tests {
         let now = DateTime::from_timestamp(100, 0).unwrap();
         let at = |secs| Some(DateTime::from_timestamp(secs, 0).unwrap());
         let ms = Duration::from_millis;
+        let none = chrono::Duration::zero();
         assert_eq!(
-            plan(at(100), None, now + chrono::Duration::milliseconds(-300)),
+            plan(
+                at(100),
+                None,
+                now + chrono::Duration::milliseconds(-300),
+                none
+            ),
             (ms(300), at(100))
         );
-        assert_eq!(plan(at(200), None, now), (MAX_SLEEP, at(200)));
-        assert_eq!(plan(None, None, now), (MAX_SLEEP, None));
         assert_eq!(
-            plan(at(90), None, now),
+            plan(
+                at(100),
+                None,
+                now + chrono::Duration::milliseconds(-300),
+                lead(true)
+            ),
+            (ms(300) - LEAD, at(100)),
+            "connected: the lead before the end"
+        );
+        assert_eq!(lead(false), none, "not connected: no lead");
+        assert_eq!(plan(at(200), None, now, lead(true)), (MAX_SLEEP, at(200)));
+        assert_eq!(plan(None, None, now, none), (MAX_SLEEP, None));
+        assert_eq!(
+            plan(at(90), None, now, none),
             (Duration::ZERO, at(90)),
             "past due: at once"
         );
         assert_eq!(
-            plan(at(90), Some(ms(800)), now),
+            plan(at(90), Some(ms(800)), now, lead(true)),
             (ms(800), None),
             "after a failure: the backoff, even with an end past due"
         );

@@ -638,3 +638,129 @@ async fn the_stop_timer_sends_a_bookings_stop_itself_or_leaves_it_to_the_dispatc
     );
     stack.shutdown().await;
 }
+
+/// While connected, the stop timer closes the sessions ending at the next instant ahead of it,
+/// signs their stops, and commits at the end itself: until then the session is open to
+/// everyone else and its stop invisible, and an extension asked meanwhile waits for the end,
+/// then finds the session ended; after it the session has ended at its booked end. Stopped
+/// while it waits, it rolls back: the session stays open, its row free, for the next look.
+#[tokio::test]
+async fn the_stop_timer_closes_a_session_ahead_of_its_end_and_commits_at_the_end() {
+    use mujin_management::actions::{self, ExtendError, NewEnd, SessionError};
+    use mujin_management::stop_timer::close_ahead;
+    use mujin_protocol::signed::verify_command;
+    use tokio_util::sync::CancellationToken;
+
+    let mut stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let booking = stack.book_now(&device, 4).await;
+    stack.stop_management().await;
+    let rules = scan_rules_here(&stack);
+    let key = rules.command_key.clone().expect("key");
+    let outcome = decide_scan_here(&stack, &rules, &device, &booking.ticket, Utc::now()).await;
+    let end = outcome.session_ends.expect("a session");
+    let answer: mujin_protocol::message::ScanResult =
+        message::decode(&outcome.publish[0].payload).expect("the answer");
+    let mujin_protocol::message::Decision::Accepted {
+        session_id: session,
+        ..
+    } = answer.decision
+    else {
+        panic!("refused: {answer:?}");
+    };
+    let db = stack.pool.get().await.expect("db connection");
+    let state = || async {
+        let row = db
+            .query_one(
+                "SELECT ended_at FROM sessions WHERE session_id = $1",
+                &[&session.as_uuid()],
+            )
+            .await
+            .expect("the session");
+        row.get::<_, Option<chrono::DateTime<Utc>>>(0)
+    };
+    // Whether someone holds the session's row (a claim waiting for the end).
+    let claimed = || async {
+        match db
+            .execute(
+                "SELECT 1 FROM sessions WHERE session_id = $1 FOR UPDATE NOWAIT",
+                &[&session.as_uuid()],
+            )
+            .await
+        {
+            Ok(_) => false,
+            Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+            {
+                true
+            }
+            Err(error) => panic!("cannot look at the session's row: {error}"),
+        }
+    };
+
+    // Stopped while waiting for the end: rolled back.
+    let stop = CancellationToken::new();
+    let (looked, ()) = tokio::join!(close_ahead(&stack.pool, end, &key, &stop), async {
+        wait_for("the session claimed", SHORT, || async {
+            claimed().await.then_some(())
+        })
+        .await;
+        stop.cancel();
+    });
+    assert!(
+        looked.expect("a look").is_none(),
+        "stopped: nothing to send"
+    );
+    wait_for("the claim rolled back", SHORT, || async {
+        (!claimed().await).then_some(())
+    })
+    .await;
+    assert_eq!(state().await, None, "still open");
+    assert_eq!(stack.commands_of(session).await.len(), 1, "only the start");
+
+    // Waits for the end to commit; an extension asked meanwhile waits too, then is refused.
+    let stop = CancellationToken::new();
+    let (looked, (open_before, stop_before, extended)) =
+        tokio::join!(close_ahead(&stack.pool, end, &key, &stop), async {
+            wait_for("the session claimed", SHORT, || async {
+                claimed().await.then_some(())
+            })
+            .await;
+            let open_before = state().await.is_none() && Utc::now() < end;
+            let stop_before = stack.commands_of(session).await.len() > 1;
+            let later = NewEnd::AfterCurrent(chrono::Duration::minutes(10));
+            let extended = actions::extend(&stack.pool, session, later, "test", Utc::now()).await;
+            (open_before, stop_before, extended)
+        });
+    let committed = Utc::now();
+    let (pass, signed) = looked.expect("a look").expect("not stopped");
+    assert!(open_before, "open to others until its end");
+    assert!(!stop_before, "its stop invisible until the end");
+    assert!(committed >= end, "committed at the end, not before");
+    assert!(
+        matches!(
+            extended,
+            Err(ExtendError::Session(SessionError::AlreadyEnded { ended_at, .. })) if ended_at == end
+        ),
+        "the extension waited for the end: {extended:?}"
+    );
+    assert_eq!(state().await, Some(end), "ended at its booked end");
+    assert_eq!((pass.closed, pass.now), (1, end));
+    assert_eq!(
+        stack.commands_of(session).await[1],
+        ("stop".to_owned(), "sent".to_owned(), 1),
+        "recorded as its first attempt"
+    );
+    let signed: Vec<_> = signed
+        .expect("signed ahead")
+        .into_iter()
+        .flatten()
+        .collect();
+    let stop_command: Command = message::decode(&signed[0].payload).expect("the stop");
+    assert_eq!(
+        verify_command(&key.public_key(), &stop_command, &device.0, &device.1, end),
+        Ok(())
+    );
+    assert_eq!(stop_command.action.session_id(), session);
+    stack.shutdown().await;
+}
