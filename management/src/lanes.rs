@@ -19,6 +19,7 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use mujin_protocol::topic::Topic;
 use rumqttc::{AsyncClient, Publish};
@@ -31,7 +32,8 @@ use crate::mqtt::Received;
 /// time, so the pool must have room for these next to the worker's other tasks.
 pub const LANES: usize = 6;
 
-type Job = (Publish, oneshot::Sender<bool>);
+/// A message, when the event loop received it, and where to say whether it was handled.
+type Job = (Publish, Instant, oneshot::Sender<bool>);
 
 /// The lane of a message: by device for device topics, by operator for requests, 0 otherwise.
 pub fn lane_of(topic: &str, lanes: usize) -> usize {
@@ -44,8 +46,9 @@ pub fn lane_of(topic: &str, lanes: usize) -> usize {
     (hasher.finish() % lanes.max(1) as u64) as usize
 }
 
-/// Takes messages from `incoming` until `stop`, handles each with `handle` (which returns
-/// `false` when shutdown interrupted it) in its lane, and acknowledges them in arrival order
+/// Takes messages from `incoming` until `stop`, handles each with `handle` (given the message
+/// and when the event loop received it; it returns `false` when shutdown interrupted it) in its
+/// lane, and acknowledges them in arrival order
 /// — those that came on the connection `generation` names as current.
 /// Returns once every lane and the acknowledger have finished.
 pub async fn run<H, F>(
@@ -54,7 +57,7 @@ pub async fn run<H, F>(
     handle: H,
     stop: CancellationToken,
 ) where
-    H: Fn(Publish) -> F + Clone + Send + 'static,
+    H: Fn(Publish, Instant) -> F + Clone + Send + 'static,
     F: Future<Output = bool> + Send + 'static,
 {
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
@@ -75,10 +78,10 @@ pub async fn run<H, F>(
             },
         };
         let (done_tx, done_rx) = oneshot::channel();
-        let publish = received.publish.clone();
+        let (publish, at) = (received.publish.clone(), received.at);
         let index = lane_of(&publish.topic, LANES);
         if ack_tx.send((received, done_rx)).is_err()
-            || lanes[index].send((publish, done_tx)).is_err()
+            || lanes[index].send((publish, at, done_tx)).is_err()
         {
             break;
         }
@@ -94,11 +97,11 @@ pub async fn run<H, F>(
 /// Handles one lane's messages in order; stops at the first one interrupted by shutdown.
 async fn lane<H, F>(mut jobs: mpsc::UnboundedReceiver<Job>, handle: H)
 where
-    H: Fn(Publish) -> F,
+    H: Fn(Publish, Instant) -> F,
     F: Future<Output = bool>,
 {
-    while let Some((publish, done)) = jobs.recv().await {
-        let handled = handle(publish).await;
+    while let Some((publish, received_at, done)) = jobs.recv().await {
+        let handled = handle(publish, received_at).await;
         let _ = done.send(handled);
         if !handled {
             break;

@@ -216,9 +216,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         }
     };
     let inbox = Arc::new(inbox);
-    let handle = move |publish: Publish| {
+    let handle = move |publish: Publish, received_at| {
         let inbox = inbox.clone();
-        async move { inbox.handle(&publish).await }
+        async move { inbox.handle(&publish, received_at).await }
     };
     let inbox_task = tokio::spawn(lanes::run(
         connection.incoming,
@@ -374,6 +374,8 @@ struct Handled {
     publish: Vec<mqtt::Outbound>,
     /// Whether it recorded something for the dispatcher to publish (events, commands).
     for_dispatcher: bool,
+    /// For a scan whose start is in `publish`: its stages so far, for the metrics.
+    start_stages: Option<metrics::ScanStages>,
 }
 
 impl Handled {
@@ -382,14 +384,25 @@ impl Handled {
         Handled {
             publish,
             for_dispatcher: true,
+            start_stages: None,
+        }
+    }
+
+    /// Messages to publish; `for_dispatcher`: something recorded for the dispatcher.
+    fn new(publish: Vec<mqtt::Outbound>, for_dispatcher: bool) -> Handled {
+        Handled {
+            publish,
+            for_dispatcher,
+            start_stages: None,
         }
     }
 }
 
 impl Inbox {
-    /// Handles one message, retrying while the database is unavailable. Returns `false` when
-    /// shutdown interrupted it.
-    async fn handle(&self, publish: &Publish) -> bool {
+    /// Handles one message, which the event loop received at `received_at`, retrying while the
+    /// database is unavailable. Returns `false` when shutdown interrupted it.
+    async fn handle(&self, publish: &Publish, received_at: std::time::Instant) -> bool {
+        let taken_up = std::time::Instant::now();
         let route = match Topic::parse(&publish.topic) {
             Ok(Topic::Device {
                 store,
@@ -419,6 +432,7 @@ impl Inbox {
                 .flood_check(&route)
                 .map_or(Admission::Handle, Admission::Flood),
         };
+        let authenticated = std::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
             let attempt = match (&route, &admission) {
@@ -459,16 +473,22 @@ impl Inbox {
                     }
                     // Not recorded every time: a flood of forged messages must not cost a
                     // dispatcher pass each.
-                    refused.map(|publish| Handled {
-                        publish,
-                        for_dispatcher: *record,
-                    })
+                    refused.map(|publish| Handled::new(publish, *record))
                 }
                 _ => self.handle_once(&route, &publish.payload, Utc::now()).await,
             };
             match attempt {
                 Ok(handled) => {
+                    let publishing = std::time::Instant::now();
                     mqtt::publish_all(&self.client, handled.publish, &self.stop).await;
+                    if let Some(stages) = handled.start_stages {
+                        self.metrics.scan_stages(&metrics::ScanStages {
+                            queued: taken_up.saturating_duration_since(received_at),
+                            authenticate: authenticated.saturating_duration_since(taken_up),
+                            publish: publishing.elapsed(),
+                            ..stages
+                        });
+                    }
                     // What it left in the database for the dispatcher (events, commands not
                     // sent with the answer) goes out with the next pass. Most messages leave
                     // nothing (a scan's answer, start and events go out above; an
@@ -586,22 +606,17 @@ impl Inbox {
                 Ok(Handled {
                     publish: outcome.publish,
                     for_dispatcher: outcome.for_dispatcher,
+                    start_stages: outcome.start_sent.then_some(outcome.stages),
                 })
             }
             DeviceChannel::Ack => {
                 let recorded = outbox::record_ack(&self.pool, store, device, payload, now).await?;
-                Ok(Handled {
-                    publish: Vec::new(),
-                    for_dispatcher: recorded,
-                })
+                Ok(Handled::new(Vec::new(), recorded))
             }
             _ => {
                 let key = (store.clone(), device.clone());
                 let recorded = self.device_report(&key, channel, payload, now).await?;
-                Ok(Handled {
-                    publish: Vec::new(),
-                    for_dispatcher: recorded,
-                })
+                Ok(Handled::new(Vec::new(), recorded))
             }
         }
     }

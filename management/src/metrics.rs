@@ -62,6 +62,65 @@ const SCAN_TO_START_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Buckets of each stage of an accepted scan in the worker, in seconds: most stages take tens
+/// or hundreds of microseconds.
+const SCAN_STAGE_BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25,
+];
+
+/// Where an accepted scan whose start went out with its answer spent its time in the worker,
+/// stage by stage, in order: from the MQTT client's receipt of the scan to the start handed
+/// back to it. The stages add up to the worker's whole part of the scan → start latency (of
+/// the attempt that succeeded, when the database made it retry).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ScanStages {
+    /// Waiting for a lane: the inbox's channel and the earlier messages of the same lane.
+    pub queued: Duration,
+    /// The device's signature on the scan checked (with its key from the cache).
+    pub authenticate: Duration,
+    /// The scan decoded and its ticket's signature checked.
+    pub verify_ticket: Duration,
+    /// A pooled database connection taken.
+    pub connect: Duration,
+    /// `BEGIN` and the reads (one round trip), and the decision.
+    pub read: Duration,
+    /// The writes and `COMMIT` (one round trip and the commit's flush to disk).
+    pub write: Duration,
+    /// The start command and the desired state signed, the answer and events encoded.
+    pub sign: Duration,
+    /// The answer, the start, the desired state and the events handed to the MQTT client.
+    pub publish: Duration,
+}
+
+impl ScanStages {
+    /// The `stage` label values, in the order of [`ScanStages::durations`].
+    pub const NAMES: [&'static str; 8] = [
+        "queued",
+        "authenticate",
+        "verify_ticket",
+        "connect",
+        "read",
+        "write",
+        "sign",
+        "publish",
+    ];
+
+    /// Each stage's duration, in the order of [`ScanStages::NAMES`].
+    pub fn durations(&self) -> [Duration; 8] {
+        [
+            self.queued,
+            self.authenticate,
+            self.verify_ticket,
+            self.connect,
+            self.read,
+            self.write,
+            self.sign,
+            self.publish,
+        ]
+    }
+}
+
 type Labels = [(&'static str, &'static str); 1];
 type ScanLabels = [(&'static str, &'static str); 2];
 
@@ -83,6 +142,8 @@ pub struct Metrics {
     events_published: Counter,
     stop_lateness: Histogram,
     scan_to_start: Histogram,
+    /// One per [`ScanStages::NAMES`], in that order.
+    scan_stages: Vec<Histogram>,
     sessions_running: Gauge,
     /// One per [`COMMAND_STATES`], in that order.
     commands: Vec<Gauge>,
@@ -165,6 +226,22 @@ impl Metrics {
             Unit::Seconds,
             scan_to_start.clone(),
         );
+        let stages = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(SCAN_STAGE_BUCKETS)
+        });
+        registry.register_with_unit(
+            "scan_stage",
+            "Where an accepted scan whose start went out with its answer spent its time in the \
+             worker, by stage (queued, authenticate, verify_ticket, connect, read, write, sign, \
+             publish); the stages add up to the time from receiving the scan to handing its \
+             start to the MQTT client",
+            Unit::Seconds,
+            stages.clone(),
+        );
+        let scan_stages = ScanStages::NAMES
+            .iter()
+            .map(|stage| stages.get_or_create(&[("stage", *stage)]).clone())
+            .collect();
         let sessions_running = Gauge::default();
         registry.register(
             "sessions_running",
@@ -215,6 +292,7 @@ impl Metrics {
             events_published,
             stop_lateness,
             scan_to_start,
+            scan_stages,
             sessions_running,
             commands,
             database_up,
@@ -260,6 +338,13 @@ impl Metrics {
     /// A start command went out for the first time, `since_scan` after its scan was taken up.
     pub fn start_published(&self, since_scan: chrono::Duration) {
         self.scan_to_start.observe(seconds(since_scan));
+    }
+
+    /// An accepted scan's start went out with its answer, after these stages in the worker.
+    pub fn scan_stages(&self, stages: &ScanStages) {
+        for (histogram, duration) in self.scan_stages.iter().zip(stages.durations()) {
+            histogram.observe(duration.as_secs_f64());
+        }
     }
 
     /// The broker connection came up (`true`) or went away.
@@ -403,6 +488,7 @@ mod tests {
             "mujin_events_published",
             "mujin_stop_lateness_seconds",
             "mujin_scan_to_start_seconds",
+            "mujin_scan_stage_seconds",
             "mujin_sessions_running",
             "mujin_commands",
             "mujin_database_up",
@@ -489,5 +575,40 @@ mod tests {
         }
         let sum = value(&text, "mujin_scan_to_start_seconds_sum").expect("a sum");
         assert!((sum - 0.007).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn each_stage_of_a_scan_has_its_own_series() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for stage in ScanStages::NAMES {
+            let series = format!("mujin_scan_stage_seconds_count{{stage=\"{stage}\"}}");
+            assert_eq!(value(&text, &series), Some(0.0), "{series} from the start");
+        }
+        let micros = Duration::from_micros;
+        let stages = ScanStages {
+            queued: micros(40),
+            authenticate: micros(60),
+            verify_ticket: micros(55),
+            connect: micros(5),
+            read: micros(250),
+            write: micros(400),
+            sign: micros(70),
+            publish: micros(20),
+        };
+        metrics.scan_stages(&stages);
+        metrics.scan_stages(&ScanStages {
+            read: micros(2500),
+            ..stages
+        });
+        let text = metrics.encode();
+        let read = |suffix: &str| value(&text, &format!("mujin_scan_stage_seconds_{suffix}"));
+        assert_eq!(read("count{stage=\"read\"}"), Some(2.0));
+        assert_eq!(read("bucket{le=\"0.0003\",stage=\"read\"}"), Some(1.0));
+        assert_eq!(read("bucket{le=\"0.003\",stage=\"read\"}"), Some(2.0));
+        let write = read("sum{stage=\"write\"}").expect("a sum");
+        assert!((write - 0.0008).abs() < 1e-9, "{write}");
+        let publish = read("sum{stage=\"publish\"}").expect("a sum");
+        assert!((publish - 0.00004).abs() < 1e-9, "{publish}");
     }
 }

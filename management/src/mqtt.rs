@@ -89,6 +89,9 @@ pub struct Received {
     pub publish: Publish,
     /// Counts CONNACKs: 1 for the first connection, 2 after the first reconnection, …
     pub connection: u64,
+    /// When the event loop took it from the connection (the start of the worker's part of its
+    /// latency).
+    pub at: std::time::Instant,
 }
 /// The running connection.
 pub struct Connection {
@@ -268,6 +271,7 @@ async fn poll(
                 let _ = forward.send(Received {
                     publish,
                     connection,
+                    at: std::time::Instant::now(),
                 });
             }
             // Everything queued before the disconnect request has been written.

@@ -3,7 +3,7 @@
 
 use crate::db::CachedStatements;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::audit;
 use crate::authorize::{authorize_scan, DeviceFacts, Refusal, ReservationFacts, ScanFacts};
 use crate::db::{sql_state, PipelinedTx, WorkError};
-use crate::metrics::ScanVerdict;
+use crate::metrics::{ScanStages, ScanVerdict};
 use crate::mqtt::Outbound;
 use crate::outbox;
 use crate::stop_timer::{end_session, OpenSession};
@@ -53,6 +53,9 @@ pub struct ScanOutcome {
     /// The decision made now, for the metrics; `None` when the scan was answered with an
     /// earlier decision.
     pub decided: Option<ScanVerdict>,
+    /// How long its stages in here took (those from verifying the ticket to signing; the
+    /// caller times the others).
+    pub stages: ScanStages,
 }
 
 /// Handles one scan published by `device` of `store`.
@@ -64,6 +67,7 @@ pub async fn handle_scan(
     payload: &[u8],
     now: DateTime<Utc>,
 ) -> Result<ScanOutcome, WorkError> {
+    let verifying = Instant::now();
     let scan: Scan = match message::decode(payload) {
         Ok(scan) => scan,
         Err(error) => {
@@ -71,15 +75,20 @@ pub async fn handle_scan(
         }
     };
     let ticket = rules.keyring.verify(&scan.ticket);
+    let verify_ticket = verifying.elapsed();
     // Two deciders racing on the same scan or ticket: the loser's insert hits a unique
     // constraint, and deciding again finds the winner's result.
-    for _ in 0..3 {
-        match decide_and_record(pool, rules, store, device, &scan, &ticket, now).await {
-            Err(WorkError::Postgres(error)) if is_conflict(&error) => continue,
+    let mut attempts = 0;
+    loop {
+        let target = (store, device);
+        let decided =
+            decide_and_record(pool, rules, target, (&scan, &ticket), now, verify_ticket).await;
+        attempts += 1;
+        match decided {
+            Err(WorkError::Postgres(error)) if is_conflict(&error) && attempts < 4 => continue,
             other => return other,
         }
     }
-    decide_and_record(pool, rules, store, device, &scan, &ticket, now).await
 }
 
 fn is_conflict(error: &tokio_postgres::Error) -> bool {
@@ -88,16 +97,28 @@ fn is_conflict(error: &tokio_postgres::Error) -> bool {
         || *state == SqlState::T_R_DEADLOCK_DETECTED)
 }
 
+/// Decides `scan` and records the decision, timing its stages from connecting to signing
+/// (after `verify_ticket`, timed by the caller).
 async fn decide_and_record(
     pool: &Pool,
     rules: &ScanRules,
-    store: &StoreId,
-    device: &DeviceId,
-    scan: &Scan,
-    ticket: &Result<TicketClaims, TicketError>,
+    (store, device): (&StoreId, &DeviceId),
+    (scan, ticket): (&Scan, &Result<TicketClaims, TicketError>),
     now: DateTime<Utc>,
+    verify_ticket: Duration,
 ) -> Result<ScanOutcome, WorkError> {
+    let mut stages = ScanStages {
+        verify_ticket,
+        ..ScanStages::default()
+    };
+    let mut stage = Instant::now();
+    let mut lap = || {
+        let elapsed = stage.elapsed();
+        stage = Instant::now();
+        elapsed
+    };
     let tx = PipelinedTx::new(pool.get().await?);
+    stages.connect = lap();
     let client = tx.client();
     let ticket_id = ticket.as_ref().ok().map(|claims| claims.ticket_id);
     // BEGIN and the three reads go out together, one round trip (tokio-postgres pipelines
@@ -175,10 +196,12 @@ async fn decide_and_record(
         events_published_now,
         now,
     };
+    stages.read = lap();
     // The writes and COMMIT go out together, one round trip (see PipelinedTx).
     record::prepare(client).await?;
     tokio::try_join!(biased; record::write(client, &written), tx.commit())?;
     tx.committed();
+    stages.write = lap();
 
     let decided = match &decision {
         Decision::Accepted { .. } => ScanVerdict::Accepted,
@@ -207,6 +230,7 @@ async fn decide_and_record(
     } else {
         0
     };
+    stages.sign = lap();
     Ok(ScanOutcome {
         publish,
         // The overdue session's stop and events, or a start the dispatcher has to send.
@@ -215,6 +239,7 @@ async fn decide_and_record(
         start_sent,
         events_sent,
         decided: Some(decided),
+        stages,
     })
 }
 
@@ -362,6 +387,7 @@ async fn earlier_decision(
         for_dispatcher: false,
         events_sent: 0,
         decided: None,
+        stages: ScanStages::default(),
     }))
 }
 
@@ -499,6 +525,7 @@ async fn refuse_malformed(
         for_dispatcher: true,
         events_sent: 0,
         decided: Some(ScanVerdict::Rejected(RejectReason::MalformedScan)),
+        stages: ScanStages::default(),
     })
 }
 
@@ -571,6 +598,7 @@ pub async fn refuse_undecided(
         for_dispatcher: true,
         events_sent: 0,
         decided: Some(ScanVerdict::Rejected(reason)),
+        stages: ScanStages::default(),
     })
 }
 

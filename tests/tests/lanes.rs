@@ -88,6 +88,7 @@ async fn a_slow_device_holds_up_nobody_and_acknowledgements_stay_in_order() {
                     let _ = forward.send(Received {
                         publish,
                         connection: 1,
+                        at: std::time::Instant::now(),
                     });
                 }
                 Ok(_) => {}
@@ -106,7 +107,7 @@ async fn a_slow_device_holds_up_nobody_and_acknowledgements_stay_in_order() {
     let (done_tx, mut done) = mpsc::unbounded_channel::<String>();
     let handle = {
         let (release, handled, slow) = (release.clone(), handled.clone(), slow.clone());
-        move |publish: Publish| {
+        move |publish: Publish, _received_at| {
             let (release, handled, done_tx) = (release.clone(), handled.clone(), done_tx.clone());
             let first_of_slow = publish.topic.contains(&slow) && publish.payload.as_ref() == b"1";
             async move {

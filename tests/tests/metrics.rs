@@ -1,7 +1,7 @@
 //! Management's Prometheus metrics over real HTTP: a customer's session runs to the end of its
 //! booking, a ticket is refused, and a scan not signed by its device is refused; `GET /metrics`
 //! shows the scans by decision and reason, the session running and then stopped, the commands
-//! by state, both latency histograms, and healthy database and broker gauges; then the broker
+//! by state, both latency histograms and the accepted scan's stages, and healthy database and broker gauges; then the broker
 //! goes away and comes back, and the broker gauge and reconnection counter follow. Real broker
 //! process, PostgreSQL and agent process; management in-process with `metrics_listen` set.
 
@@ -103,7 +103,25 @@ async fn a_session_and_refused_scans_move_the_metrics() {
         ("mujin_sessions_running", 1.0),
         ("mujin_scan_to_start_seconds_count", 1.0),
     ];
-    wait_for_values(address, "the session running", &running).await;
+    let text = wait_for_values(address, "the session running", &running).await;
+    // Where the accepted scan spent its time in the worker, stage by stage: once each, adding
+    // up to at least the part the scan → start histogram times (from its transaction on).
+    let mut stages_sum = 0.0;
+    for stage in mujin_management::metrics::ScanStages::NAMES {
+        let series =
+            |suffix: &str| format!("mujin_scan_stage_seconds_{suffix}{{stage=\"{stage}\"}}");
+        assert_eq!(
+            value(&text, &series("count")),
+            Some(1.0),
+            "{stage} in\n{text}"
+        );
+        stages_sum += value(&text, &series("sum")).expect("a stage's sum");
+    }
+    let start_sum = value(&text, "mujin_scan_to_start_seconds_sum").expect("a scan → start sum");
+    assert!(
+        stages_sum + 0.001 >= start_sum && stages_sum < 5.0,
+        "stages {stages_sum} s, scan → start {start_sum} s"
+    );
 
     // A ticket for later is refused by management with its reason.
     let later = stack
@@ -147,6 +165,8 @@ async fn a_session_and_refused_scans_move_the_metrics() {
         (&rejected("unauthenticated"), 1.0),
         ("mujin_device_messages_refused_total{channel=\"scan\"}", 1.0),
         ("mujin_scans_total{decision=\"accepted\",reason=\"\"}", 1.0),
+        // Refused scans have no start: their stages are not timed.
+        ("mujin_scan_stage_seconds_count{stage=\"read\"}", 1.0),
     ];
     let text = wait_for_values(address, "the session's end and the refusals", &ended).await;
     for (series, want) in healthy {
