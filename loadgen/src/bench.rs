@@ -11,6 +11,7 @@ use chrono::Utc;
 use crate::cpu::CpuProbe;
 use crate::device::Credentials;
 use crate::fleet::{self, Fleet, FleetSpec};
+use crate::floor::throughput::{self, ThroughputFloor};
 use crate::floor::{self, Floor};
 use crate::report::{BrokerComparison, Machine, Report};
 use crate::scenarios;
@@ -36,6 +37,8 @@ pub struct BenchSettings {
 struct Profile {
     devices: usize,
     floor_samples: usize,
+    /// How long the throughput floor publishes and commits (each).
+    throughput_floor_secs: f64,
     latency_rates: Vec<f64>,
     latency_step_secs: f64,
     latency_rounds: usize,
@@ -56,6 +59,7 @@ impl Profile {
             Profile {
                 devices,
                 floor_samples: 300,
+                throughput_floor_secs: 2.0,
                 latency_rates: vec![100.0, 500.0, 1000.0],
                 latency_step_secs: 1.0,
                 latency_rounds: 1,
@@ -74,6 +78,7 @@ impl Profile {
             Profile {
                 devices: settings.devices.unwrap_or(1000),
                 floor_samples: 1000,
+                throughput_floor_secs: 5.0,
                 latency_rates: vec![100.0, 500.0, 1000.0],
                 latency_step_secs: 10.0,
                 latency_rounds: 3,
@@ -101,7 +106,8 @@ impl Profile {
             "CPU per authorization (scenarios 1 and 2): user + system time from /proc of PostgreSQL (the postmaster, every process it forked, and the children it reaped), management, the broker and this process, read just before a step's first scan is offered and when its last scan is answered (not over the booking before nor the wait for the stops after), divided by the scans answered. It includes the acks and states the devices send after their starts (except for the last few answers), and this process's own share (signing scans, acks and states for every device) because it runs on the same cores. The ceiling is cores × 1,000,000 / total µs per scan: the rate at which these processes alone would fill every core. /proc counts in 10 ms ticks per process, so short steps read coarsely.".into(),
             "Every device sends telemetry (a heartbeat saying its interval) for the whole run, as agents do, one full round before the first scenario: without it management would take idle devices offline. End-of-session warnings are turned off in the bench store (sessions last seconds).".into(),
             format!(
-                "Scenario 1: rates {:?}/s, {} round(s) of up to {} s each. Scenario 2: rates {:?}/s for up to {} s each, stopping at the first rate not sustained. Scenario 4: ends spread over {} s. Scenario 3: telemetry every {} s, scans at {}/s for {} s.",
+                "Throughput floor: {} s of messages, then {} s of commits. Scenario 1: rates {:?}/s, {} round(s) of up to {} s each. Scenario 2: rates {:?}/s for up to {} s each, stopping at the first rate not sustained. Scenario 4: ends spread over {} s. Scenario 3: telemetry every {} s, scans at {}/s for {} s.",
+                self.throughput_floor_secs, self.throughput_floor_secs,
                 self.latency_rates, self.latency_rounds, self.latency_step_secs, self.throughput_rates,
                 self.throughput_step_secs, self.stop_spread_secs, self.telemetry.as_secs(),
                 self.fleet_scan_rate, self.fleet_scan_secs
@@ -165,7 +171,7 @@ async fn run_on(
         broker_comparison: None,
         targets: Vec::new(),
     };
-    report.floor = measure_floor(stack, &broker, profile.floor_samples).await?;
+    report.floor = measure_floor(stack, &broker, profile, report.machine.cores).await?;
     let mut fleet = connect(stack, &broker, &credentials, profile.telemetry).await?;
     let heartbeats = start_heartbeats(&fleet, profile.telemetry).await;
     let cpu = CpuProbe::new(
@@ -242,19 +248,35 @@ async fn run_on(
 async fn measure_floor(
     stack: &Stack,
     broker: &BrokerProcess,
-    samples: usize,
+    profile: &Profile,
+    cores: usize,
 ) -> anyhow::Result<Floor> {
+    let samples = profile.floor_samples;
+    let mqtt_round_trip = floor::mqtt_round_trips(&broker.address(), &stack.password, samples)
+        .await
+        .context("the MQTT floor")?;
+    let durable_insert = floor::durable_inserts(&stack.pool, samples / 2)
+        .await
+        .context("the database floor")?;
+    // CPU-bound for a fraction of a second: off the runtime's workers.
+    let signatures = tokio::task::spawn_blocking(|| floor::SignatureFloor::measure(1000))
+        .await
+        .context("the signature floor panicked")??;
+    // The throughput floor last: its thousands of commits leave work (checkpoints, vacuum)
+    // that the single insert above should not wait behind.
+    let cpu = CpuProbe::new(broker.pid(), None, &stack.postgres_dir(), cores);
+    let window = Duration::from_secs_f64(profile.throughput_floor_secs);
+    let mqtt = throughput::mqtt_throughput(&broker.address(), &stack.password, &cpu, window)
+        .await
+        .context("the MQTT throughput floor")?;
+    let commits = throughput::durable_commits(&stack.pool, &cpu, window)
+        .await
+        .context("the commit throughput floor")?;
     Ok(Floor {
-        mqtt_round_trip: floor::mqtt_round_trips(&broker.address(), &stack.password, samples)
-            .await
-            .context("the MQTT floor")?,
-        durable_insert: floor::durable_inserts(&stack.pool, samples / 2)
-            .await
-            .context("the database floor")?,
-        // CPU-bound for a fraction of a second: off the runtime's workers.
-        signatures: tokio::task::spawn_blocking(|| floor::SignatureFloor::measure(1000))
-            .await
-            .context("the signature floor panicked")??,
+        mqtt_round_trip,
+        durable_insert,
+        signatures,
+        throughput: Some(ThroughputFloor::new(mqtt, commits, &signatures, cores)),
     })
 }
 
@@ -301,7 +323,7 @@ async fn compare_mosquitto(
     let broker = stack.start_broker(BrokerKind::Mosquitto).await?;
     let mut management = stack.start_management(&broker).await?;
     let outcome = async {
-        let floor = measure_floor(stack, &broker, profile.floor_samples).await?;
+        let floor = measure_floor(stack, &broker, profile, report.machine.cores).await?;
         let mut fleet = connect(stack, &broker, credentials, profile.telemetry).await?;
         let heartbeats = start_heartbeats(&fleet, profile.telemetry).await;
         let latency = scenarios::latency(

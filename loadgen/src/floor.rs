@@ -1,7 +1,12 @@
 //! The floor a scan → start can never beat, measured in the same run on the same broker and
 //! database: an MQTT round trip between two plain clients (publish, receive, publish back,
-//! receive, all QoS 1 like scans and commands) and one durable single-row INSERT. Also the
-//! plain client used to wait for management's worker to come online.
+//! receive, all QoS 1 like scans and commands) and one durable single-row INSERT; what the
+//! protocol's signatures cost; and ([`throughput`], [`per_authorization`]) the least CPU an
+//! authorization can cost here. Also the plain client used to wait for management's worker to
+//! come online.
+
+pub mod per_authorization;
+pub mod throughput;
 
 use std::time::Duration;
 
@@ -21,18 +26,21 @@ use tokio::time::Instant;
 use crate::device::BrokerAddress;
 use crate::stack::{ECHO, PING};
 use crate::stats::{Percentiles, Samples};
+use throughput::ThroughputFloor;
 
 /// Not mujin topics: nothing of mujin subscribes to them.
 const PING_TOPIC: &str = "bench/floor/ping";
 const PONG_TOPIC: &str = "bench/floor/pong";
 const ROUND_TRIP_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The floor's two parts, and what the protocol's signatures cost.
+/// The floor's two parts, what the protocol's signatures cost, and the throughput floor.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Floor {
     pub mqtt_round_trip: Percentiles,
     pub durable_insert: Percentiles,
     pub signatures: SignatureFloor,
+    /// `None` where it was not measured.
+    pub throughput: Option<ThroughputFloor>,
 }
 
 /// Ed25519 signatures per authorization (a scan, its start, and the ack and state that
@@ -56,19 +64,10 @@ impl SignatureFloor {
     /// Times `rounds` signatures and verifications, three times over; keeps the fastest batch
     /// of each (the least disturbed by the rest of the machine).
     pub fn measure(rounds: usize) -> anyhow::Result<SignatureFloor> {
-        let store = StoreId::parse("bench").context("store id")?;
-        let device = DeviceId::parse("floor").context("device id")?;
+        let (store, device) = floor_device()?;
         let key = DeviceKey::generate().context("a device key")?;
         let public = key.public_key();
-        let mut scan = Scan {
-            scan_id: ScanId::random(),
-            // A ticket's length: the scan is the largest message signed per authorization.
-            ticket: "T".repeat(160),
-            read_at: chrono::Utc::now(),
-            offline: None,
-            sent_at: Some(chrono::Utc::now()),
-            signature: None,
-        };
+        let mut scan = floor_scan();
         let rounds = rounds.max(1);
         let mut floor = SignatureFloor {
             sign_us: f64::INFINITY,
@@ -102,6 +101,35 @@ impl SignatureFloor {
         let us = self.us_per_authorization();
         (us > 0.0 && us.is_finite()).then(|| cores as f64 * 1_000_000.0 / us)
     }
+}
+
+/// The store and device the floor's scans are signed for.
+fn floor_device() -> anyhow::Result<(StoreId, DeviceId)> {
+    let store = StoreId::parse("bench").context("store id")?;
+    let device = DeviceId::parse("floor").context("device id")?;
+    Ok((store, device))
+}
+
+/// An unsigned scan of a ticket's length: the scan is the largest message signed per
+/// authorization.
+fn floor_scan() -> Scan {
+    Scan {
+        scan_id: ScanId::random(),
+        ticket: "T".repeat(160),
+        read_at: chrono::Utc::now(),
+        offline: None,
+        sent_at: Some(chrono::Utc::now()),
+        signature: None,
+    }
+}
+
+/// A signed scan encoded as a device publishes it.
+fn signed_scan_bytes() -> anyhow::Result<Vec<u8>> {
+    let (store, device) = floor_device()?;
+    let key = DeviceKey::generate().context("a device key")?;
+    let mut scan = floor_scan();
+    key.sign(&store, &device, &mut scan);
+    Ok(message::encode(&scan))
 }
 
 fn per_round_us(started: Instant, rounds: usize) -> f64 {
@@ -308,5 +336,13 @@ mod tests {
         assert_eq!(fixed.us_per_authorization(), 5.0 * 20.0 + 6.0 * 50.0);
         assert_eq!(fixed.ceiling_per_sec(2), Some(5000.0));
         assert_eq!(SignatureFloor::default().ceiling_per_sec(2), None);
+    }
+
+    #[test]
+    fn the_throughput_payload_is_a_signed_scan() {
+        let bytes = signed_scan_bytes().unwrap();
+        let scan: Scan = message::decode(&bytes).unwrap();
+        assert!(scan.signature.is_some());
+        assert!((250..600).contains(&bytes.len()), "{} bytes", bytes.len());
     }
 }

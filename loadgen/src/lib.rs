@@ -8,7 +8,9 @@
 //!   generator;
 //! - [`statements`]: which database statements a scan phase executed, and their time;
 //! - [`stack`]: the private PostgreSQL, broker and management processes of a benchmark run;
-//! - [`floor`]: the MQTT round trip and durable insert a scan → start cannot beat;
+//! - [`floor`]: the MQTT round trip and durable insert a scan → start cannot beat, what the
+//!   signatures cost, and the messages and commits per second this machine allows, with the
+//!   least CPU an authorization can cost;
 //! - [`scenarios`]: latency, throughput, fleet and stops on time;
 //! - [`report`]: the Markdown and JSON report;
 //! - [`bench`]: `mujin-loadgen bench`; [`run`]: `mujin-loadgen run` against a running stack.

@@ -7,6 +7,13 @@ use serde::Serialize;
 
 use crate::cpu::CpuPerScan;
 use crate::fleet::StepOutcome;
+use crate::floor::per_authorization::{
+    AuthorizationCpu, COMMITS_PER_AUTHORIZATION, DEVICE_MESSAGES_PER_AUTHORIZATION,
+    DEVICE_SIGNS_PER_AUTHORIZATION, MANAGEMENT_MESSAGES_PER_AUTHORIZATION,
+    MANAGEMENT_SIGNS_PER_AUTHORIZATION, MANAGEMENT_VERIFIES_PER_AUTHORIZATION,
+    MESSAGES_PER_AUTHORIZATION,
+};
+use crate::floor::throughput::{ThroughputFloor, MAX_UNDELIVERED, WARM_UP};
 use crate::floor::{Floor, SignatureFloor, SIGNS_PER_AUTHORIZATION, VERIFIES_PER_AUTHORIZATION};
 use crate::scenarios::{FleetLoad, LatencyAtRate, StopsOnTime, Throughput, THROUGHPUT_P99_MS};
 use crate::stack::BrokerKind;
@@ -92,7 +99,14 @@ pub struct Report {
 /// The offered rate the latency targets are set at (scans per second).
 const TARGET_RATE: f64 = 500.0;
 /// The machine size the targets are set for.
-const SIGNATURE_CORES: usize = 2;
+const TARGET_CORES: usize = 2;
+/// The throughput target, authorizations per second on [`TARGET_CORES`] cores.
+const TARGET_THROUGHPUT: f64 = 5000.0;
+
+/// CPU per authorization the throughput target allows in all: 400 µs on 2 cores.
+fn target_budget_us() -> f64 {
+    TARGET_CORES as f64 * 1_000_000.0 / TARGET_THROUGHPUT
+}
 
 impl Report {
     /// Fills in the targets from the results.
@@ -128,17 +142,21 @@ impl Report {
                 name: format!("sustained authorizations/s (p99 ≤ {THROUGHPUT_P99_MS} ms)"),
                 target: "≥ 5,000/s".into(),
                 measured: format!(
-                    "{sustained:.0}/s offered (peak reached {:.0}/s){}{}",
+                    "{sustained:.0}/s offered (peak reached {:.0}/s){}{}{}",
                     throughput.peak_achieved_rate,
                     cpu_ceiling_words(&throughput.steps),
                     self.floor
                         .signatures
-                        .ceiling_per_sec(SIGNATURE_CORES)
+                        .ceiling_per_sec(TARGET_CORES)
                         .map_or(String::new(), |ceiling| format!(
                             "; signatures alone: at most {ceiling:.0}/s"
-                        ))
+                        )),
+                    self.floor
+                        .throughput
+                        .as_ref()
+                        .map_or(String::new(), throughput_floor_words)
                 ),
-                met: Some(sustained >= 5000.0),
+                met: Some(sustained >= TARGET_THROUGHPUT),
             });
         }
         if let Some(fleet) = &self.fleet {
@@ -330,20 +348,122 @@ fn floor_table(out: &mut String, floor: &Floor) -> std::fmt::Result {
         "\nFloor p50 (round trip + insert): {:.2} ms",
         floor.p50_ms()
     )?;
-    signatures_line(out, &floor.signatures)
+    signatures_line(out, &floor.signatures)?;
+    match &floor.throughput {
+        Some(throughput) => throughput_floor_tables(out, throughput),
+        None => Ok(()),
+    }
 }
 
 /// What the protocol's signatures alone cost per authorization, and the rate they allow.
 fn signatures_line(out: &mut String, signatures: &SignatureFloor) -> std::fmt::Result {
-    let Some(ceiling) = signatures.ceiling_per_sec(SIGNATURE_CORES) else {
+    let Some(ceiling) = signatures.ceiling_per_sec(TARGET_CORES) else {
         return Ok(());
     };
     writeln!(
         out,
-        "\nSignatures (Ed25519 with mujin's code, a signed scan, same run): sign {:.1} µs, verify {:.1} µs; per authorization {SIGNS_PER_AUTHORIZATION} signs and {VERIFIES_PER_AUTHORIZATION} verifications (device: scan, ack, state; management: the scan, its ticket, the ack, the state, and signing the start and the desired state; agent: verifying those two) = {:.0} µs of CPU → at most {ceiling:.0} authorizations/s on {SIGNATURE_CORES} cores from signatures alone.",
+        "\nSignatures (Ed25519 with mujin's code, a signed scan, same run): sign {:.1} µs, verify {:.1} µs; per authorization {SIGNS_PER_AUTHORIZATION} signs and {VERIFIES_PER_AUTHORIZATION} verifications (device: scan, ack, state; management: the scan, its ticket, the ack, the state, and signing the start and the desired state; agent: verifying those two) = {:.0} µs of CPU → at most {ceiling:.0} authorizations/s on {TARGET_CORES} cores from signatures alone.",
         signatures.sign_us,
         signatures.verify_us,
         signatures.us_per_authorization()
+    )
+}
+
+/// "; floor of CPU per authorization …", for the throughput target's measured text.
+fn throughput_floor_words(throughput: &ThroughputFloor) -> String {
+    let floor = &throughput.per_authorization;
+    let part = |cpu: &AuthorizationCpu| match cpu.ceiling_per_sec {
+        Some(ceiling) => format!("{:.0} µs → at most {ceiling:.0}/s", cpu.total_us),
+        None => "not measured".to_owned(),
+    };
+    format!(
+        "; throughput floor (nothing but the unavoidable work, same run): server side {}, whole bench {} on {} cores",
+        part(&floor.server),
+        part(&floor.bench),
+        floor.cores
+    )
+}
+
+/// What the broker and PostgreSQL carry per second, what each message and commit costs, and the
+/// least CPU an authorization can cost with them.
+fn throughput_floor_tables(out: &mut String, throughput: &ThroughputFloor) -> std::fmt::Result {
+    let (mqtt, commits) = (&throughput.mqtt, &throughput.commits);
+    writeln!(
+        out,
+        "\nThroughput floor (same run, same broker and database):\n"
+    )?;
+    writeln!(
+        out,
+        "| measured | in the window | per second | server CPU | client CPU |\n|---|---|---|---|---|"
+    )?;
+    writeln!(
+        out,
+        "| MQTT QoS 1 messages, {} publishers → 1 subscriber, {}-byte signed scans | {} in {:.1} s | {:.0}/s | broker {:.1} µs per message | {:.1} µs per message (sending {:.1} µs, receiving {:.1} µs) |",
+        mqtt.publishers,
+        mqtt.payload_bytes,
+        mqtt.delivered,
+        mqtt.window_secs,
+        mqtt.messages_per_sec,
+        mqtt.broker_us,
+        mqtt.client_us,
+        mqtt.publisher_us,
+        mqtt.subscriber_us
+    )?;
+    writeln!(
+        out,
+        "| durable commits, {} connections, single-row INSERTs | {} in {:.1} s | {:.0}/s | PostgreSQL {:.1} µs per commit | {:.1} µs per commit |",
+        commits.connections,
+        commits.commits,
+        commits.window_secs,
+        commits.commits_per_sec,
+        commits.server_us,
+        commits.client_us
+    )?;
+    let floor = &throughput.per_authorization;
+    let budget = target_budget_us();
+    writeln!(
+        out,
+        "\nCPU per authorization at the least ({MESSAGES_PER_AUTHORIZATION} messages published and delivered, {COMMITS_PER_AUTHORIZATION} durable commits, the signatures above):\n"
+    )?;
+    writeln!(
+        out,
+        "| floor | signatures | broker | PostgreSQL | clients | total | ceiling on {} cores | ≤ {budget:.0} µs (5,000/s on {TARGET_CORES} cores) |\n|---|---|---|---|---|---|---|---|",
+        floor.cores
+    )?;
+    authorization_row(
+        out,
+        "server side: management, broker, PostgreSQL",
+        &floor.server,
+    )?;
+    authorization_row(
+        out,
+        "whole bench: the devices on the same cores too",
+        &floor.bench,
+    )?;
+    writeln!(out, "\n{}", throughput_floor_how())
+}
+
+fn authorization_row(out: &mut String, name: &str, cpu: &AuthorizationCpu) -> std::fmt::Result {
+    let ceiling = cpu
+        .ceiling_per_sec
+        .map_or("–".to_owned(), |c| format!("{c:.0}/s"));
+    let within = if cpu.total_us <= target_budget_us() {
+        "yes"
+    } else {
+        "**no**"
+    };
+    writeln!(
+        out,
+        "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {ceiling} | {within} |",
+        cpu.signatures_us, cpu.broker_us, cpu.postgres_us, cpu.clients_us, cpu.total_us
+    )
+}
+
+/// How the throughput floor's figures are obtained.
+fn throughput_floor_how() -> String {
+    format!(
+        "How: messages — each publisher (its own connection) publishes a signed scan to its own topic as fast as the flow allows (at most {MAX_UNDELIVERED} messages published and not yet delivered, so the broker never drops one); the subscriber takes them all with one wildcard and counts them over the window, which opens after {:.2} s of warm-up. Broker µs = the broker process's user + system CPU (/proc) over the window per message delivered; sending and receiving µs = the CPU of the publishers' thread and of the subscriber's thread (each its own runtime) per message; the client total is this whole process. Commits — each connection (as many as management's lanes) commits one single-row INSERT after the other (synchronous_commit on); PostgreSQL µs = the CPU of the postmaster and every process it forked per commit; client µs = this process's CPU per commit. Per authorization — messages: the device's scan, ack and state and management's scan result and start command (management's desired state and its two events are published but not delivered in the bench: left out); commits: the scan's transaction and the ack's settle (the state's reconciliation commits only when it repeats an earlier session's exit: left out). Server side = management's {MANAGEMENT_SIGNS_PER_AUTHORIZATION} signs and {MANAGEMENT_VERIFIES_PER_AUTHORIZATION} verifications + the broker's CPU for the messages + PostgreSQL's for the commits + management's side of each message (receiving {DEVICE_MESSAGES_PER_AUTHORIZATION}, sending {MANAGEMENT_MESSAGES_PER_AUTHORIZATION}) and of each commit. Whole bench = that + the devices' {DEVICE_SIGNS_PER_AUTHORIZATION} signs (the virtual devices verify nothing) + their side of each message (sending {DEVICE_MESSAGES_PER_AUTHORIZATION}, receiving {MANAGEMENT_MESSAGES_PER_AUTHORIZATION}). Ceiling = cores × 1,000,000 / total µs. Both are floors: here the messages travel many to a connection and are read and written in batches, where a device's scan, ack and state each go alone, and nothing else management does is counted. /proc counts CPU in 10 ms ticks.",
+        WARM_UP.as_secs_f64()
     )
 }
 
@@ -584,6 +704,92 @@ mod tests {
         let mut nothing = String::new();
         signatures_line(&mut nothing, &SignatureFloor::default()).unwrap();
         assert!(nothing.is_empty());
+    }
+
+    fn throughput_floor() -> ThroughputFloor {
+        use crate::floor::throughput::{CommitThroughput, MqttThroughput};
+        let mqtt = MqttThroughput {
+            window_secs: 2.0,
+            publishers: 4,
+            payload_bytes: 312,
+            delivered: 20_000,
+            messages_per_sec: 10_000.0,
+            broker_us: 10.0,
+            client_us: 9.0,
+            publisher_us: 3.0,
+            subscriber_us: 5.0,
+        };
+        let commits = CommitThroughput {
+            window_secs: 2.0,
+            connections: 6,
+            commits: 4_000,
+            commits_per_sec: 2_000.0,
+            server_us: 50.0,
+            client_us: 7.0,
+        };
+        let signatures = SignatureFloor {
+            sign_us: 20.0,
+            verify_us: 50.0,
+        };
+        ThroughputFloor::new(mqtt, commits, &signatures, 2)
+    }
+
+    #[test]
+    fn the_throughput_floor_shows_rates_costs_and_both_floors_against_the_budget() {
+        let mut out = String::new();
+        throughput_floor_tables(&mut out, &throughput_floor()).unwrap();
+        assert!(
+            out.contains("| MQTT QoS 1 messages, 4 publishers → 1 subscriber, 312-byte signed scans | 20000 in 2.0 s | 10000/s | broker 10.0 µs per message | 9.0 µs per message (sending 3.0 µs, receiving 5.0 µs) |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| durable commits, 6 connections, single-row INSERTs | 4000 in 2.0 s | 2000/s | PostgreSQL 50.0 µs per commit | 7.0 µs per commit |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| ceiling on 2 cores | ≤ 400 µs (5,000/s on 2 cores) |"),
+            "{out}"
+        );
+        // 2 × 20 + 4 × 50; 5 × 10; 2 × 50; 3 × 5 + 2 × 3 + 2 × 7.
+        assert!(
+            out.contains("| server side: management, broker, PostgreSQL | 240 µs | 50 µs | 100 µs | 35 µs | 425 µs | 4706/s | **no** |"),
+            "{out}"
+        );
+        // + 3 × 20; + 3 × 3 + 2 × 5.
+        assert!(
+            out.contains("| whole bench: the devices on the same cores too | 300 µs | 50 µs | 100 µs | 54 µs | 504 µs | 3968/s | **no** |"),
+            "{out}"
+        );
+        assert!(out.contains("How: messages"), "{out}");
+        let words = throughput_floor_words(&throughput_floor());
+        assert_eq!(
+            words,
+            "; throughput floor (nothing but the unavoidable work, same run): server side 425 µs → at most 4706/s, whole bench 504 µs → at most 3968/s on 2 cores"
+        );
+    }
+
+    #[test]
+    fn a_floor_within_the_budget_says_so_and_an_unmeasured_one_is_not_shown() {
+        let mut out = String::new();
+        let cheap = AuthorizationCpu {
+            total_us: 400.0,
+            ceiling_per_sec: Some(5000.0),
+            ..AuthorizationCpu::default()
+        };
+        authorization_row(&mut out, "x", &cheap).unwrap();
+        assert!(out.ends_with("| 400 µs | 5000/s | yes |\n"), "{out}");
+        let mut floor = String::new();
+        floor_table(&mut floor, &Floor::default()).unwrap();
+        assert!(!floor.contains("Throughput floor"), "{floor}");
+        floor_table(
+            &mut floor,
+            &Floor {
+                throughput: Some(throughput_floor()),
+                ..Floor::default()
+            },
+        )
+        .unwrap();
+        assert!(floor.contains("Throughput floor"), "{floor}");
     }
 
     #[test]

@@ -265,6 +265,21 @@ pub fn sample_process(pid: u32) -> Option<ProcessSample> {
     })
 }
 
+/// CPU time (user + system, seconds) of one thread of this process, from
+/// /proc/self/task/<tid>/stat: what one side of a measurement spent when each side has a thread
+/// of its own.
+pub fn thread_cpu_secs(tid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    Some(parse_cpu_ticks(&stat)? as f64 / CLOCK_TICKS_PER_SEC)
+}
+
+/// The calling thread's id (its `/proc/self/task/<tid>`), read from the /proc/thread-self link
+/// (`<pid>/task/<tid>`).
+pub fn current_thread_id() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
 /// USER_HZ, 100 on every Linux architecture mujin runs on.
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
@@ -303,6 +318,14 @@ mod tests {
     fn cpu_is_utime_plus_stime_after_the_name() {
         let stat = "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
         assert_eq!(parse_cpu_ticks(stat), Some(300));
+    }
+
+    #[test]
+    fn this_thread_can_be_sampled() {
+        let tid = current_thread_id().unwrap();
+        assert!(std::path::Path::new(&format!("/proc/self/task/{tid}")).exists());
+        assert!(thread_cpu_secs(tid).unwrap() >= 0.0);
+        assert_eq!(thread_cpu_secs(u32::MAX), None);
     }
 
     #[test]
