@@ -15,7 +15,8 @@ use crate::floor::throughput::{self, ThroughputFloor};
 use crate::floor::{self, Floor};
 use crate::report::{BrokerComparison, Machine, Report};
 use crate::scenarios;
-use crate::stack::{child_pid, BrokerKind, BrokerProcess, Stack};
+use crate::stack::{BrokerKind, BrokerProcess, Stack};
+use crate::stages::StageProbe;
 use crate::statements::StatementProbe;
 
 /// What `bench` was asked to do.
@@ -155,7 +156,7 @@ async fn run_on(
     };
     let credentials = fleet::enrol(&stack.pool, &stack.pepper, &spec).await?;
     let broker = stack.start_broker(BrokerKind::Embedded).await?;
-    let mut management = stack.start_management(&broker).await?;
+    let management = stack.start_management(&broker).await?;
     let mut report = Report {
         date: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         git_commit: crate::report::git_commit(),
@@ -176,11 +177,12 @@ async fn run_on(
     let heartbeats = start_heartbeats(&fleet, profile.telemetry).await;
     let cpu = CpuProbe::new(
         broker.pid(),
-        child_pid(&management),
+        management.pid(),
         &stack.postgres_dir(),
         report.machine.cores,
     )
-    .with_statements(StatementProbe::new(&stack.pool).await);
+    .with_statements(StatementProbe::new(&stack.pool).await)
+    .with_stages(StageProbe::new(management.metrics));
     tracing::info!("scenario 1: latency");
     report.latency = scenarios::latency(
         &mut fleet,
@@ -211,7 +213,7 @@ async fn run_on(
         .await?,
     );
     tracing::info!("scenario 3: fleet");
-    let pids = (broker.pid(), child_pid(&management));
+    let pids = (broker.pid(), management.pid());
     let fleet_load = scenarios::fleet_load(
         &mut fleet,
         profile.telemetry,
@@ -223,7 +225,7 @@ async fn run_on(
     report.fleet = Some(fleet_load);
     heartbeats.stop().await;
     fleet.shutdown().await;
-    let _ = management.kill().await;
+    management.kill().await;
     broker.stop().await;
     if !settings.skip_mosquitto {
         tracing::info!("scenario 5: Mosquitto");
@@ -321,7 +323,7 @@ async fn compare_mosquitto(
     report: &Report,
 ) -> anyhow::Result<BrokerComparison> {
     let broker = stack.start_broker(BrokerKind::Mosquitto).await?;
-    let mut management = stack.start_management(&broker).await?;
+    let management = stack.start_management(&broker).await?;
     let outcome = async {
         let floor = measure_floor(stack, &broker, profile, report.machine.cores).await?;
         let mut fleet = connect(stack, &broker, credentials, profile.telemetry).await?;
@@ -339,7 +341,7 @@ async fn compare_mosquitto(
         anyhow::Ok((floor, latency?))
     }
     .await;
-    let _ = management.kill().await;
+    management.kill().await;
     broker.stop().await;
     let (floor, latency) = outcome?;
     let p50_ratios = latency

@@ -3,6 +3,7 @@
 //! phase of a step, read from /proc and divided by the scans answered. With the machine's core
 //! count it gives a ceiling on authorizations per second that no amount of concurrency can pass.
 
+use crate::stages::StageProbe;
 use crate::statements::StatementProbe;
 use std::path::Path;
 
@@ -61,6 +62,8 @@ pub struct CpuProbe {
     cores: usize,
     /// What the database executed over the same phase, when it can be read.
     statements: Option<StatementProbe>,
+    /// Where management spent the phase's scans, stage by stage (its metrics).
+    stages: Option<StageProbe>,
 }
 
 impl CpuProbe {
@@ -83,6 +86,7 @@ impl CpuProbe {
             postmaster,
             cores,
             statements: None,
+            stages: None,
         }
     }
 
@@ -93,6 +97,18 @@ impl CpuProbe {
 
     pub fn statements(&self) -> Option<&StatementProbe> {
         self.statements.as_ref()
+    }
+
+    /// Also reads management's stages over each measured phase.
+    pub fn with_stages(self, stages: StageProbe) -> CpuProbe {
+        CpuProbe {
+            stages: Some(stages),
+            ..self
+        }
+    }
+
+    pub fn stages(&self) -> Option<&StageProbe> {
+        self.stages.as_ref()
     }
 
     /// The cumulative CPU time of every process, now.

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cpu::{CpuPerScan, CpuProbe};
 use crate::device::{BrokerAddress, Credentials, Observation, VirtualDevice};
+use crate::stages::{StageMeans, StageTotals};
 use crate::statements::StatementCosts;
 use crate::stats::{Percentiles, Samples};
 
@@ -131,6 +132,8 @@ pub struct StepOutcome {
     pub cpu: Option<CpuPerScan>,
     /// What the database executed over the scan phase, when measured.
     pub statements: Option<StatementCosts>,
+    /// Management's stages over the scan phase, when measured.
+    pub stages: Option<StageMeans>,
     #[serde(skip)]
     pub latency_samples: Samples,
     #[serde(skip)]
@@ -304,6 +307,7 @@ impl Fleet {
                 );
             }
         }
+        let stages_before = read_stages(cpu).await;
         let before = cpu.map(|probe| (probe.sample(), Instant::now()));
         let mut outcome = self.scan(&devices, tickets, rate, end).await;
         if let (Some(probe), Some((before, started))) = (cpu, before) {
@@ -313,6 +317,9 @@ impl Fleet {
             outcome.cpu = CpuPerScan::new(spent, answered, phase, probe.cores());
             if let Some(statements) = statements {
                 outcome.statements = statements.read(answered).await.ok();
+            }
+            if let (Some(before), Some(after)) = (stages_before, read_stages(cpu).await) {
+                outcome.stages = after.since(&before);
             }
         }
         self.wait_stops(&mut outcome, end + chrono::Duration::seconds(20))
@@ -532,6 +539,22 @@ async fn heartbeats(devices: Vec<Arc<VirtualDevice>>, every: Duration, stop: Can
                 tracing::debug!(%error, "heartbeat dropped");
             }
             next = (next + 1) % devices.len();
+        }
+    }
+}
+
+/// Management's stage totals now, when `cpu` reads them (a failed scrape is logged and reads as
+/// nothing: the step goes on without the breakdown).
+async fn read_stages(cpu: Option<&CpuProbe>) -> Option<StageTotals> {
+    let probe = cpu?.stages()?;
+    match probe.read().await {
+        Ok(totals) => Some(totals),
+        Err(error) => {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot read management's scan stages"
+            );
+            None
         }
     }
 }

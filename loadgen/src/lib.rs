@@ -7,6 +7,7 @@
 //! - [`cpu`]: CPU time per authorization of PostgreSQL, management, the broker and the load
 //!   generator;
 //! - [`statements`]: which database statements a scan phase executed, and their time;
+//! - [`stages`]: where management spent a scan phase's scans, stage by stage (its metrics);
 //! - [`stack`]: the private PostgreSQL, broker and management processes of a benchmark run;
 //! - [`floor`]: the MQTT round trip and durable insert a scan → start cannot beat, what the
 //!   signatures cost, and the messages and commits per second this machine allows, with the
@@ -24,6 +25,7 @@ pub mod report;
 pub mod run;
 pub mod scenarios;
 pub mod stack;
+pub mod stages;
 pub mod statements;
 pub mod stats;
 

@@ -17,6 +17,7 @@ use crate::floor::throughput::{ThroughputFloor, MAX_UNDELIVERED, WARM_UP};
 use crate::floor::{Floor, SignatureFloor, SIGNS_PER_AUTHORIZATION, VERIFIES_PER_AUTHORIZATION};
 use crate::scenarios::{FleetLoad, LatencyAtRate, StopsOnTime, Throughput, THROUGHPUT_P99_MS};
 use crate::stack::BrokerKind;
+use crate::stages::StageMeans;
 use crate::statements::StatementCosts;
 use crate::stats::Percentiles;
 
@@ -234,6 +235,15 @@ impl Report {
             .map(|at| (at.rate, at.result.cpu.as_ref()))
             .collect();
         cpu_table(out, &by_rate, self.machine.cores)?;
+        let stages: Vec<(f64, f64, &StageMeans)> = self
+            .latency
+            .iter()
+            .filter_map(|at| {
+                let means = at.result.stages.as_ref()?;
+                Some((at.rate, at.result.latency.mean_ms, means))
+            })
+            .collect();
+        crate::stages::markdown(out, &stages, &self.floor)?;
         let target_step = self
             .latency
             .iter()

@@ -81,6 +81,10 @@ fn pool(mut total: StepOutcome, step: StepOutcome) -> StepOutcome {
         (Some(total), Some(step)) => Some(total.pooled(&step)),
         (total, step) => total.or(step),
     };
+    total.stages = match (total.stages, step.stages) {
+        (Some(total), Some(step)) => Some(total.pooled(&step)),
+        (total, step) => total.or(step),
+    };
     total.latency_samples.extend(&step.latency_samples);
     total.lateness_samples.extend(&step.lateness_samples);
     total.latency = total.latency_samples.percentiles();

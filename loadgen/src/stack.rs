@@ -61,6 +61,23 @@ impl BrokerProcess {
     }
 }
 
+/// A running `mujin-management run` (killed when dropped).
+pub struct Management {
+    child: Child,
+    /// Where it serves its metrics (`GET /metrics`).
+    pub metrics: std::net::SocketAddr,
+}
+
+impl Management {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
 /// PostgreSQL, keys and secrets of one run; brokers and management are started on it.
 pub struct Stack {
     /// The run's directory: keys, credentials and the children's logs (kept), PostgreSQL's
@@ -167,8 +184,10 @@ impl Stack {
             .context("cannot start mosquitto (apt-get install mosquitto)")
     }
 
-    /// Starts `mujin-management run` against `broker` and waits until its worker is online.
-    pub async fn start_management(&self, broker: &BrokerProcess) -> anyhow::Result<Child> {
+    /// Starts `mujin-management run` against `broker`, with its metrics on a free port, and
+    /// waits until its worker is online.
+    pub async fn start_management(&self, broker: &BrokerProcess) -> anyhow::Result<Management> {
+        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let child = Command::new(self.bin_dir.join("mujin-management"))
             .arg("--database-url")
             .arg(&self.database_url)
@@ -177,6 +196,7 @@ impl Stack {
             .args(["run", "--broker", &format!("127.0.0.1:{}", broker.port)])
             .args(["--username", MANAGEMENT, "--client-id", "mujin-management"])
             .args(["--early-grace-secs", "60"])
+            .args(["--metrics-listen", &metrics.to_string()])
             .env("MUJIN_MQTT_PASSWORD", &self.password)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -184,8 +204,9 @@ impl Stack {
             .kill_on_drop(true)
             .spawn()
             .context("cannot start mujin-management (build it: scripts/bench does)")?;
+        let management = Management { child, metrics };
         crate::floor::wait_for_worker(&broker.address(), &self.password).await?;
-        Ok(child)
+        Ok(management)
     }
 
     /// PostgreSQL's data directory (its `postmaster.pid` names the postmaster).
@@ -297,11 +318,6 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
-}
-
-/// Has a child's pid; used for the /proc readings.
-pub fn child_pid(child: &Child) -> Option<u32> {
-    child.id()
 }
 
 #[cfg(test)]

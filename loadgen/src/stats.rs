@@ -55,11 +55,16 @@ impl Samples {
             p90_ms: at(0.90),
             p99_ms: at(0.99),
             max_ms: sorted.last().map_or(0.0, |max| *max as f64 / 1000.0),
+            mean_ms: if sorted.is_empty() {
+                0.0
+            } else {
+                sorted.iter().sum::<u64>() as f64 / sorted.len() as f64 / 1000.0
+            },
         }
     }
 }
 
-/// p50, p90, p99 and max of a set of latencies, in milliseconds.
+/// p50, p90, p99, max and mean of a set of latencies, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Percentiles {
     pub count: usize,
@@ -67,6 +72,8 @@ pub struct Percentiles {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The mean, for adding up parts (percentiles do not add up).
+    pub mean_ms: f64,
 }
 
 #[cfg(test)]
@@ -85,6 +92,7 @@ mod tests {
         assert_eq!(summary.p90_ms, 90.0);
         assert_eq!(summary.p99_ms, 99.0);
         assert_eq!(summary.max_ms, 100.0);
+        assert_eq!(summary.mean_ms, 50.5);
     }
 
     #[test]

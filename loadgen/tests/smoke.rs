@@ -1,6 +1,6 @@
 //! A few virtual devices for a few seconds against a real stack (the `mujin-broker` process,
-//! PostgreSQL, management): their scans are answered, sessions start and stop on time, and
-//! the latencies are recorded.
+//! PostgreSQL, management): their scans are answered, sessions start and stop on time, the
+//! latencies are recorded, and management's own stages of those scans are read from its metrics.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,12 +8,13 @@ use std::time::Duration;
 use mujin_loadgen::cpu::CpuProbe;
 use mujin_loadgen::device::BrokerAddress;
 use mujin_loadgen::fleet::{self, Fleet, FleetSpec};
+use mujin_loadgen::stages::StageProbe;
 use mujin_management::ticket_keys;
 use mujin_tests::stack::Stack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_fleet_scans_starts_and_stops() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with_metrics().await;
     let spec = FleetSpec {
         stores: 2,
         devices_per_store: 2,
@@ -40,7 +41,9 @@ async fn a_small_fleet_scans_starts_and_stops() {
     let heartbeats = fleet.start_telemetry(beat);
 
     // The broker runs in this process; PostgreSQL's data directory holds its socket directory.
-    let cpu = CpuProbe::new(None, None, &postgres_dir(&stack.database_url), 2);
+    let metrics = stack.metrics_listen.expect("management's metrics");
+    let cpu = CpuProbe::new(None, None, &postgres_dir(&stack.database_url), 2)
+        .with_stages(StageProbe::new(metrics));
     assert!(
         cpu.sample().postgres_secs > 0.0,
         "the postmaster and its children have run the migrations"
@@ -59,6 +62,16 @@ async fn a_small_fleet_scans_starts_and_stops() {
     let cpu = step.cpu.expect("the scan phase was measured");
     assert_eq!(cpu.answered_scans, 4);
     assert!(cpu.phase_secs > 0.0, "{cpu:?}");
+    // Management timed the four scans stage by stage; its part is within what the devices saw.
+    let stages = step.stages.expect("management's stages were read");
+    assert_eq!(stages.scans, 4, "{stages:?}");
+    assert_eq!(stages.stages.len(), 8);
+    assert!(
+        stages.total_us > 0.0 && stages.total_us <= step.latency.mean_ms * 1000.0,
+        "management {} µs of a mean {} ms: {stages:?}",
+        stages.total_us,
+        step.latency.mean_ms
+    );
     assert!(
         step.stop_lateness.max_ms < 5_000.0,
         "{:?}",
