@@ -49,6 +49,10 @@ pub struct Liveness {
     /// The device time of the newest report (state or heartbeat) taken from each device, so a
     /// duplicate or a report overtaken by a newer one changes nothing.
     newest: HashMap<(DeviceKey, bool), DateTime<Utc>>,
+    /// The session whose end, as each device told it, is known to be recorded: a device
+    /// repeats its last exit in every state until its next session ends, and recording it again
+    /// would change nothing but cost a transaction with a lock on the device's open session.
+    recorded_exits: HashMap<DeviceKey, SessionId>,
 }
 
 /// A change worth recording.
@@ -152,6 +156,16 @@ impl Liveness {
         true
     }
 
+    /// Whether the device's account of how `session_id` ended is known to be recorded.
+    pub fn exit_recorded(&self, key: &DeviceKey, session_id: SessionId) -> bool {
+        self.recorded_exits.get(key) == Some(&session_id)
+    }
+
+    /// Remembers that the device's account of how `session_id` ended is recorded.
+    pub fn note_exit_recorded(&mut self, key: &DeviceKey, session_id: SessionId) {
+        self.recorded_exits.insert(key.clone(), session_id);
+    }
+
     /// Whether this conflict is new (and remembers it).
     fn first_flag(&mut self, key: &DeviceKey, session_id: SessionId) -> bool {
         self.flagged.insert((key.clone(), session_id))
@@ -241,10 +255,14 @@ pub async fn reconcile(
         } => Some(*session_id),
         _ => None,
     };
-    // Most states (idle, or running what the database expects) change nothing: no transaction,
-    // and at most one read. The liveness lock is held only for its map, never across a query,
-    // so the devices' states do not wait on one another.
-    let Some(exit) = &state.last_exit else {
+    // Most states (idle, or running what the database expects, repeating an exit already
+    // recorded) change nothing: no transaction, and at most one read. The liveness lock is held
+    // only for its map, never across a query, so the devices' states do not wait on one another.
+    let exit = match &state.last_exit {
+        Some(exit) if !liveness.lock().await.exit_recorded(key, exit.session_id) => Some(exit),
+        _ => None,
+    };
+    let Some(exit) = exit else {
         let Some(session_id) = running else {
             return Ok(false);
         };
@@ -257,7 +275,7 @@ pub async fn reconcile(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let open = open_session(&tx, store, device, true).await?;
-    record_device_stop(&tx, store, device, exit).await?;
+    let exit_recorded = record_device_stop(&tx, store, device, exit).await?;
     let exited = open.as_ref().filter(|session| {
         session.session_id == exit.session_id && exit.stopped_by == StopCause::ProgramExited
     });
@@ -274,6 +292,12 @@ pub async fn reconcile(
         None => false,
     };
     tx.commit().await?;
+    if exit_recorded {
+        liveness
+            .lock()
+            .await
+            .note_exit_recorded(key, exit.session_id);
+    }
     // The device's account of a stop is kept on the session row only: nothing to publish
     // unless a session was closed here or a conflict flagged.
     Ok(exited.is_some() || flagged)
@@ -314,30 +338,42 @@ async fn flag_unexpected(
     Ok(true)
 }
 
+/// Keeps the device's account of how a session ended on the session's row (once); returns
+/// whether it is recorded, now or before.
 async fn record_device_stop(
     tx: &impl GenericClient,
     store: &StoreId,
     device: &DeviceId,
     exit: &ProgramExit,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<bool, tokio_postgres::Error> {
     let cause = serde_json::to_value(exit.stopped_by)
         .ok()
         .and_then(|value| value.as_str().map(str::to_owned))
         .unwrap_or_default();
-    tx.cached_execute(
-        "UPDATE sessions SET device_stopped_at = $4, device_stop_cause = $5, device_exit = $6
-         WHERE session_id = $1 AND store_id = $2 AND device_id = $3 AND device_stopped_at IS NULL",
-        &[
-            &exit.session_id.as_uuid(),
-            &store.as_str(),
-            &device.as_str(),
-            &exit.at,
-            &cause,
-            &clean_text(&exit.exit, 200),
-        ],
-    )
-    .await?;
-    Ok(())
+    // The outer EXISTS reads the row as it was before the update (one snapshot for the whole
+    // statement): recorded now, or recorded before. A session not there (yet, for one started
+    // offline) is neither.
+    let row = tx
+        .cached_query_one(
+            "WITH recorded_now AS (
+                 UPDATE sessions SET device_stopped_at = $4, device_stop_cause = $5, device_exit = $6
+                 WHERE session_id = $1 AND store_id = $2 AND device_id = $3 AND device_stopped_at IS NULL
+                 RETURNING 1)
+             SELECT EXISTS (SELECT 1 FROM recorded_now)
+                 OR EXISTS (SELECT 1 FROM sessions
+                            WHERE session_id = $1 AND store_id = $2 AND device_id = $3
+                              AND device_stopped_at IS NOT NULL)",
+            &[
+                &exit.session_id.as_uuid(),
+                &store.as_str(),
+                &device.as_str(),
+                &exit.at,
+                &cause,
+                &clean_text(&exit.exit, 200),
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// The device's open session; `lock`ed for the rest of the transaction when it may be ended.
@@ -415,6 +451,26 @@ mod tests {
             skew_ms,
             interval: None,
         }
+    }
+
+    #[test]
+    fn a_recorded_exit_is_remembered_per_device_until_the_next_one() {
+        let mut liveness = Liveness::default();
+        let (first, second) = (SessionId::random(), SessionId::random());
+        let other: DeviceKey = ("s".parse().unwrap(), "e".parse().unwrap());
+        assert!(
+            !liveness.exit_recorded(&key(), first),
+            "nothing known at first"
+        );
+        liveness.note_exit_recorded(&key(), first);
+        assert!(liveness.exit_recorded(&key(), first));
+        assert!(!liveness.exit_recorded(&other, first), "another device's");
+        liveness.note_exit_recorded(&key(), second);
+        assert!(liveness.exit_recorded(&key(), second));
+        assert!(
+            !liveness.exit_recorded(&key(), first),
+            "one per device: the latest"
+        );
     }
 
     #[test]

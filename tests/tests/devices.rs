@@ -1,13 +1,19 @@
 //! What devices report, and what management makes of it: availability from last wills and
-//! heartbeats, clock skew, programs that exit by themselves, and a device cut off during its
-//! session — over the real broker process, PostgreSQL and agent processes.
+//! heartbeats, clock skew, programs that exit by themselves, a device cut off during its
+//! session, and states repeating an exit already recorded — over the real broker process,
+//! PostgreSQL and agent processes.
 
 use std::time::Duration;
 
 use chrono::Utc;
-use mujin_protocol::message::{self, Availability, EndReason, EventKind, ProgramStatus, Telemetry};
+use mujin_management::booking::Booking;
+use mujin_management::devices::{self, Liveness};
+use mujin_protocol::message::{
+    self, Availability, EndReason, EventKind, ProgramExit, ProgramStatus, ReportedState, StopCause,
+    Telemetry,
+};
 use mujin_protocol::topic::{self, DeviceChannel};
-use mujin_protocol::SessionId;
+use mujin_protocol::{DeviceId, SessionId, StoreId};
 use mujin_tests::proxy::Proxy;
 use mujin_tests::stack::Stack;
 use mujin_tests::{process_alive, wait_for};
@@ -252,5 +258,127 @@ async fn a_device_cut_off_during_its_session_stops_by_itself_and_management_reco
          ({cause} at {stopped_at}) was recorded and the stop was delivered: {commands:?}"
     );
     agent.stop().await;
+    stack.shutdown().await;
+}
+
+/// Inserts a session of `booking` on `device` straight into the database: open, or ended with
+/// the device's account of its stop recorded.
+async fn insert_session(
+    stack: &Stack,
+    (store, device): &(StoreId, DeviceId),
+    booking: &Booking,
+    ended: bool,
+) -> SessionId {
+    let session_id = SessionId::random();
+    let client = stack.pool.get().await.expect("db");
+    client
+        .execute(
+            "INSERT INTO sessions (session_id, ticket_id, scan_id, store_id, device_id, started_at,
+                                   lease_until, start_command_id, ended_at, end_reason,
+                                   device_stopped_at, device_stop_cause, device_exit)
+             SELECT $1, $2, gen_random_uuid(), $3, $4, now(), now() + interval '1 minute',
+                    gen_random_uuid(), e.at, e.reason, e.at, e.cause, e.exit
+             FROM (SELECT CASE WHEN $5 THEN now() END AS at,
+                          CASE WHEN $5 THEN 'booking_ended' END AS reason,
+                          CASE WHEN $5 THEN 'command' END AS cause,
+                          CASE WHEN $5 THEN 'exit code 0' END AS exit) e",
+            &[
+                &session_id.as_uuid(),
+                &booking.claims.ticket_id.as_uuid(),
+                &store.as_str(),
+                &device.as_str(),
+                &ended,
+            ],
+        )
+        .await
+        .expect("a session inserted");
+    session_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_repeating_a_recorded_exit_is_not_held_up_by_a_lock_on_the_open_session() {
+    let stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-01").await;
+    let earlier = stack
+        .book(
+            &device,
+            chrono::Duration::hours(2),
+            chrono::Duration::minutes(10),
+        )
+        .await
+        .expect("a booking for the earlier session");
+    let booking = stack.book_now(&device, 60).await;
+    let ended = insert_session(&stack, &device, &earlier, true).await;
+    let running = insert_session(&stack, &device, &booking, false).await;
+    // The device runs its new session and repeats how the earlier one ended, as agents do in
+    // every state until the next session ends.
+    let state = |at: chrono::DateTime<Utc>| ReportedState {
+        availability: Availability::Online,
+        program: ProgramStatus::Running {
+            session_id: running,
+            started_at: at,
+            lease_until: at + chrono::Duration::minutes(1),
+            provisional: false,
+        },
+        last_exit: Some(ProgramExit {
+            session_id: ended,
+            stopped_by: StopCause::Command,
+            exit: "exit code 0".into(),
+            at,
+        }),
+        at: Some(at),
+        signature: None,
+    };
+    let liveness = tokio::sync::Mutex::new(Liveness::default());
+    let flagged = devices::reconcile(
+        &stack.pool,
+        &liveness,
+        &device,
+        &state(Utc::now()),
+        Utc::now(),
+    )
+    .await
+    .expect("the first state");
+    assert!(
+        !flagged,
+        "the device runs the open session: nothing to flag"
+    );
+
+    // The open session's row is locked, as the stop timer holds it in the last moments before
+    // its end.
+    let mut holder = stack.pool.get().await.expect("db");
+    let lock = holder.transaction().await.expect("a transaction");
+    lock.query(
+        "SELECT 1 FROM sessions WHERE session_id = $1 FOR UPDATE",
+        &[&running.as_uuid()],
+    )
+    .await
+    .expect("the lock");
+    let again = state(Utc::now());
+    let repeated = devices::reconcile(&stack.pool, &liveness, &device, &again, Utc::now());
+    let flagged = tokio::time::timeout(Duration::from_secs(2), repeated)
+        .await
+        .expect("answered without waiting for the lock")
+        .expect("the repeated state");
+    assert!(!flagged);
+
+    // A worker that has not seen the exit recorded yet (just started) checks it in a
+    // transaction: it waits for the lock, then remembers.
+    let fresh = tokio::sync::Mutex::new(Liveness::default());
+    let once_more = state(Utc::now());
+    {
+        let checking = devices::reconcile(&stack.pool, &fresh, &device, &once_more, Utc::now());
+        tokio::pin!(checking);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut checking)
+                .await
+                .is_err(),
+            "a worker that does not know waits for the lock"
+        );
+        lock.rollback().await.expect("the lock released");
+        checking.await.expect("checked once the lock is released");
+    }
+    drop(holder);
+    assert!(fresh.lock().await.exit_recorded(&device, ended));
     stack.shutdown().await;
 }
