@@ -235,12 +235,12 @@ impl Report {
             .map(|at| (at.rate, at.result.cpu.as_ref()))
             .collect();
         cpu_table(out, &by_rate, self.machine.cores)?;
-        let stages: Vec<(f64, f64, &StageMeans)> = self
+        let stages: Vec<(f64, &Percentiles, &StageMeans)> = self
             .latency
             .iter()
             .filter_map(|at| {
                 let means = at.result.stages.as_ref()?;
-                Some((at.rate, at.result.latency.mean_ms, means))
+                Some((at.rate, &at.result.latency, means))
             })
             .collect();
         crate::stages::markdown(out, &stages, &self.floor)?;

@@ -3,7 +3,8 @@
 //! step's first scan and after its last answer, like the CPU probe, give the mean of each stage
 //! over the phase. Means, not percentiles, because they add up: the stages' means sum to
 //! management's mean part of a scan → start, and what the device measured beyond that is the
-//! broker's two hops and the clients on either side.
+//! broker's two hops and the clients on either side. Each stage's p99, estimated from the
+//! histogram's buckets, tells which stage the tail comes from.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::floor::Floor;
+use crate::stats::Percentiles;
 
 /// The metric management times the stages with.
 const METRIC: &str = "mujin_scan_stage_seconds";
@@ -27,11 +29,13 @@ pub struct StageProbe {
     address: SocketAddr,
 }
 
-/// Each stage's running sum (seconds) and count, in the order of [`ScanStages::NAMES`].
+/// Each stage's running sum (seconds), count and cumulative buckets (upper bound in seconds,
+/// count at or below it), in the order of [`ScanStages::NAMES`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StageTotals {
     sums: [f64; 8],
     counts: [u64; 8],
+    buckets: [Vec<(f64, u64)>; 8],
 }
 
 /// The mean of each stage over a phase, per scan whose start went out with its answer.
@@ -49,6 +53,51 @@ pub struct StageMeans {
 pub struct StageMean {
     pub stage: String,
     pub mean_us: f64,
+    /// Estimated from the buckets (linear within the bucket that holds it); `None` when it
+    /// lies beyond the last finite bucket.
+    pub p99_us: Option<f64>,
+    /// The phase's cumulative buckets (upper bound in seconds, count), for pooling phases.
+    #[serde(skip)]
+    buckets: Vec<(f64, u64)>,
+}
+
+impl StageMean {
+    fn new(stage: &str, mean_us: f64, buckets: Vec<(f64, u64)>) -> StageMean {
+        StageMean {
+            stage: stage.to_owned(),
+            mean_us,
+            p99_us: quantile_us(&buckets, 0.99),
+            buckets,
+        }
+    }
+}
+
+/// The `quantile` of what cumulative `buckets` counted, in µs: linear between the bounds of the
+/// bucket that holds it (from 0 for the first); `None` without counts or beyond the last finite
+/// bound.
+fn quantile_us(buckets: &[(f64, u64)], quantile: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = quantile * total as f64;
+    let mut below = (0.0, 0u64);
+    for &(bound, count) in buckets {
+        if count as f64 >= rank {
+            if !bound.is_finite() {
+                return None;
+            }
+            let within = (count - below.1) as f64;
+            let share = if within > 0.0 {
+                (rank - below.1 as f64) / within
+            } else {
+                1.0
+            };
+            return Some((below.0 + (bound - below.0) * share) * 1e6);
+        }
+        below = (bound, count);
+    }
+    None
 }
 
 impl StageProbe {
@@ -106,6 +155,20 @@ impl StageTotals {
             };
             totals.sums[index] = value("sum").unwrap_or(0.0);
             totals.counts[index] = value("count").map_or(0, |count| count as u64);
+            let bucket = format!("{METRIC}_bucket{{le=\"");
+            let of_stage = format!("\",stage=\"{stage}\"}} ");
+            totals.buckets[index] = text
+                .lines()
+                .filter_map(|line| {
+                    let (bound, count) = line.strip_prefix(&bucket)?.split_once(&of_stage)?;
+                    let bound = if bound == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        bound.parse().ok()?
+                    };
+                    Some((bound, count.trim().parse::<f64>().ok()? as u64))
+                })
+                .collect();
         }
         totals
     }
@@ -120,9 +183,19 @@ impl StageTotals {
         let stages: Vec<StageMean> = ScanStages::NAMES
             .iter()
             .enumerate()
-            .map(|(index, stage)| StageMean {
-                stage: (*stage).to_owned(),
-                mean_us: (self.sums[index] - before.sums[index]).max(0.0) * 1e6 / scans as f64,
+            .map(|(index, stage)| {
+                let mean_us = (self.sums[index] - before.sums[index]).max(0.0) * 1e6 / scans as f64;
+                let buckets = self.buckets[index]
+                    .iter()
+                    .map(|&(bound, count)| {
+                        let earlier = before.buckets[index]
+                            .iter()
+                            .find(|(b, _)| *b == bound)
+                            .map_or(0, |(_, c)| *c);
+                        (bound, count.saturating_sub(earlier))
+                    })
+                    .collect();
+                StageMean::new(stage, mean_us, buckets)
             })
             .collect();
         Some(StageMeans {
@@ -143,9 +216,14 @@ impl StageMeans {
             .stages
             .iter()
             .zip(&other.stages)
-            .map(|(a, b)| StageMean {
-                stage: a.stage.clone(),
-                mean_us: weighted(a.mean_us, b.mean_us),
+            .map(|(a, b)| {
+                let buckets = a
+                    .buckets
+                    .iter()
+                    .zip(&b.buckets)
+                    .map(|(&(bound, x), &(_, y))| (bound, x + y))
+                    .collect();
+                StageMean::new(&a.stage, weighted(a.mean_us, b.mean_us), buckets)
             })
             .collect();
         StageMeans {
@@ -156,11 +234,12 @@ impl StageMeans {
     }
 }
 
-/// The report's table: for each rate, the device's mean scan → start, management's stages,
-/// their sum, and the rest (the broker and the clients); then what the floor holds of it.
+/// The report's tables: for each rate, the device's mean scan → start, management's stages,
+/// their sum, and the rest (the broker and the clients); each stage's p99 next to the
+/// device's; then what the floor holds of it.
 pub fn markdown(
     out: &mut String,
-    by_rate: &[(f64, f64, &StageMeans)],
+    by_rate: &[(f64, &Percentiles, &StageMeans)],
     floor: &Floor,
 ) -> std::fmt::Result {
     if by_rate.is_empty() {
@@ -176,8 +255,8 @@ pub fn markdown(
         out,
         "| offered rate | scans timed | at the device | {names} | in management | broker and clients |\n|---|---|---|{dashes}---|---|"
     )?;
-    for (rate, device_mean_ms, means) in by_rate {
-        let device_us = device_mean_ms * 1000.0;
+    for (rate, device, means) in by_rate {
+        let device_us = device.mean_ms * 1000.0;
         let stages: Vec<String> = means
             .stages
             .iter()
@@ -190,6 +269,31 @@ pub fn markdown(
             stages.join(" | "),
             means.total_us,
             device_us - means.total_us
+        )?;
+    }
+    writeln!(
+        out,
+        "\nTheir tails (p99 of each stage, µs, estimated from the histogram's buckets; \">250000\" beyond the last one), next to the device's p99:\n"
+    )?;
+    writeln!(
+        out,
+        "| offered rate | at the device | {names} |\n|---|---|{dashes}"
+    )?;
+    for (rate, device, means) in by_rate {
+        let stages: Vec<String> = means
+            .stages
+            .iter()
+            .map(|stage| {
+                stage
+                    .p99_us
+                    .map_or(">250000".into(), |us| format!("{us:.0}"))
+            })
+            .collect();
+        writeln!(
+            out,
+            "| {rate:.0}/s | {:.0} | {} |",
+            device.p99_ms * 1000.0,
+            stages.join(" | ")
         )?;
     }
     writeln!(
@@ -208,7 +312,11 @@ mod tests {
         let mut text = String::from("# HELP mujin_scan_stage_seconds Where …\n");
         for (stage, sum) in ScanStages::NAMES.iter().zip(sums) {
             text.push_str(&format!(
-                "{METRIC}_sum{{stage=\"{stage}\"}} {sum}\n{METRIC}_count{{stage=\"{stage}\"}} {count}\n{METRIC}_bucket{{le=\"0.001\",stage=\"{stage}\"}} {count}\n"
+                "{METRIC}_sum{{stage=\"{stage}\"}} {sum}\n{METRIC}_count{{stage=\"{stage}\"}} {count}\n\
+                 {METRIC}_bucket{{le=\"0.0005\",stage=\"{stage}\"}} {}\n\
+                 {METRIC}_bucket{{le=\"0.001\",stage=\"{stage}\"}} {count}\n\
+                 {METRIC}_bucket{{le=\"+Inf\",stage=\"{stage}\"}} {count}\n",
+                count / 2
             ));
         }
         text.push_str("mujin_scan_to_start_seconds_sum 9.5\n# EOF\n");
@@ -222,7 +330,31 @@ mod tests {
         let totals = StageTotals::parse(&exposition(sums, 1000));
         assert_eq!(totals.counts, [1000; 8]);
         assert_eq!(totals.sums[4], 0.25);
+        assert_eq!(
+            totals.buckets[7],
+            [(0.0005, 500), (0.001, 1000), (f64::INFINITY, 1000)]
+        );
         assert_eq!(StageTotals::parse("# EOF\n"), StageTotals::default());
+    }
+
+    #[test]
+    fn a_quantile_is_interpolated_within_its_bucket() {
+        let buckets = [(0.0005, 500), (0.001, 1000), (f64::INFINITY, 1000)];
+        let p99 = quantile_us(&buckets, 0.99).unwrap();
+        assert!((p99 - 990.0).abs() < 1e-6, "{p99}");
+        let p10 = quantile_us(&buckets, 0.10).unwrap();
+        assert!(
+            (p10 - 100.0).abs() < 1e-6,
+            "from 0 in the first bucket: {p10}"
+        );
+        let beyond = [(0.001, 10), (f64::INFINITY, 1000)];
+        assert_eq!(
+            quantile_us(&beyond, 0.99),
+            None,
+            "past the last finite bound"
+        );
+        assert_eq!(quantile_us(&[(0.001, 0), (f64::INFINITY, 0)], 0.99), None);
+        assert_eq!(quantile_us(&[], 0.99), None);
     }
 
     #[test]
@@ -239,6 +371,9 @@ mod tests {
         assert!((means.stages[5].mean_us - 400.0).abs() < 1e-6);
         assert!(means.stages[0].mean_us.abs() < 1e-9);
         assert!((means.total_us - 650.0).abs() < 1e-6);
+        assert_eq!(means.stages[4].buckets[0], (0.0005, 100), "150 − 50");
+        let p99 = means.stages[4].p99_us.unwrap();
+        assert!((p99 - 990.0).abs() < 1e-6, "{p99}");
         assert_eq!(before.since(&before), None, "nothing timed");
         assert_eq!(before.since(&after), None, "a restarted worker");
         let later = StageTotals::parse(&exposition([1.0 + 0.06; 8], 400));
@@ -249,6 +384,7 @@ mod tests {
             (pooled.stages[4].mean_us - 200.0).abs() < 1e-6,
             "{pooled:?}"
         );
+        assert_eq!(pooled.stages[4].buckets[1], (0.001, 300), "buckets add up");
     }
 
     #[test]
@@ -257,7 +393,12 @@ mod tests {
         let after = StageTotals::parse(&exposition([0.0001; 8], 1));
         let means = after.since(&before).unwrap();
         let mut out = String::new();
-        markdown(&mut out, &[(500.0, 2.0, &means)], &Floor::default()).unwrap();
+        let device = Percentiles {
+            mean_ms: 2.0,
+            p99_ms: 3.5,
+            ..Percentiles::default()
+        };
+        markdown(&mut out, &[(500.0, &device, &means)], &Floor::default()).unwrap();
         assert!(
             out.contains(
                 "| 500/s | 1 | 2000 | 100 | 100 | 100 | 100 | 100 | 100 | 100 | 100 | 800 | 1200 |"
@@ -266,6 +407,11 @@ mod tests {
         );
         assert!(
             out.contains("| queued | authenticate | verify_ticket |"),
+            "{out}"
+        );
+        // One scan at most 1 ms in each stage, none of them over 0.5 ms: its p99 is interpolated.
+        assert!(
+            out.contains("| 500/s | 3500 | 995 | 995 | 995 | 995 | 995 | 995 | 995 | 995 |"),
             "{out}"
         );
         let mut empty = String::new();
