@@ -2,9 +2,9 @@
 //! must be signed with *that* device's key (see [`mujin_protocol::device_auth`]), since broker
 //! credentials alone do not stop device A from publishing on device B's topics.
 //!
-//! - [`DeviceKeyCache`]: the `device_keys` table in memory, reloaded when older than
-//!   [`REFRESH`] and, at most every [`MISS_RELOAD`], when a message names a key it does not hold
-//!   (a device enrolled or re-enrolled a moment ago), so enrolments apply without a restart;
+//! - [`DeviceKeyCache`]: the `device_keys` table in memory, reloaded every [`REFRESH`] by a task
+//!   of its own; a message naming a key it does not hold (a device enrolled or re-enrolled a
+//!   moment ago) reads its device's row, so enrolments apply at once, without a restart;
 //! - [`Received`] and [`check`]: the pure decision for one message;
 //! - [`RefusalThrottle`]: at most one `device_message_refused` event a minute per device and
 //!   channel, so a forger cannot fill the audit log;
@@ -12,7 +12,7 @@
 
 use crate::db::CachedStatements;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -24,62 +24,48 @@ use mujin_protocol::ticket::PublicKey;
 use mujin_protocol::topic::DeviceChannel;
 use mujin_protocol::{DeviceId, KeyId, ScanId, StoreId};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::db::WorkError;
 use crate::mqtt::Outbound;
 use crate::ratelimit::{ScanLimiter, Verdict};
 use crate::{audit, scans};
 
-/// How old the cached keys may get before the next message reloads them.
+/// How old the cached keys may get: [`DeviceKeyCache::refresh_every`] reloads them this often.
 pub const REFRESH: Duration = Duration::from_secs(3);
-/// How often at most a message signed with a key not in the cache reloads it.
-pub const MISS_RELOAD: Duration = Duration::from_millis(500);
 /// How often at most a refused state, telemetry report or ack of one device and channel is
 /// recorded as an event.
 pub const REFUSAL_EVENT_INTERVAL: Duration = Duration::from_secs(60);
 
 type DeviceKeyMap = HashMap<(StoreId, DeviceId), PublicKey>;
 
-/// The current public key of every enrolled device, loaded from the `device_keys` table.
+/// The current public key of every enrolled device, loaded from the `device_keys` table. The
+/// whole table (every enrolled device) is read every [`REFRESH`] by a task of its own, off the
+/// inbox's path; a message whose device key the cache lacks, or not the one the message names
+/// (a device enrolled or re-enrolled a moment ago, or a forgery), reads that device's row.
 pub struct DeviceKeyCache {
     pool: Pool,
-    cached: Mutex<Cached>,
-}
-
-#[derive(Default)]
-struct Cached {
-    keys: DeviceKeyMap,
-    /// When the last load was tried (even a failed one, so an outage is not retried per message).
-    loaded_at: Option<Instant>,
-}
-
-impl Cached {
-    /// Whether a lookup at `now` should reload first: always when stale, sooner on a miss.
-    fn reload_due(&self, now: Instant, miss: bool) -> bool {
-        let max_age = if miss { MISS_RELOAD } else { REFRESH };
-        self.loaded_at
-            .is_none_or(|at| now.saturating_duration_since(at) >= max_age)
-    }
+    keys: Mutex<DeviceKeyMap>,
 }
 
 impl DeviceKeyCache {
     pub fn new(pool: Pool) -> Self {
         Self {
             pool,
-            cached: Mutex::new(Cached::default()),
+            keys: Mutex::new(HashMap::new()),
         }
     }
 
-    fn cached(&self) -> std::sync::MutexGuard<'_, Cached> {
+    fn keys(&self) -> std::sync::MutexGuard<'_, DeviceKeyMap> {
         // A panic while holding it cannot leave the map half-replaced.
-        self.cached
+        self.keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The key of `device`, reloading first when the cache is stale or has no key `signed_with`
-    /// for it. A failed reload keeps the last keys (logged): a database outage must not make
-    /// every device unauthenticated.
+    /// The key of `device`: from the cache when it holds the one `signed_with` names (or the
+    /// message names none), else from the device's row. A failed read keeps what the cache has
+    /// (logged): a database outage must not make every device unauthenticated.
     pub async fn key_of(
         &self,
         store: &StoreId,
@@ -87,28 +73,42 @@ impl DeviceKeyCache {
         signed_with: Option<&KeyId>,
     ) -> Option<PublicKey> {
         let id = (store.clone(), device.clone());
-        let now = Instant::now();
-        let due = {
-            let cached = self.cached();
-            let miss = match (cached.keys.get(&id), signed_with) {
-                (Some(key), Some(signed_with)) => key.key_id != *signed_with,
-                (None, _) => true,
-                (Some(_), None) => false,
-            };
-            cached.reload_due(now, miss)
-        };
-        if due {
-            let loaded = load(&self.pool).await;
-            let mut cached = self.cached();
-            cached.loaded_at = Some(now);
-            match loaded {
-                Ok(keys) => cached.keys = keys,
+        let cached = self.keys().get(&id).cloned();
+        let hit = |key: &PublicKey| signed_with.is_none_or(|named| key.key_id == *named);
+        if let Some(key) = cached.as_ref().filter(|key| hit(key)) {
+            return Some(key.clone());
+        }
+        match load_one(&self.pool, &id).await {
+            Ok(Some(key)) => {
+                self.keys().insert(id, key.clone());
+                Some(key)
+            }
+            Ok(None) => {
+                self.keys().remove(&id);
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, %store, %device, "cannot read the device's key; keeping the cached one");
+                cached
+            }
+        }
+    }
+
+    /// Loads every key now, then every `period` until `stop` (a revoked or replaced key stops
+    /// working within one period).
+    pub async fn refresh_every(&self, period: Duration, stop: CancellationToken) {
+        loop {
+            match load(&self.pool).await {
+                Ok(keys) => *self.keys() = keys,
                 Err(error) => {
                     tracing::warn!(%error, "cannot reload the device keys; keeping the last ones")
                 }
             }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(period) => {}
+            }
         }
-        self.cached().keys.get(&id).cloned()
     }
 }
 
@@ -121,30 +121,50 @@ async fn load(pool: &Pool) -> Result<DeviceKeyMap, WorkError> {
             &[],
         )
         .await?;
-    let mut keys = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let (store, device, key_id): (String, String, String) =
-            (row.get(0), row.get(1), row.get(2));
-        let bytes: Vec<u8> = row.get(3);
-        let parsed = (
-            StoreId::parse(&store),
-            DeviceId::parse(&device),
-            KeyId::parse(&key_id),
-            <[u8; 32]>::try_from(bytes.as_slice()),
-        );
-        match parsed {
-            (Ok(store), Ok(device), Ok(key_id), Ok(bytes)) => {
-                keys.insert((store, device), PublicKey { key_id, bytes });
-            }
-            _ => tracing::error!(store, device, key_id, "unreadable device key row; ignored"),
+    Ok(rows.iter().filter_map(parse_key_row).collect())
+}
+
+/// One device's key, if it has one.
+async fn load_one(
+    pool: &Pool,
+    (store, device): &(StoreId, DeviceId),
+) -> Result<Option<PublicKey>, WorkError> {
+    let client = pool.get().await?;
+    let row = client
+        .cached_query_opt(
+            "SELECT store_id, device_id, key_id, public_key FROM device_keys
+             WHERE store_id = $1 AND device_id = $2",
+            &[&store.as_str(), &device.as_str()],
+        )
+        .await?;
+    Ok(row.as_ref().and_then(parse_key_row).map(|(_, key)| key))
+}
+
+/// A row of `device_keys` (store, device, key id, public key); `None`, logged, when it does not
+/// parse.
+fn parse_key_row(row: &tokio_postgres::Row) -> Option<((StoreId, DeviceId), PublicKey)> {
+    let (store, device, key_id): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let bytes: Vec<u8> = row.get(3);
+    let parsed = (
+        StoreId::parse(&store),
+        DeviceId::parse(&device),
+        KeyId::parse(&key_id),
+        <[u8; 32]>::try_from(bytes.as_slice()),
+    );
+    match parsed {
+        (Ok(store), Ok(device), Ok(key_id), Ok(bytes)) => {
+            Some(((store, device), PublicKey { key_id, bytes }))
+        }
+        _ => {
+            tracing::error!(store, device, key_id, "unreadable device key row; ignored");
+            None
         }
     }
-    Ok(keys)
 }
 
 /// The inbox's check of device messages: the key cache and how often refusals are recorded.
 pub struct DeviceAuth {
-    keys: DeviceKeyCache,
+    keys: Arc<DeviceKeyCache>,
     /// Unauthenticated scans recorded as events, per device (each one is answered).
     refused_scans: Mutex<ScanLimiter<(StoreId, DeviceId)>>,
     /// Other unauthenticated device messages recorded as events.
@@ -154,10 +174,15 @@ pub struct DeviceAuth {
 impl DeviceAuth {
     pub fn new(pool: Pool) -> Self {
         Self {
-            keys: DeviceKeyCache::new(pool),
+            keys: Arc::new(DeviceKeyCache::new(pool)),
             refused_scans: Mutex::new(ScanLimiter::default()),
             refusals: Mutex::new(RefusalThrottle::default()),
         }
+    }
+
+    /// The key cache, for the task that refreshes it ([`DeviceKeyCache::refresh_every`]).
+    pub fn keys(&self) -> Arc<DeviceKeyCache> {
+        self.keys.clone()
     }
 
     /// For a message on `device`'s `channel` not signed with that device's key (or a scan sent
@@ -517,17 +542,5 @@ mod tests {
         assert!(!throttle.should_record(&store, &a, DeviceChannel::State, later));
         let after = start + REFUSAL_EVENT_INTERVAL;
         assert!(throttle.should_record(&store, &a, DeviceChannel::State, after));
-    }
-
-    #[test]
-    fn the_cache_reloads_when_stale_and_sooner_on_a_miss() {
-        let start = Instant::now();
-        let mut cached = Cached::default();
-        assert!(cached.reload_due(start, false), "never loaded");
-        cached.loaded_at = Some(start);
-        assert!(!cached.reload_due(start + Duration::from_millis(100), true));
-        assert!(cached.reload_due(start + MISS_RELOAD, true));
-        assert!(!cached.reload_due(start + MISS_RELOAD, false));
-        assert!(cached.reload_due(start + REFRESH, false));
     }
 }

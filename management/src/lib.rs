@@ -162,6 +162,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         metrics: metrics.clone(),
         stop: stop.clone(),
     };
+    // Device keys are reloaded off the inbox's path (a message waits only for a key it misses).
+    let device_keys_task = {
+        let (keys, stop) = (inbox.device_auth.keys(), stop.clone());
+        tokio::spawn(async move { keys.refresh_every(device_keys::REFRESH, stop).await })
+    };
     let liveness_task = tokio::spawn(watch_heartbeats(
         pool.clone(),
         inbox.liveness.clone(),
@@ -237,7 +242,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         liveness_task,
         lifecycle_task,
         trust_task,
-        reload_task
+        reload_task,
+        device_keys_task
     );
     if let Some(task) = bookings_task {
         let _ = task.await;

@@ -1,19 +1,20 @@
 //! What devices report, and what management makes of it: availability from last wills and
 //! heartbeats, clock skew, programs that exit by themselves, a device cut off during its
-//! session, and states repeating an exit already recorded — over the real broker process,
-//! PostgreSQL and agent processes.
+//! session, states repeating an exit already recorded, and the cache of device keys — over the
+//! real broker process, PostgreSQL and agent processes.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use mujin_management::booking::Booking;
+use mujin_management::device_keys::{self, DeviceKeyCache};
 use mujin_management::devices::{self, Liveness};
 use mujin_protocol::message::{
     self, Availability, EndReason, EventKind, ProgramExit, ProgramStatus, ReportedState, StopCause,
     Telemetry,
 };
 use mujin_protocol::topic::{self, DeviceChannel};
-use mujin_protocol::{DeviceId, SessionId, StoreId};
+use mujin_protocol::{DeviceId, KeyId, SessionId, StoreId};
 use mujin_tests::proxy::Proxy;
 use mujin_tests::stack::Stack;
 use mujin_tests::{process_alive, wait_for};
@@ -380,5 +381,51 @@ async fn a_state_repeating_a_recorded_exit_is_not_held_up_by_a_lock_on_the_open_
     }
     drop(holder);
     assert!(fresh.lock().await.exit_recorded(&device, ended));
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_keys_are_reloaded_off_the_messages_path_and_a_missing_key_is_read_from_its_row() {
+    let stack = Stack::start().await;
+    let first = stack.add_device("shibuya", "pc-01").await;
+    let first_key = stack.device_key(&first).expect("enrolled").public_key();
+    let cache = DeviceKeyCache::new(stack.pool.clone());
+    let key_of = |device: &(StoreId, DeviceId), key: &KeyId| {
+        let (cache, device, key) = (&cache, device.clone(), key.clone());
+        async move { cache.key_of(&device.0, &device.1, Some(&key)).await }
+    };
+    assert_eq!(
+        key_of(&first, &first_key.key_id).await,
+        Some(first_key.clone()),
+        "loaded on the first lookup"
+    );
+    // Enrolled after the cache was loaded.
+    let second = stack.add_device("shibuya", "pc-02").await;
+    let second_key = stack.device_key(&second).expect("enrolled").public_key();
+
+    // The table is locked (a long migration, a backup): any reload waits.
+    let mut holder = stack.pool.get().await.expect("db");
+    let lock = holder.transaction().await.expect("a transaction");
+    lock.batch_execute("LOCK TABLE device_keys IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("the lock");
+    tokio::time::sleep(device_keys::REFRESH + Duration::from_millis(100)).await;
+    let known = tokio::time::timeout(Duration::from_secs(1), key_of(&first, &first_key.key_id))
+        .await
+        .expect("a key in the cache is answered without waiting for a reload");
+    assert_eq!(known, Some(first_key));
+    {
+        let missing = key_of(&second, &second_key.key_id);
+        tokio::pin!(missing);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut missing)
+                .await
+                .is_err(),
+            "a key the cache does not hold is read from the table"
+        );
+        lock.rollback().await.expect("the lock released");
+        assert_eq!(missing.await, Some(second_key), "found once readable");
+    }
+    drop(holder);
     stack.shutdown().await;
 }
