@@ -198,7 +198,7 @@ impl Stack {
             .args(["--early-grace-secs", "60"])
             .args(["--metrics-listen", &metrics.to_string()])
             .env("MUJIN_MQTT_PASSWORD", &self.password)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", management_log_filter())
             .stdout(Stdio::null())
             .stderr(self.log("management")?)
             .kill_on_drop(true)
@@ -238,6 +238,12 @@ impl Stack {
             let _ = std::fs::remove_dir_all(self.dir.join("postgres"));
         }
     }
+}
+
+/// Management's log filter: `warn`, or `MUJIN_BENCH_MANAGEMENT_LOG` (e.g.
+/// `warn,mujin_management::stop_timer=debug` for the stop timer's timing of each pass).
+fn management_log_filter() -> String {
+    std::env::var("MUJIN_BENCH_MANAGEMENT_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 fn key_dir(dir: &Path) -> PathBuf {
