@@ -92,8 +92,9 @@ pub struct StopSender {
     pub metrics: Arc<Metrics>,
 }
 
-/// A pass for the [`StopSender`], with its messages when they were signed already.
-type ToSend = (DuePass, Option<Vec<Vec<Outbound>>>);
+/// A pass for the [`StopSender`], with its messages when they were signed already (in the
+/// order of [`DuePass::signed_messages`]).
+type ToSend = (DuePass, Option<Vec<Outbound>>);
 
 impl StopSender {
     /// Sends the passes it is given, in order, until the timer is gone: signing and publishing
@@ -107,21 +108,12 @@ impl StopSender {
     /// Hands to the MQTT client one stop (and its desired state) at a time, signing each as it
     /// goes unless `signed` already, so the first are on their way while the last are signed;
     /// then the events.
-    async fn send(
-        &self,
-        pass: DuePass,
-        signed: Option<Vec<Vec<Outbound>>>,
-        stop: &CancellationToken,
-    ) {
+    async fn send(&self, pass: DuePass, signed: Option<Vec<Outbound>>, stop: &CancellationToken) {
         let events_sent = pass.events.len();
         let booked_ends: Vec<DateTime<Utc>> =
             pass.stops.iter().map(|(s, _)| s.lease_until).collect();
         match signed {
-            Some(signed) => {
-                for messages in signed {
-                    publish_all(&self.client, messages, stop).await;
-                }
-            }
+            Some(signed) => publish_all(&self.client, signed, stop).await,
             None => {
                 for messages in pass.messages(&self.key) {
                     publish_all(&self.client, messages, stop).await;
@@ -413,14 +405,40 @@ impl DuePass {
     /// What goes out when the pass's stops are sent right after its commit: each stop and its
     /// device's desired state (idle), signed as they are taken, then the events.
     pub fn messages<'a>(&'a self, key: &'a SigningKey) -> impl Iterator<Item = Vec<Outbound>> + 'a {
-        let expires_at = self.now + outbox::STOP_EXPIRY;
-        let stops = self.stops.iter().map(move |(session, stop)| {
-            let device = (&session.store, &session.device);
-            outbox::sent_now(stop.clone(), device, expires_at, None, key, self.now)
-        });
+        let stops = self
+            .stops
+            .iter()
+            .map(move |stop| self.stop_messages(stop, key));
         stops.chain(std::iter::once(
             self.events.iter().map(audit::event_message).collect(),
         ))
+    }
+
+    /// The same, all signed now and in the order they go out: every stop first, then the
+    /// devices' desired states, then the events, so that the last stop of an instant is not
+    /// queued behind the desired states of the others (each device still gets its stop before
+    /// its desired state).
+    pub fn signed_messages(&self, key: &SigningKey) -> Vec<Outbound> {
+        let mut stops = Vec::with_capacity(self.stops.len());
+        let mut desired = Vec::with_capacity(self.stops.len());
+        for stop in &self.stops {
+            let mut messages = self.stop_messages(stop, key).into_iter();
+            stops.extend(messages.next());
+            desired.extend(messages);
+        }
+        let events = self.events.iter().map(audit::event_message);
+        stops.into_iter().chain(desired).chain(events).collect()
+    }
+
+    /// One stop and its device's desired state (idle), signed.
+    fn stop_messages(
+        &self,
+        (session, stop): &(OpenSession, Command),
+        key: &SigningKey,
+    ) -> Vec<Outbound> {
+        let device = (&session.store, &session.device);
+        let expires_at = self.now + outbox::STOP_EXPIRY;
+        outbox::sent_now(stop.clone(), device, expires_at, None, key, self.now)
     }
 }
 
@@ -452,10 +470,10 @@ pub async fn close_ahead(
     at: DateTime<Utc>,
     key: &SigningKey,
     stop: &CancellationToken,
-) -> Result<Option<(DuePass, Option<Vec<Vec<Outbound>>>)>, WorkError> {
+) -> Result<Option<(DuePass, Option<Vec<Outbound>>)>, WorkError> {
     let tx = PipelinedTx::new(pool.get().await?);
     let mut pass = close_due(&tx, true, at, AHEAD_BATCH, false).await?;
-    let signed: Vec<Vec<Outbound>> = pass.messages(key).collect();
+    let signed = pass.signed_messages(key);
     if pass.closed > 0 {
         let until_end = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         tokio::select! {
@@ -559,6 +577,76 @@ async fn close_due(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mujin_protocol::topic::{self, DeviceChannel};
+
+    #[test]
+    fn a_signed_pass_sends_every_stop_before_the_desired_states_and_the_events() {
+        let now = DateTime::from_timestamp(1_000, 0).unwrap();
+        let key = SigningKey::from_seed("c1".parse().unwrap(), &[3; 32]).unwrap();
+        let store: StoreId = "s".parse().unwrap();
+        let stop_of = |device: &str| {
+            let session = OpenSession {
+                session_id: SessionId::random(),
+                store: store.clone(),
+                device: device.parse().unwrap(),
+                started_at: now,
+                lease_until: now,
+            };
+            let action = CommandAction::Stop {
+                session_id: session.session_id,
+                reason: EndReason::BookingEnded,
+            };
+            let target = (&session.store, &session.device);
+            let command = outbox::new_command(target, CommandId::random(), action, 2, now);
+            (session, command)
+        };
+        let pass = DuePass {
+            closed: 2,
+            full: false,
+            stops: vec![stop_of("d1"), stop_of("d2")],
+            events: vec![Event {
+                at: now,
+                store: store.clone(),
+                device: Some("d1".parse().unwrap()),
+                kind: EventKind::SessionEnded {
+                    session_id: SessionId::random(),
+                    started_at: now,
+                    ended_at: now,
+                    reason: EndReason::BookingEnded,
+                    used_ms: 0,
+                },
+            }],
+            next_due: None,
+            now,
+            committed_at: now,
+        };
+        let topics: Vec<String> = pass
+            .signed_messages(&key)
+            .into_iter()
+            .map(|message| message.topic)
+            .collect();
+        let device = |d: &str, channel| topic::device(&store, &d.parse().unwrap(), channel);
+        assert_eq!(
+            topics,
+            [
+                device("d1", DeviceChannel::Command),
+                device("d2", DeviceChannel::Command),
+                device("d1", DeviceChannel::Desired),
+                device("d2", DeviceChannel::Desired),
+                topic::events(&store),
+            ]
+        );
+        let lazily: Vec<String> = pass
+            .messages(&key)
+            .flatten()
+            .map(|message| message.topic)
+            .collect();
+        assert_eq!(
+            lazily.len(),
+            topics.len(),
+            "the same messages, one stop at a time"
+        );
+    }
 
     #[test]
     fn wakes_keep_the_earliest_new_end_and_any_rescan_until_taken() {

@@ -751,11 +751,7 @@ async fn the_stop_timer_closes_a_session_ahead_of_its_end_and_commits_at_the_end
         ("stop".to_owned(), "sent".to_owned(), 1),
         "recorded as its first attempt"
     );
-    let signed: Vec<_> = signed
-        .expect("signed ahead")
-        .into_iter()
-        .flatten()
-        .collect();
+    let signed = signed.expect("signed ahead");
     let stop_command: Command = message::decode(&signed[0].payload).expect("the stop");
     assert_eq!(
         verify_command(&key.public_key(), &stop_command, &device.0, &device.1, end),
