@@ -25,11 +25,10 @@ pub const MESSAGES_PER_AUTHORIZATION: u32 =
 /// Durable commits per authorization: the scan's transaction (`scans::decide_and_record`
 /// writes the scan, the session, the device's epoch, the start command and the events, and
 /// commits once) and the ack's settle (`outbox::record_ack`: one UPDATE of the command,
-/// committed on its own). The state after a start commits nothing when it carries no earlier
-/// session's exit (`devices::reconcile` then reads the open session, no transaction), as on a
-/// device's first session; when it repeats the last session's exit (the bench's devices do
-/// from their second session on), reconcile locks the session row in a transaction, a third
-/// commit that is not counted here.
+/// committed on its own). The state after a start commits nothing: `devices::reconcile` reads
+/// the open session without a transaction, since the earlier session's exit the state repeats
+/// is known recorded (only the state after a stop records one, in a transaction of its own
+/// that the next authorization's count leaves out).
 pub const COMMITS_PER_AUTHORIZATION: u32 = 2;
 
 /// Management signs the start command and the desired state.
