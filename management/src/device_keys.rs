@@ -4,7 +4,8 @@
 //!
 //! - [`DeviceKeyCache`]: the `device_keys` table in memory, reloaded every [`REFRESH`] by a task
 //!   of its own; a message naming a key it does not hold (a device enrolled or re-enrolled a
-//!   moment ago) reads its device's row, so enrolments apply at once, without a restart;
+//!   moment ago) reads its device's row (at most every [`MISS_LOOKUP`] per device), so
+//!   enrolments apply at once, without a restart;
 //! - [`Received`] and [`check`]: the pure decision for one message;
 //! - [`RefusalThrottle`]: at most one `device_message_refused` event a minute per device and
 //!   channel, so a forger cannot fill the audit log;
@@ -33,6 +34,12 @@ use crate::{audit, scans};
 
 /// How old the cached keys may get: [`DeviceKeyCache::refresh_every`] reloads them this often.
 pub const REFRESH: Duration = Duration::from_secs(3);
+/// How often at most one device's messages read its key from the table when the cache lacks
+/// it: a flood of messages naming keys nobody has costs a read per device twice a second, not
+/// one per message.
+pub const MISS_LOOKUP: Duration = Duration::from_millis(500);
+/// Devices whose last read is remembered before the older reads are forgotten.
+const REMEMBERED_LOOKUPS: usize = 4096;
 /// How often at most a refused state, telemetry report or ack of one device and channel is
 /// recorded as an event.
 pub const REFUSAL_EVENT_INTERVAL: Duration = Duration::from_secs(60);
@@ -42,10 +49,13 @@ type DeviceKeyMap = HashMap<(StoreId, DeviceId), PublicKey>;
 /// The current public key of every enrolled device, loaded from the `device_keys` table. The
 /// whole table (every enrolled device) is read every [`REFRESH`] by a task of its own, off the
 /// inbox's path; a message whose device key the cache lacks, or not the one the message names
-/// (a device enrolled or re-enrolled a moment ago, or a forgery), reads that device's row.
+/// (a device enrolled or re-enrolled a moment ago, or a forgery), reads that device's row — at
+/// most every [`MISS_LOOKUP`] per device.
 pub struct DeviceKeyCache {
     pool: Pool,
     keys: Mutex<DeviceKeyMap>,
+    /// When each device's row was last read for a message the cache could not answer.
+    lookups: Mutex<HashMap<(StoreId, DeviceId), Instant>>,
 }
 
 impl DeviceKeyCache {
@@ -53,7 +63,27 @@ impl DeviceKeyCache {
         Self {
             pool,
             keys: Mutex::new(HashMap::new()),
+            lookups: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `id`'s row may be read now (not in the last [`MISS_LOOKUP`]); notes the read.
+    fn may_look_up(&self, id: &(StoreId, DeviceId), now: Instant) -> bool {
+        let mut lookups = self
+            .lookups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lookups
+            .get(id)
+            .is_some_and(|at| now.saturating_duration_since(*at) < MISS_LOOKUP)
+        {
+            return false;
+        }
+        if lookups.len() >= REMEMBERED_LOOKUPS {
+            lookups.retain(|_, at| now.saturating_duration_since(*at) < MISS_LOOKUP);
+        }
+        lookups.insert(id.clone(), now);
+        true
     }
 
     fn keys(&self) -> std::sync::MutexGuard<'_, DeviceKeyMap> {
@@ -64,8 +94,9 @@ impl DeviceKeyCache {
     }
 
     /// The key of `device`: from the cache when it holds the one `signed_with` names (or the
-    /// message names none), else from the device's row. A failed read keeps what the cache has
-    /// (logged): a database outage must not make every device unauthenticated.
+    /// message names none), else from the device's row (unless read in the last
+    /// [`MISS_LOOKUP`]). A failed read keeps what the cache has (logged): a database outage
+    /// must not make every device unauthenticated.
     pub async fn key_of(
         &self,
         store: &StoreId,
@@ -77,6 +108,9 @@ impl DeviceKeyCache {
         let hit = |key: &PublicKey| signed_with.is_none_or(|named| key.key_id == *named);
         if let Some(key) = cached.as_ref().filter(|key| hit(key)) {
             return Some(key.clone());
+        }
+        if !self.may_look_up(&id, Instant::now()) {
+            return cached;
         }
         match load_one(&self.pool, &id).await {
             Ok(Some(key)) => {
@@ -542,5 +576,27 @@ mod tests {
         assert!(!throttle.should_record(&store, &a, DeviceChannel::State, later));
         let after = start + REFUSAL_EVENT_INTERVAL;
         assert!(throttle.should_record(&store, &a, DeviceChannel::State, after));
+    }
+
+    #[tokio::test]
+    async fn a_device_s_row_is_read_at_most_twice_a_second_and_old_reads_are_forgotten() {
+        let pool = crate::db::pool("host=/nonexistent user=mujin dbname=mujin", 1).unwrap();
+        let cache = DeviceKeyCache::new(pool);
+        let start = Instant::now();
+        let id = |n: usize| {
+            let device = DeviceId::parse(&format!("d{n}")).unwrap();
+            (StoreId::parse("s").unwrap(), device)
+        };
+        assert!(cache.may_look_up(&id(0), start));
+        assert!(!cache.may_look_up(&id(0), start + Duration::from_millis(100)));
+        assert!(cache.may_look_up(&id(1), start), "another device's");
+        assert!(cache.may_look_up(&id(0), start + MISS_LOOKUP));
+        for n in 2..REMEMBERED_LOOKUPS + 10 {
+            cache.may_look_up(&id(n), start);
+        }
+        let later = start + MISS_LOOKUP * 3;
+        assert!(cache.may_look_up(&id(99_999), later));
+        let remembered = cache.lookups.lock().unwrap().len();
+        assert!(remembered <= REMEMBERED_LOOKUPS, "{remembered}");
     }
 }

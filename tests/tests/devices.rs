@@ -402,6 +402,12 @@ async fn device_keys_are_reloaded_off_the_messages_path_and_a_missing_key_is_rea
     // Enrolled after the cache was loaded.
     let second = stack.add_device("shibuya", "pc-02").await;
     let second_key = stack.device_key(&second).expect("enrolled").public_key();
+    // A device with no key: its row is read, and not again for a while.
+    let unknown = (
+        first.0.clone(),
+        DeviceId::parse("pc-99").expect("a device id"),
+    );
+    assert_eq!(key_of(&unknown, &first_key.key_id).await, None);
 
     // The table is locked (a long migration, a backup): any reload waits.
     let mut holder = stack.pool.get().await.expect("db");
@@ -409,6 +415,13 @@ async fn device_keys_are_reloaded_off_the_messages_path_and_a_missing_key_is_rea
     lock.batch_execute("LOCK TABLE device_keys IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("the lock");
+    let again = tokio::time::timeout(
+        Duration::from_millis(300),
+        key_of(&unknown, &first_key.key_id),
+    )
+    .await
+    .expect("a row read a moment ago is not read again (a flood of forgeries costs no reads)");
+    assert_eq!(again, None);
     tokio::time::sleep(device_keys::REFRESH + Duration::from_millis(100)).await;
     let known = tokio::time::timeout(Duration::from_secs(1), key_of(&first, &first_key.key_id))
         .await
