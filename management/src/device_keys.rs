@@ -86,6 +86,23 @@ impl DeviceKeyCache {
         true
     }
 
+    /// Puts the keys read from the table since `started` in place, except where a device's own
+    /// row was read since (an enrolment or a revocation the table read may have missed).
+    fn replace(&self, mut loaded: DeviceKeyMap, started: Instant) {
+        let lookups = self
+            .lookups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut keys = self.keys();
+        for (id, _) in lookups.iter().filter(|(_, at)| **at >= started) {
+            match keys.get(id) {
+                Some(key) => loaded.insert(id.clone(), key.clone()),
+                None => loaded.remove(id),
+            };
+        }
+        *keys = loaded;
+    }
+
     fn keys(&self) -> std::sync::MutexGuard<'_, DeviceKeyMap> {
         // A panic while holding it cannot leave the map half-replaced.
         self.keys
@@ -132,8 +149,9 @@ impl DeviceKeyCache {
     /// working within one period).
     pub async fn refresh_every(&self, period: Duration, stop: CancellationToken) {
         loop {
+            let started = Instant::now();
             match load(&self.pool).await {
-                Ok(keys) => *self.keys() = keys,
+                Ok(keys) => self.replace(keys, started),
                 Err(error) => {
                     tracing::warn!(%error, "cannot reload the device keys; keeping the last ones")
                 }
@@ -598,5 +616,35 @@ mod tests {
         assert!(cache.may_look_up(&id(99_999), later));
         let remembered = cache.lookups.lock().unwrap().len();
         assert!(remembered <= REMEMBERED_LOOKUPS, "{remembered}");
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_what_a_device_s_own_row_said_since_it_began() {
+        let pool = crate::db::pool("host=/nonexistent user=mujin dbname=mujin", 1).unwrap();
+        let cache = DeviceKeyCache::new(pool);
+        let id = |name: &str| (StoreId::parse("s").unwrap(), DeviceId::parse(name).unwrap());
+        let key = |n: u8| PublicKey {
+            key_id: KeyId::parse(&format!("k{n}")).unwrap(),
+            bytes: [n; 32],
+        };
+        let started = Instant::now();
+        // Read from their own rows while the table was being read: enrolled, and revoked.
+        assert!(cache.may_look_up(&id("enrolled"), started));
+        cache.keys().insert(id("enrolled"), key(1));
+        assert!(cache.may_look_up(&id("revoked"), started));
+        let loaded: DeviceKeyMap = [(id("revoked"), key(2)), (id("other"), key(3))].into();
+        cache.replace(loaded, started);
+        let keys = cache.keys().clone();
+        assert_eq!(
+            keys.get(&id("enrolled")),
+            Some(&key(1)),
+            "not lost to the older read"
+        );
+        assert_eq!(
+            keys.get(&id("revoked")),
+            None,
+            "not brought back by the older read"
+        );
+        assert_eq!(keys.get(&id("other")), Some(&key(3)));
     }
 }
