@@ -387,11 +387,7 @@ struct Handled {
 impl Handled {
     /// Messages to publish, and something recorded for the dispatcher.
     fn recorded(publish: Vec<mqtt::Outbound>) -> Handled {
-        Handled {
-            publish,
-            for_dispatcher: true,
-            start_stages: None,
-        }
+        Handled::new(publish, true)
     }
 
     /// Messages to publish; `for_dispatcher`: something recorded for the dispatcher.
