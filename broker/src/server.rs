@@ -2,10 +2,11 @@
 //! the whole thing can be shut down.
 //!
 //! rumqttd's own `Broker::start` blocks forever, only logs an address already in use and has no
-//! stop API. Here the router is spawned by hand and every listener (`Server`) runs on a tokio
-//! runtime owned by [`Broker`]: dropping that runtime closes the listeners and every client
-//! connection, which is as close to "stop" as rumqttd allows. The router thread itself cannot
-//! be stopped (it keeps a sender to itself); it stays parked, idle, until the process exits.
+//! stop API. Here the router and every listener (`Server`) run as tasks on a tokio runtime with
+//! one worker, owned by [`Broker`]: dropping that runtime closes the listeners and every client
+//! connection and stops the router. One worker for all of them, because a message then crosses
+//! the broker without one thread waking another: with the router on a thread of its own (as
+//! rumqttd runs it) every message cost two cross-thread wake-ups.
 
 use std::future::Future;
 use std::io;
@@ -96,8 +97,10 @@ impl Broker {
             check_bindable(addr)?;
         }
 
+        // One worker runs the router and every connection's link: a message then crosses the
+        // broker without a thread waking another (see `Router::start_async`).
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("mujin-broker-net")
             .enable_all()
             .build()
@@ -119,7 +122,14 @@ impl Broker {
             let _ = loaded.await;
         }
 
-        let router_tx = Router::new(0, router_config()).spawn();
+        // The router runs next to the links, on the broker's runtime.
+        let (router_tx, router) = Router::new(0, router_config()).start_async();
+        if let Some(runtime) = &broker.runtime {
+            runtime.spawn(async move {
+                let error = router.await;
+                warn!(%error, "broker router stopped");
+            });
+        }
         let connections = connection_settings(gate);
         let v4 = Server::new(
             server_settings("v4", v4_addr, &connections),
@@ -307,7 +317,8 @@ mod tests {
     #[tokio::test]
     async fn serve_reports_bind_outcome_after_first_poll() {
         let runtime_handle = tokio::runtime::Handle::current();
-        let router_tx = Router::new(0, router_config()).spawn();
+        let (router_tx, router) = Router::new(0, router_config()).start_async();
+        runtime_handle.spawn(router);
         let gate = Gate::new(crate::Credentials::new(), None).unwrap();
         let connections = connection_settings(Arc::new(gate));
 

@@ -341,13 +341,14 @@ fn binary_without_credentials_flag_says_it_is_required() {
     );
 }
 
-#[test]
-fn binary_prints_ready_line_and_serves_clients() {
-    let dir = tempfile::tempdir().unwrap();
+/// `mujin-broker` on a free port with the accounts of [`credentials`] in a file, and its
+/// stdout (the file is in `dir`).
+fn spawn_binary(dir: &tempfile::TempDir) -> (std::process::Child, SocketAddr, impl BufRead) {
     let file = dir.path().join("credentials.toml");
     std::fs::write(
         &file,
-        "[[client]]\nusername = \"console\"\npassword = \"console-password\"\n",
+        "[[client]]\nusername = \"console\"\npassword = \"console-password\"\n\
+         [[client]]\nusername = \"management\"\npassword = \"management-password\"\n",
     )
     .unwrap();
     let addr = local_addr();
@@ -361,9 +362,15 @@ fn binary_prints_ready_line_and_serves_clients() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    (child, addr, stdout)
+}
 
+#[test]
+fn binary_prints_ready_line_and_serves_clients() {
+    let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, addr, mut stdout) = spawn_binary(&dir);
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(
@@ -382,6 +389,45 @@ fn binary_prints_ready_line_and_serves_clients() {
     });
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// rumqttd runs its router on a thread of its own, so every message woke two threads on its
+/// way through; mujin's broker runs the router next to the connections, on the one network
+/// worker (docs/benchmarks.md, fix 22).
+#[test]
+fn binary_routes_messages_on_its_one_network_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, mut stdout) = spawn_binary(&dir);
+    stdout.read_line(&mut String::new()).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (_subscriber, mut rx, _) = subscribed_client(addr, "bin-subscriber", true).await;
+        publisher(addr)
+            .await
+            .publish(events_topic(), QoS::AtLeastOnce, false, "routed")
+            .await
+            .unwrap();
+        next_matching(&mut rx, |p| matches!(p, Packet::Publish(_))).await;
+    });
+
+    // Thread names as the kernel keeps them: at most 15 bytes.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let network = threads
+        .iter()
+        .filter(|name| name.starts_with("mujin-broker-ne"))
+        .count();
+    assert_eq!(network, 1, "{threads:?}");
+    assert!(
+        !threads.iter().any(|name| name.starts_with("router")),
+        "{threads:?}"
+    );
 }
 
 #[tokio::test]

@@ -37,6 +37,10 @@ pub enum LinkError {
 }
 
 // used to build LinkTx and LinkRx
+/// A link's two buffers shared with the router: packets from the client, notifications to it.
+type IncomingBuffer = Arc<Mutex<VecDeque<Packet>>>;
+type OutgoingBuffer = Arc<Mutex<VecDeque<Notification>>>;
+
 pub struct LinkBuilder<'a> {
     tenant_id: Option<String>,
     client_id: &'a str,
@@ -98,33 +102,55 @@ impl<'a> LinkBuilder<'a> {
         self
     }
 
-    pub fn build(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+    pub fn build(mut self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let (event, link_rx, buffers) = self.connect_event();
+        self.router_tx.send((0, event))?;
+        link_rx.recv()?;
+        self.connected(link_rx, buffers)
+    }
+
+    /// [`LinkBuilder::build`] for a link on the router's own thread (see
+    /// `Router::start_async`), which must not block it (mujin patch).
+    pub async fn build_async(mut self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let (event, link_rx, buffers) = self.connect_event();
+        self.router_tx.send_async((0, event)).await?;
+        link_rx.recv_async().await?;
+        self.connected(link_rx, buffers)
+    }
+
+    /// The connection event registering this link with the router, the link's end of the
+    /// router's channel and its two buffers (incoming, outgoing).
+    fn connect_event(&mut self) -> (Event, Receiver<()>, (IncomingBuffer, OutgoingBuffer)) {
         // Connect to router
         // Local connections to the router shall have access to all subscriptions
         let mut connection = Connection::new(
-            self.tenant_id,
+            self.tenant_id.take(),
             self.client_id.to_owned(),
             self.clean_session,
             self.dynamic_filters,
         );
 
         connection
-            .last_will(self.last_will, self.last_will_properties)
+            .last_will(self.last_will.take(), self.last_will_properties.take())
             .topic_alias_max(self.topic_alias_max);
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
-        let outgoing_data_buffer = outgoing.buffer();
-        let incoming_data_buffer = incoming.buffer();
+        let buffers = (incoming.buffer(), outgoing.buffer());
 
         let event = Event::Connect {
             connection,
             incoming,
             outgoing,
         };
+        (event, link_rx, buffers)
+    }
 
-        self.router_tx.send((0, event))?;
-
-        link_rx.recv()?;
+    /// The link, once the router has answered the connection event.
+    fn connected(
+        self,
+        link_rx: Receiver<()>,
+        (incoming_data_buffer, outgoing_data_buffer): (IncomingBuffer, OutgoingBuffer),
+    ) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
         let notification = outgoing_data_buffer.lock().pop_front().unwrap();
 
         // Right now link identifies failure with dropped rx in router,
@@ -452,5 +478,55 @@ mod test {
         }
 
         // TODO: Write a similar test to benchmark buffer vs channels
+    }
+}
+
+/// The router as a task (mujin patch): links built with `build_async` and the router share
+/// one thread.
+#[cfg(test)]
+mod async_router_test {
+    use std::time::Duration;
+
+    use super::LinkBuilder;
+    use crate::router::shared_subs::Strategy;
+    use crate::{Notification, Router, RouterConfig};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn links_and_the_router_task_route_a_message_on_one_thread() {
+        let config = RouterConfig {
+            max_segment_size: 1024,
+            max_connections: 10,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 1024,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Strategy::RoundRobin,
+        };
+        let (router_tx, router) = Router::new(0, config).start_async();
+        tokio::spawn(router);
+
+        let (mut subscriber_tx, mut subscriber_rx, _) =
+            LinkBuilder::new("subscriber", router_tx.clone())
+                .build_async()
+                .await
+                .unwrap();
+        subscriber_tx.subscribe("a/b").unwrap();
+        let (mut publisher_tx, _publisher_rx, _) = LinkBuilder::new("publisher", router_tx)
+            .build_async()
+            .await
+            .unwrap();
+        publisher_tx.publish("a/b", "routed").unwrap();
+
+        let delivered = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(Notification::Forward(forward)) = subscriber_rx.next().await.unwrap()
+                {
+                    return forward.publish.payload;
+                }
+            }
+        })
+        .await
+        .expect("the message reaches the subscriber");
+        assert_eq!(&delivered[..], b"routed");
     }
 }

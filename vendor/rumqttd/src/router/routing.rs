@@ -173,6 +173,39 @@ impl Router {
         link
     }
 
+    /// The router as a task for the caller's runtime, instead of a thread of its own (mujin
+    /// patch): returns the link to it and the future that runs it. On a runtime whose one
+    /// worker also runs the connections' links, a message crosses the broker without waking
+    /// another thread (a link hands it to the router and the router to the subscriber's link
+    /// on the same thread), where the thread costs two cross-thread wake-ups per message.
+    /// Every link must then talk to the router with the `_async` sends (`remote()` does): a
+    /// blocking send on a full channel would stop the very thread that drains it. Dropping the
+    /// future (with its runtime) stops the router.
+    pub fn start_async(
+        mut self,
+    ) -> (
+        Sender<(ConnectionId, Event)>,
+        impl std::future::Future<Output = RouterError> + Send,
+    ) {
+        let link = self.link();
+        let run = async move {
+            loop {
+                if self.consume().is_none() {
+                    match self.router_rx.recv_async().await {
+                        Ok((id, data)) => self.events(id, data),
+                        Err(error) => return RouterError::from(error),
+                    }
+                }
+                if let Err(error) = self.drain_and_consume() {
+                    return error;
+                }
+                // Links run on the same thread: let them read and write before more routing.
+                tokio::task::yield_now().await;
+            }
+        };
+        (link, run)
+    }
+
     /// Waits on incoming events when ready queue is empty.
     /// After pulling 1 event, tries to pull 500 more events
     /// before polling ready queue 100 times (connections)
@@ -199,7 +232,12 @@ impl Router {
             let (id, data) = self.router_rx.recv()?;
             self.events(id, data);
         }
+        self.drain_and_consume()
+    }
 
+    /// After the first event: up to 500 more that are already there, then 100 connections
+    /// from the ready queue (mujin patch: shared by the thread and [`Router::start_async`]).
+    fn drain_and_consume(&mut self) -> Result<(), RouterError> {
         // Try reading more from connections in a non-blocking
         // fashion to accumulate data and handle subscriptions.
         // Accumulating more data lets requests retrieve bigger
