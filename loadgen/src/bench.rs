@@ -328,12 +328,20 @@ async fn compare_mosquitto(
         let floor = measure_floor(stack, &broker, profile, report.machine.cores).await?;
         let mut fleet = connect(stack, &broker, credentials, profile.telemetry).await?;
         let heartbeats = start_heartbeats(&fleet, profile.telemetry).await;
+        // Mosquitto's CPU takes the embedded broker's column.
+        let cpu = CpuProbe::new(
+            broker.pid(),
+            management.pid(),
+            &stack.postgres_dir(),
+            report.machine.cores,
+        )
+        .with_stages(StageProbe::new(management.metrics));
         let latency = scenarios::latency(
             &mut fleet,
             &profile.comparison_rates,
             profile.latency_step_secs,
             1,
-            None,
+            Some(&cpu),
         )
         .await;
         heartbeats.stop().await;

@@ -228,22 +228,7 @@ impl Report {
         writeln!(out, "\n## Floor (same run, same broker and database)\n")?;
         floor_table(out, &self.floor)?;
         writeln!(out, "\n## 1. Scan → start latency\n")?;
-        latency_table(out, &self.latency, self.floor.p50_ms())?;
-        let by_rate: Vec<(f64, Option<&CpuPerScan>)> = self
-            .latency
-            .iter()
-            .map(|at| (at.rate, at.result.cpu.as_ref()))
-            .collect();
-        cpu_table(out, &by_rate, self.machine.cores)?;
-        let stages: Vec<(f64, &Percentiles, &StageMeans)> = self
-            .latency
-            .iter()
-            .filter_map(|at| {
-                let means = at.result.stages.as_ref()?;
-                Some((at.rate, &at.result.latency, means))
-            })
-            .collect();
-        crate::stages::markdown(out, &stages, &self.floor)?;
+        latency_section(out, &self.latency, &self.floor, self.machine.cores)?;
         let target_step = self
             .latency
             .iter()
@@ -320,7 +305,12 @@ impl Report {
             writeln!(out, "{}\n", comparison.setup)?;
             floor_table(out, &comparison.floor)?;
             writeln!(out)?;
-            latency_table(out, &comparison.latency, comparison.floor.p50_ms())?;
+            latency_section(
+                out,
+                &comparison.latency,
+                &comparison.floor,
+                self.machine.cores,
+            )?;
             writeln!(
                 out,
                 "\n| rate | p50 {:?} / p50 embedded |\n|---|---|",
@@ -483,6 +473,30 @@ fn percentile_row(out: &mut String, name: &str, p: &Percentiles) -> std::fmt::Re
         "| {name} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
         p.count, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
     )
+}
+
+/// Scenario 1's tables (also scenario 5's, on the other broker): the latencies, the CPU per
+/// authorization and where the time goes, for what was measured.
+fn latency_section(
+    out: &mut String,
+    latency: &[LatencyAtRate],
+    floor: &Floor,
+    cores: usize,
+) -> std::fmt::Result {
+    latency_table(out, latency, floor.p50_ms())?;
+    let by_rate: Vec<(f64, Option<&CpuPerScan>)> = latency
+        .iter()
+        .map(|at| (at.rate, at.result.cpu.as_ref()))
+        .collect();
+    cpu_table(out, &by_rate, cores)?;
+    let stages: Vec<(f64, &Percentiles, &StageMeans)> = latency
+        .iter()
+        .filter_map(|at| {
+            let means = at.result.stages.as_ref()?;
+            Some((at.rate, &at.result.latency, means))
+        })
+        .collect();
+    crate::stages::markdown(out, &stages, floor)
 }
 
 fn latency_table(out: &mut String, results: &[LatencyAtRate], floor: f64) -> std::fmt::Result {
@@ -666,6 +680,50 @@ mod tests {
         let mut nothing = String::new();
         cpu_table(&mut nothing, &[(250.0, None)], 2).unwrap();
         assert!(nothing.is_empty());
+    }
+
+    #[test]
+    fn the_broker_comparison_shows_the_cpu_per_authorization_on_that_broker() {
+        let latency = |rate: f64| LatencyAtRate {
+            rate,
+            rounds: 1,
+            scans_per_round: 1000,
+            result: measured(rate, 0.5, 1000),
+        };
+        let report = Report {
+            date: "2026-12-07T00:00:00Z".into(),
+            git_commit: None,
+            machine: Machine {
+                cpu: "test".into(),
+                cores: 2,
+                memory_gib: 1.0,
+                kernel: "test".into(),
+            },
+            quick: true,
+            notes: Vec::new(),
+            fleet_devices: 1000,
+            floor: Floor::default(),
+            latency: vec![latency(250.0)],
+            throughput: None,
+            fleet: None,
+            stops: None,
+            broker_comparison: Some(BrokerComparison {
+                broker: BrokerKind::Mosquitto,
+                setup: "test".into(),
+                floor: Floor::default(),
+                latency: vec![latency(500.0)],
+                p50_ratios: Vec::new(),
+            }),
+            targets: Vec::new(),
+        };
+        let out = report.markdown();
+        let comparison = &out[out.find("## 5. Broker comparison").unwrap()..];
+        assert!(
+            comparison.contains(
+                "| 500/s | 1000 | 500 µs | 300 µs | 100 µs | 100 µs | 1000 µs | 50 % | 2000/s |"
+            ),
+            "{comparison}"
+        );
     }
 
     #[test]

@@ -262,6 +262,8 @@ async fn recycle_wal(pool: &Pool) -> anyhow::Result<()> {
     let statements = [
         format!("ALTER SYSTEM SET min_wal_size = '{WAL_TO_RECYCLE}'"),
         "ALTER SYSTEM SET max_wal_size = '2GB'".into(),
+        // Every autovacuum and autoanalyze in postgres.log, to line them up with a slow step.
+        "ALTER SYSTEM SET log_autovacuum_min_duration = 0".into(),
         "SELECT pg_reload_conf()".into(),
         "CREATE TABLE bench_wal (filler text)".into(),
         "INSERT INTO bench_wal SELECT repeat('w', 1900) FROM generate_series(1, 270000)".into(),
