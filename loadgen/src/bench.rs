@@ -306,7 +306,8 @@ async fn connect(
         key,
         heartbeat,
     )
-    .await?;
+    .await?
+    .vacuum_after_steps();
     tracing::info!(
         devices = fleet.len(),
         secs = started.elapsed().as_secs_f64(),

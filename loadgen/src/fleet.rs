@@ -168,6 +168,8 @@ pub struct Fleet {
     booking_key: Arc<SigningKey>,
     /// Bookings per second seen so far, to plan how long the next ones take.
     booking_rate: f64,
+    /// Whether each step ends with `VACUUM (ANALYZE)` (see [`Fleet::vacuum_after_steps`]).
+    vacuum_after_steps: bool,
 }
 
 impl Fleet {
@@ -189,6 +191,7 @@ impl Fleet {
             pool,
             booking_key,
             booking_rate: 200.0,
+            vacuum_after_steps: false,
         };
         for batch in credentials.chunks(CONNECT_BATCH) {
             let first = fleet.devices.len();
@@ -226,6 +229,13 @@ impl Fleet {
 
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
+    }
+
+    /// Ends every step, once management has settled, with `VACUUM (ANALYZE)` of the database:
+    /// for the benchmark's own cluster, whose autovacuum is off (see `stack::prepare_cluster`).
+    pub fn vacuum_after_steps(mut self) -> Self {
+        self.vacuum_after_steps = true;
+        self
     }
 
     /// How many devices are connected right now.
@@ -423,6 +433,26 @@ impl Fleet {
     /// stop before management has the ack: without this, the next step would start on that
     /// backlog (a step's sessions all end at once) and measure it.
     pub async fn wait_settled(&self) {
+        self.wait_commands_settled().await;
+        if self.vacuum_after_steps {
+            let started = Instant::now();
+            let vacuumed = async {
+                self.pool
+                    .get()
+                    .await?
+                    .batch_execute("VACUUM (ANALYZE)")
+                    .await?;
+                anyhow::Ok(())
+            }
+            .await;
+            match vacuumed {
+                Ok(()) => tracing::debug!(secs = started.elapsed().as_secs_f64(), "vacuumed"),
+                Err(error) => tracing::warn!(error = format!("{error:#}"), "cannot vacuum"),
+            }
+        }
+    }
+
+    async fn wait_commands_settled(&self) {
         let mut stores: Vec<String> = self.devices.iter().map(|d| d.store.to_string()).collect();
         stores.sort();
         stores.dedup();

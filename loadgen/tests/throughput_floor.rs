@@ -72,3 +72,30 @@ async fn messages_and_commits_are_counted_with_their_cpu() {
     broker.stop().await;
     stack.shutdown().await;
 }
+
+/// The bench's cluster is made like a running server's before anything is measured: its WAL
+/// files are there to recycle, and autovacuum (which a young cluster's small tables set off
+/// every minute) is left to the steps, which vacuum between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clusters_wal_is_ready_for_reuse_and_vacuum_is_left_to_the_steps() {
+    let broker_binary = mujin_tests::binary("mujin-broker");
+    let bin_dir = broker_binary.parent().expect("the binaries' directory");
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(bin_dir, dir.path()).await.unwrap();
+    let client = stack.pool.get().await.unwrap();
+    let setting = |name: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(&format!("SHOW {name}"), &[])
+                .await
+                .unwrap();
+            row.get::<_, String>(0)
+        }
+    };
+    assert_eq!(setting("min_wal_size").await, "512MB");
+    assert_eq!(setting("autovacuum").await, "off");
+    assert_eq!(setting("log_autovacuum_min_duration").await, "0");
+    drop(client);
+    stack.shutdown().await;
+}
