@@ -6,7 +6,9 @@
 //! one worker, owned by [`Broker`]: dropping that runtime closes the listeners and every client
 //! connection and stops the router. One worker for all of them, because a message then crosses
 //! the broker without one thread waking another: with the router on a thread of its own (as
-//! rumqttd runs it) every message cost two cross-thread wake-ups.
+//! rumqttd runs it) every message cost two cross-thread wake-ups. What is not routing (the
+//! identities' reloads, the TLS relay) runs on a second runtime, so that it never holds up a
+//! message.
 
 use std::future::Future;
 use std::io;
@@ -53,8 +55,35 @@ pub struct Broker {
     v4_addr: SocketAddr,
     v5_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
-    /// Runs every listener and client connection; `None` once shut down.
-    runtime: Option<Runtime>,
+    /// `None` once shut down.
+    runtimes: Option<Runtimes>,
+}
+
+/// The broker's two runtimes, one worker each.
+struct Runtimes {
+    /// The router, the listeners and every client connection's link: a message then crosses
+    /// the broker without one thread waking another (see `Router::start_async`).
+    network: Runtime,
+    /// The rest, off the network's thread: reloading the identities (every row of the table,
+    /// every 2 s) and the TLS listener's handshakes and relaying.
+    side: Runtime,
+}
+
+impl Runtimes {
+    fn new() -> Result<Self, BrokerError> {
+        let one_worker = |name: &str| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(name)
+                .enable_all()
+                .build()
+                .map_err(BrokerError::Runtime)
+        };
+        Ok(Self {
+            network: one_worker("mujin-broker-net")?,
+            side: one_worker("mujin-broker-side")?,
+        })
+    }
 }
 
 impl Broker {
@@ -97,35 +126,28 @@ impl Broker {
             check_bindable(addr)?;
         }
 
-        // One worker runs the router and every connection's link: a message then crosses the
-        // broker without a thread waking another (see `Router::start_async`).
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("mujin-broker-net")
-            .enable_all()
-            .build()
-            .map_err(BrokerError::Runtime)?;
         let broker = Broker {
             v4_addr,
             v5_addr,
             tls_addr,
-            runtime: Some(runtime),
+            runtimes: Some(Runtimes::new()?),
         };
 
         let pepper = identities.as_ref().map(|settings| settings.pepper.clone());
         let gate = Arc::new(Gate::new(settings.credentials, pepper).map_err(BrokerError::Secret)?);
-        if let (Some(identities), Some(runtime)) = (identities, &broker.runtime) {
+        if let (Some(identities), Some(runtimes)) = (identities, &broker.runtimes) {
             let kicker = Kicker::new(v4_addr, gate.internal_secret().to_owned());
             let (loaded_tx, loaded) = oneshot::channel();
-            runtime.spawn(watch::run(identities, gate.clone(), kicker, loaded_tx));
+            let watch = watch::run(identities, gate.clone(), kicker, loaded_tx);
+            runtimes.side.spawn(watch);
             // Answered after the first attempt, whether the database was there or not.
             let _ = loaded.await;
         }
 
-        // The router runs next to the links, on the broker's runtime.
+        // The router runs next to the links, on the network runtime.
         let (router_tx, router) = Router::new(0, router_config()).start_async();
-        if let Some(runtime) = &broker.runtime {
-            runtime.spawn(async move {
+        if let Some(runtimes) = &broker.runtimes {
+            runtimes.network.spawn(async move {
                 let error = router.await;
                 warn!(%error, "broker router stopped");
             });
@@ -158,10 +180,12 @@ impl Broker {
                 }
             }
         }
-        if let (Some(bound), Some(runtime)) = (tls_listener, &broker.runtime) {
+        if let (Some(bound), Some(runtimes)) = (tls_listener, &broker.runtimes) {
             // Only now: a TLS client must find the plain listener it is relayed to.
             let upstream = tls::upstream_of(v4_addr);
-            runtime.spawn(tls::serve(bound, upstream, MAX_CONNECTIONS));
+            runtimes
+                .side
+                .spawn(tls::serve(bound, upstream, MAX_CONNECTIONS));
         }
         Ok(broker)
     }
@@ -185,25 +209,27 @@ impl Broker {
     /// listening sockets are released. Sessions and queued messages are lost, exactly as
     /// after a broker restart.
     pub async fn shutdown(mut self) {
-        if let Some(runtime) = self.runtime.take() {
+        if let Some(Runtimes { network, side }) = self.runtimes.take() {
             // Dropping a runtime blocks, which is not allowed on an async worker thread.
-            let stopped =
-                tokio::task::spawn_blocking(move || runtime.shutdown_timeout(SHUTDOWN_GRACE));
+            let stopped = tokio::task::spawn_blocking(move || {
+                side.shutdown_timeout(SHUTDOWN_GRACE);
+                network.shutdown_timeout(SHUTDOWN_GRACE);
+            });
             if stopped.await.is_err() {
-                warn!("broker network runtime did not shut down cleanly");
+                warn!("broker runtimes did not shut down cleanly");
             }
         }
         info!("broker stopped");
     }
 
-    /// Runs one listener on the broker's runtime; the receiver tells whether it bound.
+    /// Runs one listener on the network runtime; the receiver tells whether it bound.
     fn spawn_listener<P>(&self, server: Server<P>) -> oneshot::Receiver<Result<(), String>>
     where
         P: Protocol + Clone + Send + Sync + 'static,
     {
         let (ready_tx, ready_rx) = oneshot::channel();
-        if let Some(runtime) = &self.runtime {
-            runtime.spawn(serve(server, ready_tx));
+        if let Some(runtimes) = &self.runtimes {
+            runtimes.network.spawn(serve(server, ready_tx));
         }
         ready_rx
     }
@@ -211,9 +237,10 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
+        if let Some(Runtimes { network, side }) = self.runtimes.take() {
             // Drop may run inside an async context, where a blocking shutdown would panic.
-            runtime.shutdown_background();
+            side.shutdown_background();
+            network.shutdown_background();
         }
     }
 }
