@@ -39,7 +39,7 @@ pub const PUBLISHERS: usize = 4;
 /// more, so it never drops a message for a slow subscriber (rumqttd keeps a bounded log per
 /// topic), and its CPU goes to messages that are delivered.
 pub const MAX_UNDELIVERED: usize = 400;
-/// Durable commits run over as many connections as management decides scans in lanes.
+/// Durable commits run over as many connections as management handles messages at once.
 pub const COMMIT_CONNECTIONS: usize = mujin_management::lanes::LANES;
 /// Publishing and committing run this long before the window opens, so that connecting and
 /// preparing are not in it.
