@@ -431,7 +431,8 @@ impl Fleet {
     /// Waits (at most [`SETTLE_DEADLINE`]) until management has settled every command of the
     /// fleet's stores, i.e. taken in the acks of the step's starts and stops. A device sees its
     /// stop before management has the ack: without this, the next step would start on that
-    /// backlog (a step's sessions all end at once) and measure it.
+    /// backlog (a step's sessions all end at once) and measure it. Then vacuums, when told to
+    /// ([`Fleet::vacuum_after_steps`]).
     pub async fn wait_settled(&self) {
         self.wait_commands_settled().await;
         if self.vacuum_after_steps {
