@@ -47,35 +47,62 @@ async fn insert<C: GenericClient>(
     if events.is_empty() {
         return Ok(());
     }
-    let mut at = Vec::with_capacity(events.len());
-    let mut stores = Vec::with_capacity(events.len());
-    let mut devices = Vec::with_capacity(events.len());
-    let mut kinds = Vec::with_capacity(events.len());
-    let mut bodies = Vec::with_capacity(events.len());
-    for event in events {
-        let body = serde_json::to_value(event).unwrap_or_default();
-        let kind = body
-            .get("kind")
-            .and_then(|kind| kind.as_str())
-            .unwrap_or("unknown")
-            .to_owned();
-        at.push(event.at);
-        stores.push(event.store.as_str());
-        devices.push(event.device.as_ref().map(|device| device.as_str()));
-        kinds.push(kind);
-        bodies.push(body);
-    }
-    // WITH ORDINALITY keeps the events' order in their ids.
+    let e = EventColumns::new(events);
     client
         .cached_execute(
             RECORD_EVENTS,
-            &[&at, &stores, &devices, &kinds, &bodies, &published_at],
+            &[
+                &e.at,
+                &e.stores,
+                &e.devices,
+                &e.kinds,
+                &e.bodies,
+                &published_at,
+            ],
         )
         .await?;
     Ok(())
 }
 
-/// The statement [`record_all`] and [`record_published`] run.
+/// Events as the arrays [`RECORD_EVENTS`] takes, in their order.
+pub(crate) struct EventColumns<'a> {
+    pub at: Vec<DateTime<Utc>>,
+    pub stores: Vec<&'a str>,
+    pub devices: Vec<Option<&'a str>>,
+    pub kinds: Vec<String>,
+    pub bodies: Vec<serde_json::Value>,
+}
+
+impl<'a> EventColumns<'a> {
+    pub fn new(events: &'a [Event]) -> EventColumns<'a> {
+        let mut columns = EventColumns {
+            at: Vec::with_capacity(events.len()),
+            stores: Vec::with_capacity(events.len()),
+            devices: Vec::with_capacity(events.len()),
+            kinds: Vec::with_capacity(events.len()),
+            bodies: Vec::with_capacity(events.len()),
+        };
+        for event in events {
+            let body = serde_json::to_value(event).unwrap_or_default();
+            let kind = body
+                .get("kind")
+                .and_then(|kind| kind.as_str())
+                .unwrap_or("unknown")
+                .to_owned();
+            columns.at.push(event.at);
+            columns.stores.push(event.store.as_str());
+            columns
+                .devices
+                .push(event.device.as_ref().map(|device| device.as_str()));
+            columns.kinds.push(kind);
+            columns.bodies.push(body);
+        }
+        columns
+    }
+}
+
+/// The statement [`record_all`] and [`record_published`] run (WITH ORDINALITY keeps the events'
+/// order in their ids).
 pub const RECORD_EVENTS: &str =
     "INSERT INTO events (at, store_id, device_id, kind, body, published_at)
      SELECT at, store_id, device_id, kind, body, $6::timestamptz

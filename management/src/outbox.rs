@@ -113,15 +113,10 @@ pub async fn insert_commands(
     now: DateTime<Utc>,
     sent_now: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let (status, attempts, sent_at, next_attempt_at) = if sent_now {
-        let retry = now + chrono::Duration::from_std(backoff(1)).unwrap_or_default();
-        ("sent", 1, Some(now), retry)
-    } else {
-        ("queued", 0, None, now)
-    };
+    let first = FirstAttempt::new(now, sent_now);
     let mut columns = CommandColumns::default();
     for (command, expires_at) in commands {
-        columns.push(command, *expires_at, next_attempt_at);
+        columns.push(command, *expires_at, first.next_attempt_at);
     }
     let c = &columns;
     tx.cached_execute(
@@ -137,13 +132,42 @@ pub async fn insert_commands(
             &c.next_attempts,
             &c.expiries,
             &now,
-            &status,
-            &attempts,
-            &sent_at,
+            &first.status,
+            &first.attempts,
+            &first.sent_at,
         ],
     )
     .await?;
     Ok(())
+}
+
+/// How a new command is written to the outbox: queued for the dispatcher, or recorded as its
+/// first attempt, made by the writer right after its commit (`sent_now`).
+pub(crate) struct FirstAttempt {
+    pub status: &'static str,
+    pub attempts: i32,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+impl FirstAttempt {
+    pub fn new(now: DateTime<Utc>, sent_now: bool) -> FirstAttempt {
+        if sent_now {
+            FirstAttempt {
+                status: "sent",
+                attempts: 1,
+                sent_at: Some(now),
+                next_attempt_at: now + chrono::Duration::from_std(backoff(1)).unwrap_or_default(),
+            }
+        } else {
+            FirstAttempt {
+                status: "queued",
+                attempts: 0,
+                sent_at: None,
+                next_attempt_at: now,
+            }
+        }
+    }
 }
 
 /// Commands as the columns of [`INSERT_COMMANDS`].

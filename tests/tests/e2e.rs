@@ -148,6 +148,7 @@ async fn every_bad_ticket_is_refused_with_its_own_reason() {
     refused(&stack, &agent1, RejectReason::AlreadyUsed).await;
 
     // pc-02: a booking that will have ended, one for later, one for now.
+    let untouched = written_for(&stack, &pc2).await;
     let ended = stack.book(&pc2, secs(0), secs(1)).await.expect("booking");
     let later = stack
         .book(&pc2, chrono::Duration::minutes(10), secs(60))
@@ -211,14 +212,83 @@ async fn every_bad_ticket_is_refused_with_its_own_reason() {
         (Utc::now() >= current.claims.not_before).then_some(())
     })
     .await;
+    // The refusals wrote their scans and nothing else: no session, no command, the same epoch
+    // (the malformed payloads are no scans: they are only in the events).
+    let refusals = [
+        "bad_signature",
+        "unknown_key",
+        "malformed_ticket",
+        "too_early",
+        "expired",
+    ];
+    let after_refusals = written_for(&stack, &pc2).await;
+    assert_eq!(
+        (
+            after_refusals.epoch,
+            after_refusals.sessions,
+            after_refusals.commands
+        ),
+        (untouched.epoch, 0, 0),
+        "{after_refusals:?}"
+    );
+    assert_eq!(after_refusals.refused, refusals, "{after_refusals:?}");
+
     agent2.scan(&current.ticket).await;
     agent2.wait_screen("ACCEPTED", SHORT).await;
     assert_eq!(stack.session_count(&first).await, 1);
     assert_eq!(stack.session_count(&current).await, 1);
+    // The accepted scan wrote its session, its start at the next epoch and its scan, which
+    // names the session.
+    let accepted = written_for(&stack, &pc2).await;
+    assert_eq!(
+        (accepted.epoch, accepted.sessions, accepted.commands),
+        (untouched.epoch + 1, 1, 1),
+        "{accepted:?}"
+    );
+    assert!(accepted.accepted_scan_names_the_session, "{accepted:?}");
+    assert_eq!(accepted.refused, refusals, "{accepted:?}");
 
     agent1.stop().await;
     agent2.stop().await;
     stack.shutdown().await;
+}
+
+/// What scans wrote for one device, read from the database.
+#[derive(Debug)]
+struct Written {
+    epoch: i64,
+    sessions: i64,
+    commands: i64,
+    /// The reasons of its refused scans, in the order they were decided.
+    refused: Vec<String>,
+    /// Its one accepted scan refers to its one session (and that session to the scan).
+    accepted_scan_names_the_session: bool,
+}
+
+async fn written_for(stack: &Stack, (store, device): &(StoreId, DeviceId)) -> Written {
+    let client = stack.pool.get().await.expect("db connection");
+    let row = client
+        .query_one(
+            "SELECT d.epoch,
+                    (SELECT count(*) FROM sessions s WHERE s.store_id = d.store_id AND s.device_id = d.device_id),
+                    (SELECT count(*) FROM commands c WHERE c.store_id = d.store_id AND c.device_id = d.device_id),
+                    (SELECT coalesce(array_agg(sc.reason ORDER BY sc.decided_at), '{}') FROM scans sc
+                     WHERE sc.store_id = d.store_id AND sc.device_id = d.device_id AND NOT sc.accepted),
+                    EXISTS (SELECT 1 FROM scans sc JOIN sessions s ON s.session_id = sc.session_id
+                                                               AND s.scan_id = sc.scan_id
+                            WHERE sc.store_id = d.store_id AND sc.device_id = d.device_id AND sc.accepted)
+             FROM devices d WHERE d.store_id = $1 AND d.device_id = $2",
+            &[&store.as_str(), &device.as_str()],
+        )
+        .await
+        .expect("what the scans wrote");
+    Written {
+        epoch: row.get(0),
+        sessions: row.get(1),
+        commands: row.get(2),
+        refused: row.get(3),
+        accepted_scan_names_the_session: row.get(4),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
