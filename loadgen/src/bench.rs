@@ -3,6 +3,7 @@
 //! `report.json`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +14,7 @@ use crate::device::Credentials;
 use crate::fleet::{self, Fleet, FleetSpec};
 use crate::floor::throughput::{self, ThroughputFloor};
 use crate::floor::{self, Floor};
+use crate::machine::MachineProbe;
 use crate::report::{BrokerComparison, Machine, Report};
 use crate::scenarios;
 use crate::stack::{BrokerKind, BrokerProcess, Stack};
@@ -105,6 +107,7 @@ impl Profile {
             "Latency is measured at the virtual device, from handing the signed scan to its MQTT client to receiving the start command. Management runs as `mujin-management run` with RUST_LOG=warn (or MUJIN_BENCH_MANAGEMENT_LOG); PostgreSQL runs with its default durability (fsync and synchronous_commit on).".into(),
             "The embedded broker admits at most 16384 connections (MAX_CONNECTIONS in broker/src/server.rs), and this process needs an open-file limit above the fleet size; a step offers at most one scan per device, so steps at rates above the fleet size per second last under a second.".into(),
             "CPU per authorization (scenarios 1 and 2): user + system time from /proc of PostgreSQL (the postmaster, every process it forked, and the children it reaped), management, the broker and this process, read just before a step's first scan is offered and when its last scan is answered (not over the booking before nor the wait for the stops after), divided by the scans answered. It includes the acks and states the devices send after their starts (except for the last few answers), and this process's own share (signing scans, acks and states for every device) because it runs on the same cores. The ceiling is cores × 1,000,000 / total µs per scan: the rate at which these processes alone would fill every core. /proc counts in 10 ms ticks per process, so short steps read coarsely.".into(),
+            "The machine's own stalls (scenario 1's rounds): a thread of this process at real-time priority (SCHED_FIFO 50, above every process of the bench) sleeps 1 ms at a time and records how late it wakes, which only the machine can cause (the virtual machine descheduled, interrupts); the hypervisor's steal time is read from /proc/stat (10 ms ticks); a second thread overwrites one 4 KiB block of a file in the run directory (the database's file system) and fdatasyncs it every 50 ms, as PostgreSQL flushes its preallocated WAL, and records the slowest. All three over the same scan phase as the CPU.".into(),
             "Every device sends telemetry (a heartbeat saying its interval) for the whole run, as agents do, one full round before the first scenario: without it management would take idle devices offline. End-of-session warnings are turned off in the bench store (sessions last seconds).".into(),
             format!(
                 "Throughput floor: {} s of messages, then {} s of commits. Scenario 1: rates {:?}/s, {} round(s) of up to {} s each. Scenario 2: rates {:?}/s for up to {} s each, stopping at the first rate not sustained. Scenario 4: ends spread over {} s. Scenario 3: telemetry every {} s, scans at {}/s for {} s.",
@@ -155,6 +158,7 @@ async fn run_on(
         store_prefix: "bench".into(),
     };
     let credentials = fleet::enrol(&stack.pool, &stack.pepper, &spec).await?;
+    let machine = start_machine_probe(stack);
     let broker = stack.start_broker(BrokerKind::Embedded).await?;
     let management = stack.start_management(&broker).await?;
     let mut report = Report {
@@ -182,7 +186,8 @@ async fn run_on(
         report.machine.cores,
     )
     .with_statements(StatementProbe::new(&stack.pool).await)
-    .with_stages(StageProbe::new(management.metrics));
+    .with_stages(StageProbe::new(management.metrics))
+    .with_machine(machine.clone());
     tracing::info!("scenario 1: latency");
     report.latency = scenarios::latency(
         &mut fleet,
@@ -229,7 +234,7 @@ async fn run_on(
     broker.stop().await;
     if !settings.skip_mosquitto {
         tracing::info!("scenario 5: Mosquitto");
-        let comparison = compare_mosquitto(stack, &credentials, profile, &report).await;
+        let comparison = compare_mosquitto(stack, &credentials, profile, &report, machine).await;
         match comparison {
             Ok(comparison) => report.broker_comparison = Some(comparison),
             Err(error) => {
@@ -245,6 +250,18 @@ async fn run_on(
     }
     report.judge();
     Ok(report)
+}
+
+/// The machine probe, writing next to the database (`None`, with a warning, when it cannot
+/// start: the report then has no machine columns).
+fn start_machine_probe(stack: &Stack) -> Option<Arc<MachineProbe>> {
+    match MachineProbe::start(&stack.dir) {
+        Ok(probe) => Some(Arc::new(probe)),
+        Err(error) => {
+            tracing::warn!(%error, "no machine probe");
+            None
+        }
+    }
 }
 
 async fn measure_floor(
@@ -322,6 +339,7 @@ async fn compare_mosquitto(
     credentials: &[Credentials],
     profile: &Profile,
     report: &Report,
+    machine: Option<Arc<MachineProbe>>,
 ) -> anyhow::Result<BrokerComparison> {
     let broker = stack.start_broker(BrokerKind::Mosquitto).await?;
     let management = stack.start_management(&broker).await?;
@@ -336,7 +354,8 @@ async fn compare_mosquitto(
             &stack.postgres_dir(),
             report.machine.cores,
         )
-        .with_stages(StageProbe::new(management.metrics));
+        .with_stages(StageProbe::new(management.metrics))
+        .with_machine(machine);
         let latency = scenarios::latency(
             &mut fleet,
             &profile.comparison_rates,

@@ -3,9 +3,11 @@
 //! phase of a step, read from /proc and divided by the scans answered. With the machine's core
 //! count it gives a ceiling on authorizations per second that no amount of concurrency can pass.
 
+use crate::machine::MachineProbe;
 use crate::stages::StageProbe;
 use crate::statements::StatementProbe;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -64,6 +66,8 @@ pub struct CpuProbe {
     statements: Option<StatementProbe>,
     /// Where management spent the phase's scans, stage by stage (its metrics).
     stages: Option<StageProbe>,
+    /// What the machine itself did over the phase.
+    machine: Option<Arc<MachineProbe>>,
 }
 
 impl CpuProbe {
@@ -87,6 +91,7 @@ impl CpuProbe {
             cores,
             statements: None,
             stages: None,
+            machine: None,
         }
     }
 
@@ -109,6 +114,15 @@ impl CpuProbe {
 
     pub fn stages(&self) -> Option<&StageProbe> {
         self.stages.as_ref()
+    }
+
+    /// Also reads the machine's stalls over each measured phase.
+    pub fn with_machine(self, machine: Option<Arc<MachineProbe>>) -> CpuProbe {
+        CpuProbe { machine, ..self }
+    }
+
+    pub fn machine(&self) -> Option<&MachineProbe> {
+        self.machine.as_deref()
     }
 
     /// The cumulative CPU time of every process, now.

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cpu::{CpuPerScan, CpuProbe};
 use crate::device::{BrokerAddress, Credentials, Observation, VirtualDevice};
+use crate::machine::MachineStalls;
 use crate::stages::{StageMeans, StageTotals};
 use crate::statements::StatementCosts;
 use crate::stats::{Percentiles, Samples};
@@ -134,6 +135,8 @@ pub struct StepOutcome {
     pub statements: Option<StatementCosts>,
     /// Management's stages over the scan phase, when measured.
     pub stages: Option<StageMeans>,
+    /// The machine's own stalls over the scan phase, when measured.
+    pub machine: Option<MachineStalls>,
     #[serde(skip)]
     pub latency_samples: Samples,
     #[serde(skip)]
@@ -318,8 +321,12 @@ impl Fleet {
             }
         }
         let stages_before = read_stages(cpu).await;
+        let machine = cpu
+            .and_then(CpuProbe::machine)
+            .map(|machine| (machine, machine.start_phase()));
         let before = cpu.map(|probe| (probe.sample(), Instant::now()));
         let mut outcome = self.scan(&devices, tickets, rate, end).await;
+        outcome.machine = machine.map(|(machine, phase)| machine.end_phase(phase));
         if let (Some(probe), Some((before, started))) = (cpu, before) {
             let spent = probe.sample().since(&before);
             let answered = outcome.started + outcome.rejected.values().sum::<usize>();

@@ -8,6 +8,8 @@
 //!   generator;
 //! - [`statements`]: which database statements a scan phase executed, and their time;
 //! - [`stages`]: where management spent a scan phase's scans, stage by stage (its metrics);
+//! - [`machine`]: stalls of the machine itself over a scan phase (a real-time sleeper's
+//!   oversleep, steal time, the disk's flushes);
 //! - [`stack`]: the private PostgreSQL, broker and management processes of a benchmark run;
 //! - [`floor`]: the MQTT round trip and durable insert a scan → start cannot beat, what the
 //!   signatures cost, and the messages and commits per second this machine allows, with the
@@ -21,6 +23,7 @@ pub mod cpu;
 pub mod device;
 pub mod fleet;
 pub mod floor;
+pub mod machine;
 pub mod report;
 pub mod run;
 pub mod scenarios;

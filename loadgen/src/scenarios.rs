@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use crate::cpu::CpuProbe;
 use crate::fleet::{Fleet, StepOutcome};
+use crate::machine::MachineStalls;
 use crate::stack::{sample_process, ProcessSample};
-use crate::stats::Samples;
+use crate::stats::{Percentiles, Samples};
 
 /// The highest p99 scan → start for a rate to count as sustained.
 pub const THROUGHPUT_P99_MS: f64 = 50.0;
@@ -22,6 +23,15 @@ pub struct LatencyAtRate {
     pub rounds: usize,
     pub scans_per_round: usize,
     pub result: StepOutcome,
+    /// Each round on its own, in order.
+    pub each_round: Vec<Round>,
+}
+
+/// One round of scenario 1: its latencies and what the machine did meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Round {
+    pub latency: Percentiles,
+    pub machine: Option<MachineStalls>,
 }
 
 /// Runs scenario 1: for each rate, `rounds` steps of `min(fleet, rate × step_secs)` scans,
@@ -37,6 +47,7 @@ pub async fn latency(
     for &rate in rates {
         let scans = ((rate * step_secs).round() as usize).clamp(1, fleet.len());
         let mut pooled: Option<StepOutcome> = None;
+        let mut each_round = Vec::with_capacity(rounds);
         for round in 0..rounds {
             let step = fleet.step_measured(scans, rate, cpu).await?;
             tracing::info!(
@@ -46,8 +57,14 @@ pub async fn latency(
                 p50 = step.latency.p50_ms,
                 p99 = step.latency.p99_ms,
                 started = step.started,
+                max_oversleep_ms = step.machine.map(|machine| machine.max_oversleep_ms),
+                max_fdatasync_ms = step.machine.map(|machine| machine.max_fdatasync_ms),
                 "latency step"
             );
+            each_round.push(Round {
+                latency: step.latency,
+                machine: step.machine,
+            });
             pooled = Some(match pooled {
                 None => step,
                 Some(total) => pool(total, step),
@@ -59,6 +76,7 @@ pub async fn latency(
                 rounds,
                 scans_per_round: scans,
                 result,
+                each_round,
             });
         }
     }
@@ -82,6 +100,10 @@ fn pool(mut total: StepOutcome, step: StepOutcome) -> StepOutcome {
         (total, step) => total.or(step),
     };
     total.stages = match (total.stages, step.stages) {
+        (Some(total), Some(step)) => Some(total.pooled(&step)),
+        (total, step) => total.or(step),
+    };
+    total.machine = match (total.machine, step.machine) {
         (Some(total), Some(step)) => Some(total.pooled(&step)),
         (total, step) => total.or(step),
     };
