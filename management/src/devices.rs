@@ -376,6 +376,18 @@ async fn record_device_stop(
     Ok(row.get(0))
 }
 
+/// A device's open session, by key (the `sessions_one_open_per_device` index: see migration
+/// V14).
+pub const OPEN_SESSION: &str =
+    "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
+     WHERE store_id = $1 AND device_id = $2 AND ended_at IS NULL";
+
+/// [`OPEN_SESSION`], locked for the rest of the transaction.
+pub const OPEN_SESSION_FOR_UPDATE: &str =
+    "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
+     WHERE store_id = $1 AND device_id = $2 AND ended_at IS NULL
+     FOR UPDATE";
+
 /// The device's open session; `lock`ed for the rest of the transaction when it may be ended.
 async fn open_session(
     client: &impl GenericClient,
@@ -384,12 +396,9 @@ async fn open_session(
     lock: bool,
 ) -> Result<Option<OpenSession>, tokio_postgres::Error> {
     let sql = if lock {
-        "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
-         WHERE store_id = $1 AND device_id = $2 AND ended_at IS NULL
-         FOR UPDATE"
+        OPEN_SESSION_FOR_UPDATE
     } else {
-        "SELECT session_id, store_id, device_id, started_at, lease_until FROM sessions
-         WHERE store_id = $1 AND device_id = $2 AND ended_at IS NULL"
+        OPEN_SESSION
     };
     let row = client
         .cached_query_opt(sql, &[&store.as_str(), &device.as_str()])

@@ -383,18 +383,9 @@ pub async fn dispatch_due(
     let tx = client.transaction().await?;
     expire(&tx, now).await?;
     let mut publish = Vec::new();
-    // The session's booked end comes along for a stop that ends it at that end (a primary-key
-    // lookup per command), to time the stop's lateness.
     let due = tx
         .cached_query(
-            "SELECT c.command_id, c.store_id, c.device_id, c.payload, c.attempts, c.expires_at,
-                    c.action, c.created_at,
-                    CASE WHEN s.stop_command_id = c.command_id AND s.end_reason = $3
-                         THEN s.lease_until END
-             FROM commands c JOIN sessions s ON s.session_id = c.session_id
-             WHERE c.status IN ('queued', 'sent') AND c.next_attempt_at <= $1
-             ORDER BY c.created_at, c.epoch LIMIT $2
-             FOR UPDATE OF c SKIP LOCKED",
+            DUE_COMMANDS,
             &[&now, &BATCH, &EndReason::BookingEnded.as_str()],
         )
         .await?;
@@ -445,13 +436,7 @@ pub async fn dispatch_due(
     let more_events = events.len() as i64 == BATCH;
     let event_count = events.len();
     publish.extend(events);
-    let next_due: Option<DateTime<Utc>> = tx
-        .cached_query_one(
-            "SELECT min(least(next_attempt_at, expires_at)) FROM commands WHERE status IN ('queued', 'sent')",
-            &[],
-        )
-        .await?
-        .get(0);
+    let next_due: Option<DateTime<Utc>> = tx.cached_query_one(NEXT_DUE_COMMAND, &[]).await?.get(0);
     tx.commit().await?;
     // Published means handed to the MQTT client, which the caller does right away.
     let sent_at = Utc::now();
@@ -498,14 +483,7 @@ impl FirstSend {
 }
 
 async fn expire(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<(), WorkError> {
-    let rows = tx
-        .cached_query(
-            "UPDATE commands SET status = 'expired', settled_at = $1
-             WHERE status IN ('queued', 'sent') AND expires_at <= $1
-             RETURNING command_id, store_id, device_id, session_id, action, attempts",
-            &[&now],
-        )
-        .await?;
+    let rows = tx.cached_query(EXPIRE_COMMANDS, &[&now]).await?;
     for row in &rows {
         let (Ok(store), Ok(device)) = (StoreId::parse(row.get(1)), DeviceId::parse(row.get(2)))
         else {
@@ -608,8 +586,34 @@ pub async fn record_ack(
     Ok(true)
 }
 
-/// Settles a pending command with the device's answer.
-const SETTLE_COMMAND: &str = "UPDATE commands SET status = $4, settled_at = $5, detail = $6
+/// The pending commands due now, oldest first (through the `commands_pending` index, which
+/// `next_attempt_at <= $1` allows). The session's booked end comes along for a stop that ends
+/// it at that end (a primary-key lookup per command), to time the stop's lateness.
+pub const DUE_COMMANDS: &str =
+    "SELECT c.command_id, c.store_id, c.device_id, c.payload, c.attempts, c.expires_at,
+            c.action, c.created_at,
+            CASE WHEN s.stop_command_id = c.command_id AND s.end_reason = $3
+                 THEN s.lease_until END
+     FROM commands c JOIN sessions s ON s.session_id = c.session_id
+     WHERE c.status IN ('queued', 'sent') AND c.next_attempt_at <= $1
+     ORDER BY c.created_at, c.epoch LIMIT $2
+     FOR UPDATE OF c SKIP LOCKED";
+
+/// When the dispatcher next has something to do: the earliest attempt or expiry of a pending
+/// command. `next_attempt_at IS NOT NULL` (always true) lets it read the `commands_pending`
+/// index instead of the whole table (see migration V14).
+pub const NEXT_DUE_COMMAND: &str = "SELECT min(least(next_attempt_at, expires_at)) FROM commands
+     WHERE status IN ('queued', 'sent') AND next_attempt_at IS NOT NULL";
+
+/// Expires the pending commands whose time is over, through the `commands_pending` index as
+/// [`NEXT_DUE_COMMAND`] does.
+pub const EXPIRE_COMMANDS: &str = "UPDATE commands SET status = 'expired', settled_at = $1
+     WHERE status IN ('queued', 'sent') AND next_attempt_at IS NOT NULL AND expires_at <= $1
+     RETURNING command_id, store_id, device_id, session_id, action, attempts";
+
+/// Settles a pending command with the device's answer (a primary-key lookup: see migration
+/// V14).
+pub const SETTLE_COMMAND: &str = "UPDATE commands SET status = $4, settled_at = $5, detail = $6
      WHERE command_id = $1 AND store_id = $2 AND device_id = $3 AND status IN ('queued', 'sent')
      RETURNING session_id, action";
 

@@ -391,6 +391,15 @@ async fn earlier_decision(
     }))
 }
 
+/// A scanning device's row, locked, and whether it runs a session (looked up by key: see
+/// migration V14).
+pub const DEVICE_ROW: &str = "SELECT d.in_service,
+            EXISTS (SELECT 1 FROM sessions s
+                    WHERE s.store_id = d.store_id AND s.device_id = d.device_id AND s.ended_at IS NULL),
+            d.epoch
+     FROM devices d WHERE d.store_id = $1 AND d.device_id = $2
+     FOR UPDATE OF d";
+
 /// The device's facts and its epoch, its row locked for the rest of the transaction.
 struct DeviceRow {
     facts: DeviceFacts,
@@ -405,15 +414,7 @@ async fn device_row(
     // The row lock serializes decisions for one device across workers; holding it, this
     // transaction knows the device's epoch until it commits.
     let row = tx
-        .cached_query_opt(
-            "SELECT d.in_service,
-                    EXISTS (SELECT 1 FROM sessions s
-                            WHERE s.store_id = d.store_id AND s.device_id = d.device_id AND s.ended_at IS NULL),
-                    d.epoch
-             FROM devices d WHERE d.store_id = $1 AND d.device_id = $2
-             FOR UPDATE OF d",
-            &[&store.as_str(), &device.as_str()],
-        )
+        .cached_query_opt(DEVICE_ROW, &[&store.as_str(), &device.as_str()])
         .await?;
     Ok(row.map(|row| DeviceRow {
         facts: DeviceFacts {

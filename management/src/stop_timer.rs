@@ -361,7 +361,7 @@ async fn close_session(
 /// Claims the due sessions (one batch, skipping those another worker holds), closes them, and
 /// raises their devices' epochs, in one statement: each row is a session closed (as
 /// [`OpenSession::from_row`] reads it), its stop's command id and its device's new epoch.
-const CLOSE_DUE_SESSIONS: &str = "WITH due AS (
+pub const CLOSE_DUE_SESSIONS: &str = "WITH due AS (
          SELECT session_id FROM sessions
          WHERE ended_at IS NULL AND lease_until <= $1
          ORDER BY lease_until LIMIT $2
@@ -380,7 +380,8 @@ const CLOSE_DUE_SESSIONS: &str = "WITH due AS (
      FROM closed c LEFT JOIN bumped b USING (store_id, device_id)
      ORDER BY c.lease_until";
 
-const NEXT_DUE: &str =
+/// The next booked end after `$1` (through the `sessions_stop_timers` index).
+pub const NEXT_DUE: &str =
     "SELECT min(lease_until) FROM sessions WHERE ended_at IS NULL AND lease_until > $1";
 
 /// One look at the due sessions: the sessions closed with their stops, the events, and when
