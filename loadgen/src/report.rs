@@ -535,7 +535,7 @@ fn rounds_table(out: &mut String, results: &[LatencyAtRate]) -> std::fmt::Result
     }
     writeln!(
         out,
-        "\nEach round, with the machine's own stalls over its scan phase (a thread at real-time priority sleeping 1 ms at a time: its latest wake and its wakes over 5 ms late; the hypervisor's steal time over both cores; the slowest of a 4 KiB write + fdatasync every 50 ms next to the database):\n"
+        "\nEach round, with the machine's own stalls over its scan phase (a thread at real-time priority sleeping 5 ms at a time: its latest wake and its wakes over 5 ms late; the hypervisor's steal time over both cores; the slowest of a 4 KiB write + fdatasync every 100 ms next to the database):\n"
     )?;
     writeln!(
         out,
