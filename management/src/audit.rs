@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use mujin_protocol::message::{self, Event};
 use mujin_protocol::topic::Topic;
+use tokio_postgres::types::ToSql;
 
 use crate::mqtt::Outbound;
 
@@ -47,18 +48,12 @@ async fn insert<C: GenericClient>(
     if events.is_empty() {
         return Ok(());
     }
-    let e = EventColumns::new(events);
+    let columns = EventColumns::new(events);
+    let [at, stores, devices, kinds, bodies] = columns.params();
     client
         .cached_execute(
             RECORD_EVENTS,
-            &[
-                &e.at,
-                &e.stores,
-                &e.devices,
-                &e.kinds,
-                &e.bodies,
-                &published_at,
-            ],
+            &[at, stores, devices, kinds, bodies, &published_at],
         )
         .await?;
     Ok(())
@@ -98,6 +93,17 @@ impl<'a> EventColumns<'a> {
             columns.bodies.push(body);
         }
         columns
+    }
+
+    /// The five arrays, in the order [`RECORD_EVENTS`] takes them.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.at,
+            &self.stores,
+            &self.devices,
+            &self.kinds,
+            &self.bodies,
+        ]
     }
 }
 

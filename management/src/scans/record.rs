@@ -98,7 +98,8 @@ pub(super) async fn write(
         Decision::Rejected { reason, detail } => (false, Some(reason.as_str()), detail.as_str()),
     };
     let text = clean_text(&decided.scan.ticket, STORED_TEXT_LIMIT);
-    let e = EventColumns::new(decided.events);
+    let events = EventColumns::new(decided.events);
+    let [at, stores, devices, kinds, bodies] = events.params();
     let published_at = decided.events_published_now.then_some(decided.now);
     tx.cached_execute(
         RECORD,
@@ -125,11 +126,11 @@ pub(super) async fn write(
             &accepted,
             &reason,
             &detail,
-            &e.at,
-            &e.stores,
-            &e.devices,
-            &e.kinds,
-            &e.bodies,
+            at,
+            stores,
+            devices,
+            kinds,
+            bodies,
             &published_at,
         ],
     )
