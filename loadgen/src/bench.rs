@@ -130,7 +130,12 @@ impl Profile {
 /// PostgreSQL is tied to the thread that starts it.
 pub async fn run(settings: BenchSettings) -> anyhow::Result<String> {
     let profile = Profile::new(&settings);
-    let stack = Stack::start(&settings.bin_dir, &settings.out.join("stack")).await?;
+    let stack = Stack::start(
+        &settings.bin_dir,
+        &settings.out.join("stack"),
+        crate::stack::BENCH_WAL_MIB,
+    )
+    .await?;
     tracing::info!(dir = %stack.dir.display(), "run directory (logs of the broker and management)");
     // Ctrl-C or SIGTERM ends the run without a report but not without cleaning up: dropping
     // the scenarios drops the broker and management (killed on drop), and the private

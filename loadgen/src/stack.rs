@@ -94,8 +94,10 @@ pub struct Stack {
 
 impl Stack {
     /// Starts PostgreSQL (on the calling thread: see [`PrivateCluster::start`]), creates the
-    /// database and the keys.
-    pub async fn start(bin_dir: &Path, dir: &Path) -> anyhow::Result<Stack> {
+    /// database and the keys, and gives the cluster `wal_to_recycle` MiB of WAL segments to
+    /// reuse ([`BENCH_WAL_MIB`] for a benchmark run; it writes that much to disk once, twice
+    /// over while the filler table lives).
+    pub async fn start(bin_dir: &Path, dir: &Path, wal_to_recycle: u32) -> anyhow::Result<Stack> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let dir = std::path::absolute(dir).context("cannot resolve the run's directory")?;
         let cluster = PrivateCluster::start_with_statement_stats(&dir.join("postgres"))
@@ -104,7 +106,7 @@ impl Stack {
         let database_url = cluster.connection_string(DATABASE);
         let pool = db::pool(&database_url, 32)?;
         db::migrate(&pool).await?;
-        prepare_cluster(&pool).await?;
+        prepare_cluster(&pool, wal_to_recycle).await?;
         keys::load_or_create(&key_dir(&dir), &KeyId::parse("k1")?)?;
         let pepper = keys::load_or_create_pepper(&key_dir(&dir))?;
         Ok(Stack {
@@ -247,20 +249,25 @@ impl Stack {
     }
 }
 
-/// How much WAL a fresh cluster is given to recycle: more than a 10,000-device run writes.
-const WAL_TO_RECYCLE: &str = "512MB";
+/// How much WAL (MiB) a benchmark's cluster is given to recycle: more than a 10,000-device run
+/// writes.
+pub const BENCH_WAL_MIB: u32 = 512;
+
+/// Rows of the filler table per MiB of WAL they write (1,900-byte rows, with their headers and
+/// the WAL's own).
+const FILLER_ROWS_PER_MIB: u32 = 527;
 
 /// Makes the fresh cluster behave like a running server's. Its WAL: a server that has run a
 /// while reuses the segment files its checkpoints recycled, where a fresh one creates and
 /// zero-fills a new 16 MB file each time one fills (every few seconds under the benchmark's
 /// load), and commits wait meanwhile; so it writes that much WAL once, then checkpoints so it
 /// is kept for reuse (`min_wal_size`). And its autovacuum (below).
-async fn prepare_cluster(pool: &Pool) -> anyhow::Result<()> {
+async fn prepare_cluster(pool: &Pool, wal_mib: u32) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let client = pool.get().await?;
     // One statement at a time: ALTER SYSTEM and CHECKPOINT refuse a transaction block.
     let statements = [
-        format!("ALTER SYSTEM SET min_wal_size = '{WAL_TO_RECYCLE}'"),
+        format!("ALTER SYSTEM SET min_wal_size = '{wal_mib}MB'"),
         "ALTER SYSTEM SET max_wal_size = '2GB'".into(),
         // A young cluster's small tables cross autovacuum's thresholds (10–20 % of their rows
         // changed) within a step, so autovacuum ran each minute of the run, at the same point
@@ -271,7 +278,10 @@ async fn prepare_cluster(pool: &Pool) -> anyhow::Result<()> {
         "ALTER SYSTEM SET log_autovacuum_min_duration = 0".into(),
         "SELECT pg_reload_conf()".into(),
         "CREATE TABLE bench_wal (filler text)".into(),
-        "INSERT INTO bench_wal SELECT repeat('w', 1900) FROM generate_series(1, 270000)".into(),
+        format!(
+            "INSERT INTO bench_wal SELECT repeat('w', 1900) FROM generate_series(1, {})",
+            wal_mib * FILLER_ROWS_PER_MIB
+        ),
         "DROP TABLE bench_wal".into(),
         "CHECKPOINT".into(),
     ];
@@ -283,6 +293,7 @@ async fn prepare_cluster(pool: &Pool) -> anyhow::Result<()> {
     }
     tracing::info!(
         secs = started.elapsed().as_secs_f64(),
+        mib = wal_mib,
         "WAL segments ready for reuse"
     );
     Ok(())

@@ -11,6 +11,10 @@ use mujin_loadgen::stack::{BrokerKind, Stack};
 
 const WINDOW: Duration = Duration::from_millis(800);
 
+/// WAL the tests' clusters recycle: enough to see it set, a fraction of a benchmark's
+/// (`BENCH_WAL_MIB`), so that the suite does not write a gigabyte per cluster.
+const WAL_MIB: u32 = 32;
+
 fn positive(value: f64) -> bool {
     value > 0.0 && value.is_finite()
 }
@@ -21,7 +25,7 @@ async fn messages_and_commits_are_counted_with_their_cpu() {
     let bin_dir = broker_binary.parent().expect("the binaries' directory");
     let dir = tempfile::tempdir().unwrap();
     // PostgreSQL is started on this test's thread, which outlives it (see PrivateCluster::start).
-    let stack = Stack::start(bin_dir, dir.path()).await.unwrap();
+    let stack = Stack::start(bin_dir, dir.path(), WAL_MIB).await.unwrap();
     let broker = stack.start_broker(BrokerKind::Embedded).await.unwrap();
     let cpu = CpuProbe::new(broker.pid(), None, &stack.postgres_dir(), 2);
 
@@ -81,7 +85,7 @@ async fn the_clusters_wal_is_ready_for_reuse_and_vacuum_is_left_to_the_steps() {
     let broker_binary = mujin_tests::binary("mujin-broker");
     let bin_dir = broker_binary.parent().expect("the binaries' directory");
     let dir = tempfile::tempdir().unwrap();
-    let stack = Stack::start(bin_dir, dir.path()).await.unwrap();
+    let stack = Stack::start(bin_dir, dir.path(), WAL_MIB).await.unwrap();
     let client = stack.pool.get().await.unwrap();
     let setting = |name: &'static str| {
         let client = &client;
@@ -93,7 +97,7 @@ async fn the_clusters_wal_is_ready_for_reuse_and_vacuum_is_left_to_the_steps() {
             row.get::<_, String>(0)
         }
     };
-    assert_eq!(setting("min_wal_size").await, "512MB");
+    assert_eq!(setting("min_wal_size").await, format!("{WAL_MIB}MB"));
     assert_eq!(setting("autovacuum").await, "off");
     assert_eq!(setting("log_autovacuum_min_duration").await, "0");
     drop(client);
