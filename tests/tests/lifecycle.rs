@@ -305,3 +305,85 @@ async fn a_booking_nobody_scans_becomes_a_no_show_and_frees_the_device() {
     agent.stop().await;
     stack.shutdown().await;
 }
+
+/// Between its full looks, a pass of the no-show timer looks only at the bookings whose no-show
+/// moment came since the last pass; what it cannot see there (here: a booking due long before
+/// the window, as after a store's grace was shortened) the next full look gives up.
+#[tokio::test]
+async fn a_no_show_outside_the_passes_window_is_given_up_by_the_next_full_look() {
+    use mujin_management::lifecycle::{run_due, Look};
+
+    let mut stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-05").await;
+    stack.stop_management().await;
+    stack.set_store_timing(&device.0, 0, 1).await;
+    let booking = stack.book_now(&device, 60).await;
+    let due = booking.claims.not_before + chrono::Duration::seconds(1);
+    let later = due + chrono::Duration::seconds(30);
+
+    let since = run_due(
+        &stack.pool,
+        later,
+        Look::Since(later - chrono::Duration::seconds(5)),
+    )
+    .await
+    .expect("a pass");
+    assert_eq!(since.no_shows, 0, "due 30 s before the window");
+    let full = run_due(&stack.pool, later, Look::Full)
+        .await
+        .expect("a full look");
+    assert_eq!(full.no_shows, 1);
+    let in_window = run_due(
+        &stack.pool,
+        later,
+        Look::Since(due - chrono::Duration::seconds(1)),
+    )
+    .await
+    .expect("a pass");
+    assert_eq!(in_window.no_shows, 0, "given up once");
+    let reason: Option<String> = stack
+        .pool
+        .get()
+        .await
+        .expect("connection")
+        .query_one(
+            "SELECT cancel_reason FROM reservations WHERE ticket_id = $1",
+            &[&booking.claims.ticket_id.as_uuid()],
+        )
+        .await
+        .expect("the booking")
+        .get(0);
+    assert_eq!(reason.as_deref(), Some("no_show"));
+    stack.shutdown().await;
+}
+
+/// A pass whose window holds the booking's no-show moment gives it up.
+#[tokio::test]
+async fn a_pass_gives_up_the_no_shows_whose_moment_came_since_the_last_one() {
+    use mujin_management::lifecycle::{run_due, Look};
+
+    let mut stack = Stack::start().await;
+    let device = stack.add_device("shibuya", "pc-06").await;
+    stack.stop_management().await;
+    stack.set_store_timing(&device.0, 0, 1).await;
+    let booking = stack.book_now(&device, 60).await;
+    let due = booking.claims.not_before + chrono::Duration::seconds(1);
+
+    let early = run_due(
+        &stack.pool,
+        due - chrono::Duration::milliseconds(1),
+        Look::Since(due - chrono::Duration::seconds(2)),
+    )
+    .await
+    .expect("a pass");
+    assert_eq!(early.no_shows, 0, "not due yet");
+    let pass = run_due(
+        &stack.pool,
+        due,
+        Look::Since(due - chrono::Duration::seconds(2)),
+    )
+    .await
+    .expect("a pass");
+    assert_eq!(pass.no_shows, 1);
+    stack.shutdown().await;
+}

@@ -2,9 +2,10 @@
 //! after an ANALYZE at a quiet moment (no session open, no command pending), the stop timers'
 //! and the dispatcher's small partial indexes looked cheapest to PostgreSQL for finding a
 //! device's open session or a pending command, which then scanned every open session or every
-//! pending command. The timers and the dispatcher still use those indexes.
+//! pending command. The timers and the dispatcher still use those indexes, and read only the
+//! rows near their moment however many sessions are open.
 
-use mujin_management::{db, devices, outbox, scans, stop_timer};
+use mujin_management::{db, devices, lifecycle, outbox, scans, stop_timer};
 
 /// A store's history: 100 devices, 2,000 sessions all ended and their 2,000 start commands all
 /// acknowledged; then ANALYZE, so the statistics say nothing is open or pending.
@@ -117,4 +118,151 @@ async fn lookups_by_key_use_their_keys_and_the_timers_their_indexes_after_a_quie
         let plan = generic_plan(&client, statement).await;
         assert!(plan.contains(index), "{what} does not use {index}:\n{plan}");
     }
+}
+
+/// A busy hour: 2,000 sessions open, all ending within the next two hours and none inside its
+/// store's 5-minute warning window; then ANALYZE.
+const BUSY_HOUR: &str = "
+    INSERT INTO stores (store_id, warn_minutes) VALUES ('s1', 5);
+    INSERT INTO devices (store_id, device_id)
+        SELECT 's1', 'd' || n FROM generate_series(1, 2000) n;
+    INSERT INTO reservations (ticket_id, store_id, device_id, period, key_id)
+        SELECT gen_random_uuid(), 's1', 'd' || n,
+               tstzrange(now() - interval '10 minutes',
+                         now() + make_interval(mins => 10 + n % 110)),
+               'k1'
+        FROM generate_series(1, 2000) n;
+    INSERT INTO sessions (session_id, ticket_id, scan_id, store_id, device_id, started_at,
+                          lease_until, start_command_id)
+        SELECT gen_random_uuid(), ticket_id, gen_random_uuid(), store_id, device_id,
+               lower(period), upper(period), gen_random_uuid()
+        FROM reservations;
+    ANALYZE;";
+
+/// The rows of `table` a node of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan and its children
+/// read: those they returned and those their filters removed.
+fn rows_read(node: &serde_json::Value, table: &str) -> f64 {
+    let own = if node["Relation Name"] == table {
+        let loops = node["Actual Loops"].as_f64().unwrap_or(1.0);
+        let read = node["Actual Rows"].as_f64().unwrap_or(0.0)
+            + node["Rows Removed by Filter"].as_f64().unwrap_or(0.0)
+            + node["Rows Removed by Index Recheck"]
+                .as_f64()
+                .unwrap_or(0.0);
+        read * loops
+    } else {
+        0.0
+    };
+    let children = node["Plans"].as_array().map_or(0.0, |plans| {
+        plans.iter().map(|plan| rows_read(plan, table)).sum()
+    });
+    own + children
+}
+
+#[tokio::test]
+async fn the_warning_timer_reads_only_the_sessions_ending_within_the_longest_warning() {
+    let url = mujin_tests::postgres::fresh_database().await;
+    let pool = db::pool(&url, 1).expect("pool");
+    db::migrate(&pool).await.expect("migrate");
+    let client = pool.get().await.expect("connection");
+    client.batch_execute(BUSY_HOUR).await.expect("busy hour");
+    let read = rows_read_by(&client, lifecycle::WARN_DUE, "now(), 100", "sessions").await;
+    assert!(
+        read < 100.0,
+        "the warning timer read {read} of 2,000 open sessions, none due"
+    );
+}
+
+/// Runs `statement`'s generic plan (as a connection keeps using it) once with `params`, and
+/// returns how many rows of `table` it read.
+async fn rows_read_by(
+    client: &tokio_postgres::Client,
+    statement: &str,
+    params: &str,
+    table: &str,
+) -> f64 {
+    client
+        .batch_execute(&format!(
+            "SET plan_cache_mode = force_generic_plan; PREPARE probe AS {statement}"
+        ))
+        .await
+        .unwrap_or_else(|error| panic!("cannot prepare {statement}: {error}"));
+    let row = client
+        .query_one(
+            &format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probe({params})"),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|error| panic!("cannot run {statement}: {error}"));
+    client
+        .batch_execute("DEALLOCATE probe; RESET plan_cache_mode")
+        .await
+        .expect("deallocate");
+    let plan: serde_json::Value = row.get(0);
+    let read = rows_read(&plan[0]["Plan"], table);
+    println!("{read} rows of {table} read:\n{plan:#}");
+    read
+}
+
+/// A busy day: 2,000 bookings over the last 20 hours, each scanned (its session started and
+/// ended) on its own device, 100 more booked for later today and 500 from two days ago; then
+/// ANALYZE.
+const BUSY_DAY: &str = "
+    INSERT INTO stores (store_id) VALUES ('s1');
+    INSERT INTO devices (store_id, device_id)
+        SELECT 's1', 'd' || n FROM generate_series(1, 2100) n;
+    INSERT INTO reservations (ticket_id, store_id, device_id, period, key_id)
+        SELECT gen_random_uuid(), 's1', 'd' || n,
+               tstzrange(now() - make_interval(mins => 30 + n / 2),
+                         now() - make_interval(mins => n / 2)),
+               'k1'
+        FROM generate_series(1, 2000) n;
+    INSERT INTO sessions (session_id, ticket_id, scan_id, store_id, device_id, started_at,
+                          lease_until, start_command_id, ended_at, end_reason)
+        SELECT gen_random_uuid(), ticket_id, gen_random_uuid(), store_id, device_id,
+               lower(period), upper(period), gen_random_uuid(), upper(period), 'booking_ended'
+        FROM reservations;
+    INSERT INTO reservations (ticket_id, store_id, device_id, period, key_id)
+        SELECT gen_random_uuid(), 's1', 'd' || n,
+               tstzrange(now() + make_interval(mins => n - 2000),
+                         now() + make_interval(mins => n - 1970)),
+               'k1'
+        FROM generate_series(2001, 2100) n;
+    INSERT INTO reservations (ticket_id, store_id, device_id, period, key_id)
+        SELECT gen_random_uuid(), 's1', 'd' || n,
+               tstzrange(now() - interval '2 days', now() - interval '2 days' + interval '1 hour'),
+               'k1'
+        FROM generate_series(1, 500) n;
+    ANALYZE;";
+
+#[tokio::test]
+async fn the_no_show_timer_reads_only_the_bookings_due_since_its_last_pass() {
+    let url = mujin_tests::postgres::fresh_database().await;
+    let pool = db::pool(&url, 1).expect("pool");
+    db::migrate(&pool).await.expect("migrate");
+    let client = pool.get().await.expect("connection");
+    client.batch_execute(BUSY_DAY).await.expect("busy day");
+
+    let full = rows_read_by(
+        &client,
+        lifecycle::NO_SHOWS_DUE,
+        "now(), 100",
+        "reservations",
+    )
+    .await;
+    let since = rows_read_by(
+        &client,
+        lifecycle::NO_SHOWS_DUE_SINCE,
+        "now(), 100, now() - interval '11 seconds'",
+        "reservations",
+    )
+    .await;
+    assert!(
+        since < 100.0,
+        "a pass read {since} of 2,600 bookings, none due (a full look: {full})"
+    );
+    assert!(
+        full <= 2100.0,
+        "a full look read {full} of 2,600 bookings: older ones than a day too"
+    );
 }
