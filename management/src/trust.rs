@@ -33,6 +33,23 @@ use crate::ticket_keys::LiveKeys;
 /// within this time.
 pub const REFRESH: Duration = Duration::from_secs(2);
 
+/// Tickets whose window is still open but which cannot start a session any more (store,
+/// ticket, whether cancelled); the ones ending soonest first, since a truncated list keeps
+/// those. Each part is read through its own index of bookings by end: the cancelled ones, and
+/// the live ones (those still ahead, each looked up among the sessions), not every booking
+/// ever made.
+pub const REFUSED_TICKETS: &str = "SELECT store_id, ticket_id, cancelled FROM (
+         SELECT r.store_id, r.ticket_id, true AS cancelled, upper(r.period) AS ends
+         FROM reservations r
+         WHERE r.cancelled_at IS NOT NULL AND upper(r.period) > $1
+         UNION ALL
+         SELECT r.store_id, r.ticket_id, false, upper(r.period)
+         FROM reservations r
+         WHERE r.cancelled_at IS NULL AND upper(r.period) > $1
+           AND EXISTS (SELECT 1 FROM sessions s WHERE s.ticket_id = r.ticket_id)
+     ) refused
+     ORDER BY ends, ticket_id";
+
 /// Builds every store's trust list from the database, with the keys of `keyring`.
 pub async fn build_lists(
     pool: &Pool,
@@ -46,19 +63,7 @@ pub async fn build_lists(
             &[],
         )
         .await?;
-    // Tickets whose window is still open but which cannot start a session any more; the ones
-    // ending soonest first, since a truncated list keeps those.
-    let refused = client
-        .cached_query(
-            "SELECT r.store_id, r.ticket_id, r.cancelled_at IS NOT NULL
-             FROM reservations r
-             WHERE upper(r.period) > $1
-               AND (r.cancelled_at IS NOT NULL
-                    OR EXISTS (SELECT 1 FROM sessions s WHERE s.ticket_id = r.ticket_id))
-             ORDER BY upper(r.period), r.ticket_id",
-            &[&now],
-        )
-        .await?;
+    let refused = client.cached_query(REFUSED_TICKETS, &[&now]).await?;
     let mut by_store: HashMap<String, Vec<RefusedTicket>> = HashMap::new();
     for row in &refused {
         let reason = if row.get::<_, bool>(2) {

@@ -5,7 +5,7 @@
 //! pending command. The timers and the dispatcher still use those indexes, and read only the
 //! rows near their moment however many sessions are open.
 
-use mujin_management::{db, devices, lifecycle, outbox, scans, stop_timer};
+use mujin_management::{db, devices, lifecycle, outbox, scans, stop_timer, trust};
 
 /// A store's history: 100 devices, 2,000 sessions all ended and their 2,000 start commands all
 /// acknowledged; then ANALYZE, so the statistics say nothing is open or pending.
@@ -264,5 +264,36 @@ async fn the_no_show_timer_reads_only_the_bookings_due_since_its_last_pass() {
     assert!(
         full <= 2100.0,
         "a full look read {full} of 2,600 bookings: older ones than a day too"
+    );
+}
+
+#[tokio::test]
+async fn the_trust_lists_read_the_bookings_still_ahead_not_every_booking_ever_made() {
+    let url = mujin_tests::postgres::fresh_database().await;
+    let pool = db::pool(&url, 1).expect("pool");
+    db::migrate(&pool).await.expect("migrate");
+    let client = pool.get().await.expect("connection");
+    client.batch_execute(BUSY_DAY).await.expect("busy day");
+    // Weeks of history before it: 20,000 bookings long over, every tenth cancelled.
+    client
+        .batch_execute(
+            "INSERT INTO reservations (ticket_id, store_id, device_id, period, key_id,
+                                       cancelled_at, cancel_reason)
+                 SELECT gen_random_uuid(), 's1', 'd' || (n % 2000 + 1),
+                        tstzrange(now() - make_interval(hours => 100 + n),
+                                  now() - make_interval(hours => 100 + n) + interval '30 minutes'),
+                        'k1',
+                        CASE WHEN n % 10 = 0 THEN now() - make_interval(hours => 101 + n) END,
+                        CASE WHEN n % 10 = 0 THEN 'cancelled' END
+                 FROM generate_series(1, 20000) n;
+             ANALYZE;",
+        )
+        .await
+        .expect("history");
+
+    let read = rows_read_by(&client, trust::REFUSED_TICKETS, "now()", "reservations").await;
+    assert!(
+        read <= 200.0,
+        "a trust list refresh read {read} of 22,600 bookings, 100 of them still ahead"
     );
 }
