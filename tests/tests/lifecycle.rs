@@ -306,6 +306,21 @@ async fn a_booking_nobody_scans_becomes_a_no_show_and_frees_the_device() {
     stack.shutdown().await;
 }
 
+/// A stack whose management is stopped (the test runs the no-show timer's passes itself), and
+/// one booking nobody scans on `device` of a store with a second of grace: the stack, the
+/// booking's ticket and when it is due as a no-show.
+async fn a_booking_due_in_a_second(
+    device: &str,
+) -> (Stack, mujin_protocol::TicketId, chrono::DateTime<Utc>) {
+    let mut stack = Stack::start().await;
+    let device = stack.add_device("shibuya", device).await;
+    stack.stop_management().await;
+    stack.set_store_timing(&device.0, 0, 1).await;
+    let booking = stack.book_now(&device, 60).await;
+    let due = booking.claims.not_before + chrono::Duration::seconds(1);
+    (stack, booking.claims.ticket_id, due)
+}
+
 /// Between its full looks, a pass of the no-show timer looks only at the bookings whose no-show
 /// moment came since the last pass; what it cannot see there (here: a booking due long before
 /// the window, as after a store's grace was shortened) the next full look gives up.
@@ -313,12 +328,7 @@ async fn a_booking_nobody_scans_becomes_a_no_show_and_frees_the_device() {
 async fn a_no_show_outside_the_passes_window_is_given_up_by_the_next_full_look() {
     use mujin_management::lifecycle::{run_due, Look};
 
-    let mut stack = Stack::start().await;
-    let device = stack.add_device("shibuya", "pc-05").await;
-    stack.stop_management().await;
-    stack.set_store_timing(&device.0, 0, 1).await;
-    let booking = stack.book_now(&device, 60).await;
-    let due = booking.claims.not_before + chrono::Duration::seconds(1);
+    let (stack, ticket_id, due) = a_booking_due_in_a_second("pc-05").await;
     let later = due + chrono::Duration::seconds(30);
 
     let since = run_due(
@@ -348,7 +358,7 @@ async fn a_no_show_outside_the_passes_window_is_given_up_by_the_next_full_look()
         .expect("connection")
         .query_one(
             "SELECT cancel_reason FROM reservations WHERE ticket_id = $1",
-            &[&booking.claims.ticket_id.as_uuid()],
+            &[&ticket_id.as_uuid()],
         )
         .await
         .expect("the booking")
@@ -362,12 +372,7 @@ async fn a_no_show_outside_the_passes_window_is_given_up_by_the_next_full_look()
 async fn a_pass_gives_up_the_no_shows_whose_moment_came_since_the_last_one() {
     use mujin_management::lifecycle::{run_due, Look};
 
-    let mut stack = Stack::start().await;
-    let device = stack.add_device("shibuya", "pc-06").await;
-    stack.stop_management().await;
-    stack.set_store_timing(&device.0, 0, 1).await;
-    let booking = stack.book_now(&device, 60).await;
-    let due = booking.claims.not_before + chrono::Duration::seconds(1);
+    let (stack, _, due) = a_booking_due_in_a_second("pc-06").await;
 
     let early = run_due(
         &stack.pool,

@@ -30,18 +30,42 @@ const QUIET_HISTORY: &str = "
         FROM sessions;
     ANALYZE;";
 
-/// The generic plan of `statement` (the one a connection keeps using once it has run it a few
-/// times), its parameters left unknown.
-async fn generic_plan(client: &tokio_postgres::Client, statement: &str) -> String {
-    let params = (1..=9)
-        .filter(|n| statement.contains(&format!("${n}")))
-        .count();
+/// A fresh migrated database holding `history`, and a connection to it (the pool must outlive
+/// the connection).
+async fn database_with(history: &str) -> (deadpool_postgres::Pool, deadpool_postgres::Object) {
+    let url = mujin_tests::postgres::fresh_database().await;
+    let pool = db::pool(&url, 1).expect("pool");
+    db::migrate(&pool).await.expect("migrate");
+    let client = pool.get().await.expect("connection");
+    client.batch_execute(history).await.expect("history");
+    (pool, client)
+}
+
+/// Prepares `statement` as `probe`, always with its generic plan (the one a connection keeps
+/// using once it has run it a few times).
+async fn prepare_generic(client: &tokio_postgres::Client, statement: &str) {
     client
         .batch_execute(&format!(
             "SET plan_cache_mode = force_generic_plan; PREPARE probe AS {statement}"
         ))
         .await
         .unwrap_or_else(|error| panic!("cannot prepare {statement}: {error}"));
+}
+
+async fn deallocate(client: &tokio_postgres::Client) {
+    client
+        .batch_execute("DEALLOCATE probe; RESET plan_cache_mode")
+        .await
+        .expect("deallocate");
+}
+
+/// The generic plan of `statement` (the one a connection keeps using once it has run it a few
+/// times), its parameters left unknown.
+async fn generic_plan(client: &tokio_postgres::Client, statement: &str) -> String {
+    let params = (1..=9)
+        .filter(|n| statement.contains(&format!("${n}")))
+        .count();
+    prepare_generic(client, statement).await;
     let nulls = vec!["NULL"; params].join(", ");
     let execute = if params == 0 {
         "EXPLAIN EXECUTE probe".to_owned()
@@ -55,20 +79,13 @@ async fn generic_plan(client: &tokio_postgres::Client, statement: &str) -> Strin
         .iter()
         .map(|row| row.get(0))
         .collect();
-    client
-        .batch_execute("DEALLOCATE probe; RESET plan_cache_mode")
-        .await
-        .expect("deallocate");
+    deallocate(client).await;
     plan.join("\n")
 }
 
 #[tokio::test]
 async fn lookups_by_key_use_their_keys_and_the_timers_their_indexes_after_a_quiet_analyze() {
-    let url = mujin_tests::postgres::fresh_database().await;
-    let pool = db::pool(&url, 1).expect("pool");
-    db::migrate(&pool).await.expect("migrate");
-    let client = pool.get().await.expect("connection");
-    client.batch_execute(QUIET_HISTORY).await.expect("history");
+    let (_pool, client) = database_with(QUIET_HISTORY).await;
 
     let by_key = [
         ("a device state's open session", devices::OPEN_SESSION),
@@ -161,11 +178,7 @@ fn rows_read(node: &serde_json::Value, table: &str) -> f64 {
 
 #[tokio::test]
 async fn the_warning_timer_reads_only_the_sessions_ending_within_the_longest_warning() {
-    let url = mujin_tests::postgres::fresh_database().await;
-    let pool = db::pool(&url, 1).expect("pool");
-    db::migrate(&pool).await.expect("migrate");
-    let client = pool.get().await.expect("connection");
-    client.batch_execute(BUSY_HOUR).await.expect("busy hour");
+    let (_pool, client) = database_with(BUSY_HOUR).await;
     let read = rows_read_by(&client, lifecycle::WARN_DUE, "now(), 100", "sessions").await;
     assert!(
         read < 100.0,
@@ -181,12 +194,7 @@ async fn rows_read_by(
     params: &str,
     table: &str,
 ) -> f64 {
-    client
-        .batch_execute(&format!(
-            "SET plan_cache_mode = force_generic_plan; PREPARE probe AS {statement}"
-        ))
-        .await
-        .unwrap_or_else(|error| panic!("cannot prepare {statement}: {error}"));
+    prepare_generic(client, statement).await;
     let row = client
         .query_one(
             &format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probe({params})"),
@@ -194,10 +202,7 @@ async fn rows_read_by(
         )
         .await
         .unwrap_or_else(|error| panic!("cannot run {statement}: {error}"));
-    client
-        .batch_execute("DEALLOCATE probe; RESET plan_cache_mode")
-        .await
-        .expect("deallocate");
+    deallocate(client).await;
     let plan: serde_json::Value = row.get(0);
     let read = rows_read(&plan[0]["Plan"], table);
     println!("{read} rows of {table} read:\n{plan:#}");
@@ -237,11 +242,7 @@ const BUSY_DAY: &str = "
 
 #[tokio::test]
 async fn the_no_show_timer_reads_only_the_bookings_due_since_its_last_pass() {
-    let url = mujin_tests::postgres::fresh_database().await;
-    let pool = db::pool(&url, 1).expect("pool");
-    db::migrate(&pool).await.expect("migrate");
-    let client = pool.get().await.expect("connection");
-    client.batch_execute(BUSY_DAY).await.expect("busy day");
+    let (_pool, client) = database_with(BUSY_DAY).await;
 
     let full = rows_read_by(
         &client,
@@ -269,11 +270,7 @@ async fn the_no_show_timer_reads_only_the_bookings_due_since_its_last_pass() {
 
 #[tokio::test]
 async fn the_trust_lists_read_the_bookings_still_ahead_not_every_booking_ever_made() {
-    let url = mujin_tests::postgres::fresh_database().await;
-    let pool = db::pool(&url, 1).expect("pool");
-    db::migrate(&pool).await.expect("migrate");
-    let client = pool.get().await.expect("connection");
-    client.batch_execute(BUSY_DAY).await.expect("busy day");
+    let (_pool, client) = database_with(BUSY_DAY).await;
     // Weeks of history before it: 20,000 bookings long over, every tenth cancelled.
     client
         .batch_execute(
