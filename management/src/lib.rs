@@ -612,7 +612,9 @@ impl Inbox {
                 })
             }
             DeviceChannel::Ack => {
-                let recorded = outbox::record_ack(&self.pool, store, device, payload, now).await?;
+                let recorded =
+                    outbox::record_ack(&self.pool, &self.metrics, store, device, payload, now)
+                        .await?;
                 Ok(Handled::new(Vec::new(), recorded))
             }
             _ => {

@@ -3,8 +3,9 @@
 //!
 //! Counters and histograms move on the code paths (an atomic increment, or a short lock inside
 //! the histogram; nothing is held across an await). What the database knows — sessions
-//! running, commands by lifecycle state — and the pool's state are read when Prometheus
-//! scrapes, so they are exact at scrape time and cost nothing while nobody scrapes.
+//! running, commands pending — and the pool's state are read when Prometheus scrapes, so they
+//! are exact at scrape time and cost nothing while nobody scrapes; each read is bounded by
+//! what is open or pending, never by the history.
 //! Store and device ids are never labels: a fleet's size must not multiply the series.
 
 use crate::db::CachedStatements;
@@ -30,16 +31,23 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::WorkError;
+use crate::outbox::Settled;
 
-/// The lifecycle states of a command in the outbox (the `commands.status` constraint).
-pub const COMMAND_STATES: [&str; 6] = [
-    "queued",
-    "sent",
-    "acknowledged",
-    "failed",
-    "expired",
-    "superseded",
-];
+/// The states of a command still pending in the outbox, counted in the database at each
+/// scrape: `queued` not sent yet, `sent` sent and not answered.
+pub const PENDING_COMMAND_STATES: [&str; 2] = ["queued", "sent"];
+
+/// The pending commands by state. Only pending commands are counted: settled ones pile up for
+/// as long as the outbox keeps them, so counting them at each scrape would take longer every
+/// day (they are counted as they settle instead, [`Settled`]). `next_attempt_at IS NOT NULL`
+/// (true of every pending command) lets it read the `commands_pending` index (migration V14).
+pub const PENDING_COMMANDS: &str = "SELECT status, count(*) FROM commands
+     WHERE status IN ('queued', 'sent') AND next_attempt_at IS NOT NULL
+     GROUP BY status";
+
+/// The open sessions, through their partial index.
+pub const SESSIONS_RUNNING: &str = "SELECT count(*) FROM sessions WHERE ended_at IS NULL";
+
 /// The channels devices publish on, whose messages must carry their device's signature.
 const DEVICE_CHANNELS: [DeviceChannel; 4] = [
     DeviceChannel::Scan,
@@ -145,8 +153,10 @@ pub struct Metrics {
     /// One per [`ScanStages::NAMES`], in that order.
     scan_stages: Vec<Histogram>,
     sessions_running: Gauge,
-    /// One per [`COMMAND_STATES`], in that order.
+    /// One per [`PENDING_COMMAND_STATES`], in that order.
     commands: Vec<Gauge>,
+    /// One per [`Settled::ALL`], in that order.
+    commands_settled: Vec<Counter>,
     database_up: Gauge,
     pool_in_use: Gauge,
     pool_idle: Gauge,
@@ -251,12 +261,28 @@ impl Metrics {
         let commands_family = Family::<Labels, Gauge>::default();
         registry.register(
             "commands",
-            "Commands in the outbox by lifecycle state (read at scrape time)",
+            "Commands pending in the outbox, by state: queued (not sent yet) or sent (not \
+             answered yet) (read at scrape time)",
             commands_family.clone(),
         );
-        let commands = COMMAND_STATES
+        let commands = PENDING_COMMAND_STATES
             .iter()
             .map(|state| commands_family.get_or_create(&[("state", *state)]).clone())
+            .collect();
+        let settled_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "commands_settled",
+            "Commands this worker settled, by final state: acknowledged or failed by the \
+             device, expired unanswered, superseded by a newer command",
+            settled_family.clone(),
+        );
+        let commands_settled = Settled::ALL
+            .iter()
+            .map(|state| {
+                settled_family
+                    .get_or_create(&[("state", state.as_str())])
+                    .clone()
+            })
             .collect();
         let database_up = Gauge::default();
         registry.register(
@@ -295,6 +321,7 @@ impl Metrics {
             scan_stages,
             sessions_running,
             commands,
+            commands_settled,
             database_up,
             pool_in_use,
             pool_idle,
@@ -347,6 +374,14 @@ impl Metrics {
         }
     }
 
+    /// `count` commands were settled as `state` (their settling is committed).
+    pub fn commands_settled(&self, state: Settled, count: u64) {
+        let index = Settled::ALL.iter().position(|known| *known == state);
+        if let Some(counter) = index.and_then(|index| self.commands_settled.get(index)) {
+            counter.inc_by(count);
+        }
+    }
+
     /// The broker connection came up (`true`) or went away.
     pub fn broker_connected(&self, connected: bool) {
         self.broker_connected.set(i64::from(connected));
@@ -375,7 +410,7 @@ impl Metrics {
                         .commands
                         .iter()
                         .find(|(state, _)| {
-                            Some(state.as_str()) == COMMAND_STATES.get(index).copied()
+                            Some(state.as_str()) == PENDING_COMMAND_STATES.get(index).copied()
                         })
                         .map_or(0, |(_, count)| *count);
                     gauge.set(count);
@@ -418,12 +453,9 @@ struct RowCounts {
 
 async fn count_rows(pool: &Pool) -> Result<RowCounts, WorkError> {
     let client = pool.get().await?;
-    let sessions_running: i64 = client
-        .cached_query_one("SELECT count(*) FROM sessions WHERE ended_at IS NULL", &[])
-        .await?
-        .get(0);
+    let sessions_running: i64 = client.cached_query_one(SESSIONS_RUNNING, &[]).await?.get(0);
     let commands = client
-        .cached_query("SELECT status, count(*) FROM commands GROUP BY status", &[])
+        .cached_query(PENDING_COMMANDS, &[])
         .await?
         .iter()
         .map(|row| (row.get(0), row.get(1)))
@@ -491,6 +523,7 @@ mod tests {
             "mujin_scan_stage_seconds",
             "mujin_sessions_running",
             "mujin_commands",
+            "mujin_commands_settled",
             "mujin_database_up",
             "mujin_database_pool_connections",
             "mujin_broker_connected",
@@ -505,10 +538,19 @@ mod tests {
             );
             assert_eq!(value(&text, &series), Some(0.0), "{series}");
         }
-        for state in COMMAND_STATES {
+        for state in PENDING_COMMAND_STATES {
             let series = format!("mujin_commands{{state=\"{state}\"}}");
             assert_eq!(value(&text, &series), Some(0.0), "{series}");
         }
+        for state in Settled::ALL {
+            let series = format!(
+                "mujin_commands_settled_total{{state=\"{}\"}}",
+                state.as_str()
+            );
+            assert_eq!(value(&text, &series), Some(0.0), "{series}");
+        }
+        // Settled commands are counted as they settle, not read at each scrape.
+        assert_eq!(value(&text, "mujin_commands{state=\"acknowledged\"}"), None);
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
@@ -546,6 +588,8 @@ mod tests {
         metrics.start_published(chrono::Duration::milliseconds(-5));
         metrics.broker_connected(true);
         metrics.broker_reconnected();
+        metrics.commands_settled(Settled::Acknowledged, 1);
+        metrics.commands_settled(Settled::Expired, 3);
         let text = metrics.encode();
         let expect = [
             ("mujin_scans_total{decision=\"accepted\",reason=\"\"}", 1.0),
@@ -569,6 +613,9 @@ mod tests {
             ("mujin_scan_to_start_seconds_bucket{le=\"0.01\"}", 2.0),
             ("mujin_broker_connected", 1.0),
             ("mujin_broker_reconnects_total", 1.0),
+            ("mujin_commands_settled_total{state=\"acknowledged\"}", 1.0),
+            ("mujin_commands_settled_total{state=\"expired\"}", 3.0),
+            ("mujin_commands_settled_total{state=\"failed\"}", 0.0),
         ];
         for (series, expected) in expect {
             assert_eq!(value(&text, series), Some(expected), "{series} in\n{text}");

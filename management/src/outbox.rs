@@ -65,6 +65,38 @@ pub async fn enqueue(
     Ok(command)
 }
 
+/// How a command left the outbox's pending states (its final `commands.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Carried out by the device.
+    Acknowledged,
+    /// Refused by the device.
+    Failed,
+    /// Given up unanswered.
+    Expired,
+    /// Overtaken by a newer command to the device.
+    Superseded,
+}
+
+impl Settled {
+    pub const ALL: [Settled; 4] = [
+        Settled::Acknowledged,
+        Settled::Failed,
+        Settled::Expired,
+        Settled::Superseded,
+    ];
+
+    /// The state as stored in `commands.status` and as the metric's label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settled::Acknowledged => "acknowledged",
+            Settled::Failed => "failed",
+            Settled::Expired => "expired",
+            Settled::Superseded => "superseded",
+        }
+    }
+}
+
 /// A command for the device at `epoch` (the device's epoch once this command is queued).
 pub fn new_command(
     (store, device): (&StoreId, &DeviceId),
@@ -381,7 +413,7 @@ pub async fn dispatch_due(
 ) -> Result<(Vec<Outbound>, Option<DateTime<Utc>>), WorkError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    expire(&tx, now).await?;
+    let expired = expire(&tx, now).await?;
     let mut publish = Vec::new();
     let due = tx
         .cached_query(
@@ -444,6 +476,7 @@ pub async fn dispatch_due(
         first.observe(metrics, sent_at);
     }
     metrics.events_published(event_count);
+    metrics.commands_settled(Settled::Expired, expired);
     Ok((publish, if more_events { Some(now) } else { next_due }))
 }
 
@@ -482,7 +515,8 @@ impl FirstSend {
     }
 }
 
-async fn expire(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<(), WorkError> {
+/// Expires the pending commands whose time is over, each with its event; returns how many.
+async fn expire(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<u64, WorkError> {
     let rows = tx.cached_query(EXPIRE_COMMANDS, &[&now]).await?;
     for row in &rows {
         let (Ok(store), Ok(device)) = (StoreId::parse(row.get(1)), DeviceId::parse(row.get(2)))
@@ -503,14 +537,16 @@ async fn expire(tx: &impl GenericClient, now: DateTime<Utc>) -> Result<(), WorkE
         tracing::warn!(store = %event.store, device = ?event.device, kind = ?event.kind, "command expired unacknowledged");
         audit::record(tx, &event).await?;
     }
-    Ok(())
+    Ok(rows.len() as u64)
 }
 
-/// Records a device's answer. Only the device the command was for can settle it; an answer
-/// for a settled or unknown command changes nothing. Returns whether an event may have been
-/// recorded for the dispatcher to publish (a refusal; never for an acknowledgement).
+/// Records a device's answer (counted into `metrics` when it settles a command). Only the
+/// device the command was for can settle it; an answer for a settled or unknown command
+/// changes nothing. Returns whether an event may have been recorded for the dispatcher to
+/// publish (a refusal; never for an acknowledgement).
 pub async fn record_ack(
     pool: &Pool,
+    metrics: &Metrics,
     store: &StoreId,
     device: &DeviceId,
     payload: &[u8],
@@ -534,17 +570,22 @@ pub async fn record_ack(
                     &ack.command_id.as_uuid(),
                     &store.as_str(),
                     &device.as_str(),
-                    &"acknowledged",
+                    &Settled::Acknowledged.as_str(),
                     &now,
                     &"",
                 ],
             )
             .await?;
+        metrics.commands_settled(Settled::Acknowledged, settled);
         tracing::debug!(%store, %device, command_id = %ack.command_id, settled, "command acknowledged");
         return Ok(false);
     }
     let tx = client.transaction().await?;
-    let status = if superseded { "superseded" } else { "failed" };
+    let status = if superseded {
+        Settled::Superseded
+    } else {
+        Settled::Failed
+    };
     let detail = clean_text(&ack.detail, 500);
     let row = tx
         .cached_query_opt(
@@ -553,12 +594,13 @@ pub async fn record_ack(
                 &ack.command_id.as_uuid(),
                 &store.as_str(),
                 &device.as_str(),
-                &status,
+                &status.as_str(),
                 &now,
                 &detail,
             ],
         )
         .await?;
+    let settled = row.is_some();
     match row {
         None => {
             tracing::debug!(%store, %device, command_id = %ack.command_id, "ack for no pending command")
@@ -583,6 +625,9 @@ pub async fn record_ack(
         }
     }
     tx.commit().await?;
+    if settled {
+        metrics.commands_settled(status, 1);
+    }
     Ok(true)
 }
 

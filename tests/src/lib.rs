@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod bookings;
+pub mod metrics;
 pub mod mosquitto;
 pub mod observer;
 pub mod operator;

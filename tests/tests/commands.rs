@@ -7,6 +7,7 @@ use chrono::Utc;
 use mujin_protocol::message::{self, Command, DesiredProgram, DesiredState, EventKind, Scan};
 use mujin_protocol::topic::{self, DeviceChannel, Topic};
 use mujin_protocol::{DeviceId, ScanId, SessionId, StoreId};
+use mujin_tests::metrics::{scrape, value};
 use mujin_tests::stack::Stack;
 use mujin_tests::{process_alive, wait_for};
 
@@ -198,7 +199,7 @@ async fn a_start_is_resent_until_the_device_comes_online_and_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_nobody_answers_expires_at_the_end_of_the_booking() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with_metrics().await;
     let device = stack.add_device("shibuya", "pc-03").await;
     let booking = stack.book_now(&device, 3).await;
     let session_id = scan_without_agent(&stack, &device, &booking.ticket).await;
@@ -217,6 +218,14 @@ async fn a_start_nobody_answers_expires_at_the_end_of_the_booking() {
     assert!(attempts >= 2, "tried {attempts} times");
     let commands = stack.commands_of(session_id).await;
     assert_eq!(commands[0].1, "expired", "{commands:?}");
+    // The worker that expired it counts it.
+    let address = stack.metrics_listen.expect("metrics on");
+    let text = scrape(address).await;
+    assert_eq!(
+        value(&text, "mujin_commands_settled_total{state=\"expired\"}"),
+        Some(1.0),
+        "{text}"
+    );
     println!(
         "checked: start {command_id} expired after {attempts} attempts; lifecycle {commands:?}"
     );

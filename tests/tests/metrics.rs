@@ -1,7 +1,7 @@
 //! Management's Prometheus metrics over real HTTP: a customer's session runs to the end of its
 //! booking, a ticket is refused, and a scan not signed by its device is refused; `GET /metrics`
 //! shows the scans by decision and reason, the session running and then stopped, the commands
-//! by state, both latency histograms and the accepted scan's stages, and healthy database and broker gauges; then the broker
+//! pending and settled, both latency histograms and the accepted scan's stages, and healthy database and broker gauges; then the broker
 //! goes away and comes back, and the broker gauge and reconnection counter follow. Real broker
 //! process, PostgreSQL and agent process; management in-process with `metrics_listen` set.
 
@@ -12,43 +12,11 @@ use chrono::Utc;
 use mujin_protocol::message::{self, EventKind, Scan};
 use mujin_protocol::topic::{self, DeviceChannel};
 use mujin_protocol::ScanId;
+use mujin_tests::metrics::{scrape, value};
 use mujin_tests::stack::Stack;
 use mujin_tests::wait_for;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const SHORT: Duration = Duration::from_secs(10);
-
-/// The body of `GET /metrics`, after checking the status and content type.
-async fn scrape(address: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(address)
-        .await
-        .expect("connect to the metrics endpoint");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: mujin\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send the request");
-    let mut response = String::new();
-    tokio::time::timeout(SHORT, stream.read_to_string(&mut response))
-        .await
-        .expect("the endpoint answers in time")
-        .expect("read the response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/openmetrics-text"),
-        "{head}"
-    );
-    body.to_owned()
-}
-
-/// The value of one series, e.g. `mujin_commands{state="sent"}`.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.parse().ok())
-}
 
 fn rejected(reason: &str) -> String {
     format!("mujin_scans_total{{decision=\"rejected\",reason=\"{reason}\"}}")
@@ -175,10 +143,21 @@ async fn a_session_and_refused_scans_move_the_metrics() {
     // The start and the stop at least were answered by the device.
     let settled = wait_for("the stop to be acknowledged", SHORT, || async {
         let text = scrape(address).await;
-        let acknowledged = value(&text, "mujin_commands{state=\"acknowledged\"}")?;
-        (acknowledged >= 2.0).then_some(text)
+        let acknowledged = value(
+            &text,
+            "mujin_commands_settled_total{state=\"acknowledged\"}",
+        )?;
+        let pending = value(&text, "mujin_commands{state=\"queued\"}")?
+            + value(&text, "mujin_commands{state=\"sent\"}")?;
+        (acknowledged >= 2.0 && pending == 0.0).then_some(text)
     })
     .await;
+    // Settled commands are counted as they settle, not read from the outbox at each scrape.
+    assert_eq!(
+        value(&settled, "mujin_commands{state=\"acknowledged\"}"),
+        None,
+        "{settled}"
+    );
     let events = value(&settled, "mujin_events_published_total").expect("events counter");
     assert!(
         events >= 4.0,

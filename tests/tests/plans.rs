@@ -5,7 +5,7 @@
 //! pending command. The timers and the dispatcher still use those indexes, and read only the
 //! rows near their moment however many sessions are open.
 
-use mujin_management::{db, devices, lifecycle, outbox, scans, stop_timer, trust};
+use mujin_management::{db, devices, lifecycle, metrics, outbox, scans, stop_timer, trust};
 
 /// A store's history: 100 devices, 2,000 sessions all ended and their 2,000 start commands all
 /// acknowledged; then ANALYZE, so the statistics say nothing is open or pending.
@@ -195,9 +195,14 @@ async fn rows_read_by(
     table: &str,
 ) -> f64 {
     prepare_generic(client, statement).await;
+    let arguments = if params.is_empty() {
+        String::new()
+    } else {
+        format!("({params})")
+    };
     let row = client
         .query_one(
-            &format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probe({params})"),
+            &format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probe{arguments}"),
             &[],
         )
         .await
@@ -292,5 +297,48 @@ async fn the_trust_lists_read_the_bookings_still_ahead_not_every_booking_ever_ma
     assert!(
         read <= 200.0,
         "a trust list refresh read {read} of 22,600 bookings, 100 of them still ahead"
+    );
+}
+
+#[tokio::test]
+async fn a_metrics_scrape_reads_what_is_open_or_pending_not_the_history() {
+    let (_pool, client) = database_with(QUIET_HISTORY).await;
+    // After the history (and its ANALYZE): 10 sessions open, their starts sent and unanswered.
+    client
+        .batch_execute(
+            "INSERT INTO reservations (ticket_id, store_id, device_id, period, key_id)
+                 SELECT gen_random_uuid(), 's1', 'd' || n,
+                        tstzrange(now(), now() + interval '1 hour'), 'k1'
+                 FROM generate_series(1, 10) n;
+             INSERT INTO sessions (session_id, ticket_id, scan_id, store_id, device_id,
+                                   started_at, lease_until, start_command_id)
+                 SELECT gen_random_uuid(), ticket_id, gen_random_uuid(), store_id, device_id,
+                        lower(period), upper(period), gen_random_uuid()
+                 FROM reservations WHERE lower(period) > now() - interval '1 minute';
+             INSERT INTO commands (command_id, store_id, device_id, session_id, epoch, action,
+                                   payload, status, attempts, next_attempt_at, expires_at,
+                                   created_at)
+                 SELECT start_command_id, store_id, device_id, session_id, 1, 'start', '{}',
+                        'sent', 1, now() + interval '1 second', lease_until, started_at
+                 FROM sessions WHERE ended_at IS NULL;",
+        )
+        .await
+        .expect("open sessions and pending commands");
+
+    let pending = client
+        .query(metrics::PENDING_COMMANDS, &[])
+        .await
+        .expect("pending commands");
+    let counted: Vec<(String, i64)> = pending.iter().map(|row| (row.get(0), row.get(1))).collect();
+    assert_eq!(counted, vec![("sent".to_owned(), 10)]);
+    let commands = rows_read_by(&client, metrics::PENDING_COMMANDS, "", "commands").await;
+    assert!(
+        commands <= 10.0,
+        "a scrape read {commands} of 2,010 commands, 10 of them pending"
+    );
+    let sessions = rows_read_by(&client, metrics::SESSIONS_RUNNING, "", "sessions").await;
+    assert!(
+        sessions <= 10.0,
+        "a scrape read {sessions} of 2,010 sessions, 10 of them open"
     );
 }
