@@ -142,6 +142,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         connection.client.clone(),
         ticket_keys.clone(),
         root_key,
+        settings.early_grace,
         connection.connected.clone(),
         stop.clone(),
     ));

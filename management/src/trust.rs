@@ -35,9 +35,13 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 
 /// Tickets whose window is still open but which cannot start a session any more (store,
 /// ticket, whether cancelled); the ones ending soonest first, since a truncated list keeps
-/// those. Each part is read through its own index of bookings by end: the cancelled ones, and
-/// the live ones (those still ahead, each looked up among the sessions), not every booking
-/// ever made.
+/// those. Each part is read through its own index, not every booking ever made: the cancelled
+/// bookings not over yet (`$1` is now), and the live bookings that may have been used — those
+/// overlapping [now, `$2`], where `$2` is now plus the early grace, since no ticket is used
+/// before its booking's start minus that grace (offline, not before its start) — each looked
+/// up among the sessions by its ticket. (`OFFSET 0` keeps that lookup one per booking: without
+/// it, PostgreSQL may turn the `EXISTS` into a join that reads every session ever recorded,
+/// as the generic plan, which cannot tell how few bookings the window holds, did.)
 pub const REFUSED_TICKETS: &str = "SELECT store_id, ticket_id, cancelled FROM (
          SELECT r.store_id, r.ticket_id, true AS cancelled, upper(r.period) AS ends
          FROM reservations r
@@ -45,15 +49,17 @@ pub const REFUSED_TICKETS: &str = "SELECT store_id, ticket_id, cancelled FROM (
          UNION ALL
          SELECT r.store_id, r.ticket_id, false, upper(r.period)
          FROM reservations r
-         WHERE r.cancelled_at IS NULL AND upper(r.period) > $1
-           AND EXISTS (SELECT 1 FROM sessions s WHERE s.ticket_id = r.ticket_id)
+         WHERE r.cancelled_at IS NULL AND r.period && tstzrange($1, $2, '[]')
+           AND EXISTS (SELECT 1 FROM sessions s WHERE s.ticket_id = r.ticket_id OFFSET 0)
      ) refused
      ORDER BY ends, ticket_id";
 
-/// Builds every store's trust list from the database, with the keys of `keyring`.
+/// Builds every store's trust list from the database, with the keys of `keyring`; tickets are
+/// accepted from `early_grace` before their booking's start.
 pub async fn build_lists(
     pool: &Pool,
     keyring: &Keyring,
+    early_grace: Duration,
     now: DateTime<Utc>,
 ) -> Result<Vec<(StoreId, TrustList)>, WorkError> {
     let client = pool.get().await?;
@@ -63,7 +69,10 @@ pub async fn build_lists(
             &[],
         )
         .await?;
-    let refused = client.cached_query(REFUSED_TICKETS, &[&now]).await?;
+    let usable_until = now + chrono::Duration::from_std(early_grace).unwrap_or_default();
+    let refused = client
+        .cached_query(REFUSED_TICKETS, &[&now, &usable_until])
+        .await?;
     let mut by_store: HashMap<String, Vec<RefusedTicket>> = HashMap::new();
     for row in &refused {
         let reason = if row.get::<_, bool>(2) {
@@ -114,19 +123,21 @@ fn content(list: &TrustList) -> TrustList {
 }
 
 /// Publishes the trust lists while connected, until `stop` is cancelled, with the ticket keys
-/// of `keys` as they are at each refresh, signed with `root_key`.
+/// of `keys` as they are at each refresh, signed with `root_key` (tickets are accepted from
+/// `early_grace` before their booking's start).
 pub async fn run(
     pool: Pool,
     client: AsyncClient,
     keys: LiveKeys,
     root_key: Arc<SigningKey>,
+    early_grace: Duration,
     mut connected: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
     let mut published: HashMap<StoreId, TrustList> = HashMap::new();
     loop {
         if *connected.borrow_and_update() {
-            match build_lists(&pool, &keys.current().keyring, Utc::now()).await {
+            match build_lists(&pool, &keys.current().keyring, early_grace, Utc::now()).await {
                 Ok(lists) => {
                     let messages = changed(&mut published, lists, &root_key);
                     publish_all(&client, messages, &stop).await;

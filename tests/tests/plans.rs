@@ -274,9 +274,11 @@ async fn the_no_show_timer_reads_only_the_bookings_due_since_its_last_pass() {
 }
 
 #[tokio::test]
-async fn the_trust_lists_read_the_bookings_still_ahead_not_every_booking_ever_made() {
+async fn the_trust_lists_read_the_bookings_that_may_have_been_used_not_every_booking_made() {
     let (_pool, client) = database_with(BUSY_DAY).await;
-    // Weeks of history before it: 20,000 bookings long over, every tenth cancelled.
+    // Weeks of history before it: 20,000 bookings long over, every tenth cancelled and the
+    // others used; and the weeks ahead: 20,000 bookings from tomorrow on, ten for each of 2,000
+    // devices.
     client
         .batch_execute(
             "INSERT INTO reservations (ticket_id, store_id, device_id, period, key_id,
@@ -288,15 +290,37 @@ async fn the_trust_lists_read_the_bookings_still_ahead_not_every_booking_ever_ma
                         CASE WHEN n % 10 = 0 THEN now() - make_interval(hours => 101 + n) END,
                         CASE WHEN n % 10 = 0 THEN 'cancelled' END
                  FROM generate_series(1, 20000) n;
+             INSERT INTO reservations (ticket_id, store_id, device_id, period, key_id)
+                 SELECT gen_random_uuid(), 's1', 'd' || (n % 2000 + 1),
+                        tstzrange(now() + make_interval(days => 1 + 2 * (n / 2000)),
+                                  now() + make_interval(days => 1 + 2 * (n / 2000))
+                                        + interval '30 minutes'),
+                        'k1'
+                 FROM generate_series(0, 19999) n;
+             INSERT INTO sessions (session_id, ticket_id, scan_id, store_id, device_id,
+                                   started_at, lease_until, start_command_id, ended_at,
+                                   end_reason)
+                 SELECT gen_random_uuid(), ticket_id, gen_random_uuid(), store_id, device_id,
+                        lower(period), upper(period), gen_random_uuid(), upper(period),
+                        'booking_ended'
+                 FROM reservations
+                 WHERE cancelled_at IS NULL AND upper(period) < now() - interval '3 days';
              ANALYZE;",
         )
         .await
-        .expect("history");
+        .expect("history and bookings ahead");
 
-    let read = rows_read_by(&client, trust::REFUSED_TICKETS, "now()", "reservations").await;
+    let params = "now(), now() + interval '60 seconds'";
+    let read = rows_read_by(&client, trust::REFUSED_TICKETS, params, "reservations").await;
     assert!(
         read <= 200.0,
-        "a trust list refresh read {read} of 22,600 bookings, 100 of them still ahead"
+        "a trust list refresh read {read} of 42,600 bookings, 20,100 of them still ahead and \
+         at most one starting within the early grace"
+    );
+    let sessions = rows_read_by(&client, trust::REFUSED_TICKETS, params, "sessions").await;
+    assert!(
+        sessions <= 200.0,
+        "a trust list refresh read {sessions} of 20,000 sessions"
     );
 }
 
