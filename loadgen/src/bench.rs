@@ -193,6 +193,8 @@ async fn run_on(
     .with_statements(StatementProbe::new(&stack.pool).await)
     .with_stages(StageProbe::new(management.metrics))
     .with_machine(machine.clone());
+    // The database analyzed as a running server's, before the worker has planned a scan.
+    fleet.vacuum().await;
     tracing::info!("scenario 1: latency");
     report.latency = scenarios::latency(
         &mut fleet,
@@ -202,6 +204,7 @@ async fn run_on(
         Some(&cpu),
     )
     .await?;
+    fleet.vacuum().await;
     tracing::info!("scenario 2: throughput");
     report.throughput = Some(
         scenarios::throughput(
@@ -212,6 +215,7 @@ async fn run_on(
         )
         .await?,
     );
+    fleet.vacuum().await;
     tracing::info!("scenario 4: stops on time");
     report.stops = Some(
         scenarios::stops_on_time(
@@ -222,6 +226,7 @@ async fn run_on(
         )
         .await?,
     );
+    fleet.vacuum().await;
     tracing::info!("scenario 3: fleet");
     let pids = (broker.pid(), management.pid());
     let fleet_load = scenarios::fleet_load(
@@ -329,7 +334,7 @@ async fn connect(
         heartbeat,
     )
     .await?
-    .vacuum_after_steps();
+    .vacuum_between_scenarios();
     tracing::info!(
         devices = fleet.len(),
         secs = started.elapsed().as_secs_f64(),

@@ -271,9 +271,9 @@ async fn prepare_cluster(pool: &Pool, wal_mib: u32) -> anyhow::Result<()> {
         "ALTER SYSTEM SET max_wal_size = '2GB'".into(),
         // A young cluster's small tables cross autovacuum's thresholds (10–20 % of their rows
         // changed) within a step, so autovacuum ran each minute of the run, at the same point
-        // of every run: on scenario 1's first 500/s round. The steps vacuum and analyze between
-        // them instead (`Fleet::vacuum_after_steps`), outside the measured phases; any
-        // autovacuum still run (wraparound) is in postgres.log.
+        // of every run: on scenario 1's first 500/s round. The benchmark vacuums and analyzes
+        // between its scenarios instead (`Fleet::vacuum_between_scenarios`), outside the
+        // measured phases; any autovacuum still run (wraparound) is in postgres.log.
         "ALTER SYSTEM SET autovacuum = off".into(),
         "ALTER SYSTEM SET log_autovacuum_min_duration = 0".into(),
         "SELECT pg_reload_conf()".into(),

@@ -1,6 +1,7 @@
 //! A few virtual devices for a few seconds against a real stack (the `mujin-broker` process,
 //! PostgreSQL, management): their scans are answered, sessions start and stop on time, the
-//! latencies are recorded, and management's own stages of those scans are read from its metrics.
+//! latencies are recorded, and management's own stages of those scans are read from its metrics;
+//! the database is vacuumed when the benchmark asks between scenarios, never after a step.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,7 +37,8 @@ async fn a_small_fleet_scans_starts_and_stops() {
     let beat = Duration::from_millis(500);
     let mut fleet = Fleet::connect(&credentials, &broker, stack.pool.clone(), key, beat)
         .await
-        .unwrap();
+        .unwrap()
+        .vacuum_between_scenarios();
     assert_eq!(fleet.ready(), 4);
     let heartbeats = fleet.start_telemetry(beat);
 
@@ -77,9 +79,35 @@ async fn a_small_fleet_scans_starts_and_stops() {
         "{:?}",
         step.stop_lateness
     );
+    // A step does not vacuum: an ANALYZE makes every connection of management plan its
+    // statements again, which the next step's first scans would measure.
+    assert_eq!(manual_vacuums(&stack).await, 0, "vacuumed after a step");
+    fleet.vacuum().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while manual_vacuums(&stack).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no VACUUM (ANALYZE) between scenarios"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     heartbeats.stop().await;
     fleet.shutdown().await;
     stack.shutdown().await;
+}
+
+/// How many times the sessions table was vacuumed and analyzed by hand (not by autovacuum).
+async fn manual_vacuums(stack: &Stack) -> i64 {
+    let client = stack.pool.get().await.expect("a connection");
+    client
+        .query_one(
+            "SELECT vacuum_count + analyze_count FROM pg_stat_user_tables
+             WHERE relname = 'sessions'",
+            &[],
+        )
+        .await
+        .expect("the table's statistics")
+        .get(0)
 }
 
 /// The private cluster's data directory: the parent of its socket directory (the URL's host).

@@ -79,9 +79,9 @@ async fn messages_and_commits_are_counted_with_their_cpu() {
 
 /// The bench's cluster is made like a running server's before anything is measured: its WAL
 /// files are there to recycle, and autovacuum (which a young cluster's small tables set off
-/// every minute) is left to the steps, which vacuum between them.
+/// every minute) is left to the benchmark, which vacuums between its scenarios.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_clusters_wal_is_ready_for_reuse_and_vacuum_is_left_to_the_steps() {
+async fn the_clusters_wal_is_ready_for_reuse_and_vacuum_is_left_to_the_benchmark() {
     let broker_binary = mujin_tests::binary("mujin-broker");
     let bin_dir = broker_binary.parent().expect("the binaries' directory");
     let dir = tempfile::tempdir().unwrap();
