@@ -193,8 +193,6 @@ async fn run_on(
     .with_statements(StatementProbe::new(&stack.pool).await)
     .with_stages(StageProbe::new(management.metrics))
     .with_machine(machine.clone());
-    // The database analyzed as a running server's, before the worker has planned a scan.
-    fleet.vacuum().await;
     tracing::info!("scenario 1: latency");
     report.latency = scenarios::latency(
         &mut fleet,

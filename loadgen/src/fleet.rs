@@ -238,7 +238,9 @@ impl Fleet {
     /// (ANALYZE)` of the database: for the benchmark's own cluster, whose autovacuum is off (see
     /// `stack::prepare_cluster`). Not after every step: each ANALYZE makes every connection of
     /// management plan its statements again on its next scan, and the first ~100 ms of every
-    /// round then measured that, not mujin running (docs/benchmarks.md, fix 30).
+    /// round then measured that, not mujin running. Not before the first scenario either: the
+    /// plans made for the empty sessions table would then last through it (docs/benchmarks.md,
+    /// fix 30).
     pub fn vacuum_between_scenarios(mut self) -> Self {
         self.vacuum_between_scenarios = true;
         self
